@@ -1,0 +1,88 @@
+"""The V-M-C agent: load V and M from a run folder, act in a world, play episodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from . import checkpoints
+from .controller import Controller
+from .memory import MDNRNN, MemoryModelConfig
+from .errors import WorldModelsError
+from .rollouts import frames_to_float
+from .vision import VisionModel, build_vision
+from .worlds.real import encode_actions
+
+
+def load_vision(path: Path, device: torch.device | str = "cpu") -> VisionModel:
+    """V from its checkpoint alone."""
+    saved = checkpoints.load(path, "vision")
+    model = build_vision(saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()
+
+
+def load_memory(path: Path, device: torch.device | str = "cpu") -> MDNRNN:
+    """M from its checkpoint alone."""
+    saved = checkpoints.load(path, "memory")
+    model = MDNRNN(MemoryModelConfig(**saved["config"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()
+
+
+@dataclass
+class WorldModel:
+    """V and M together: what a controller needs to see the world."""
+
+    vision: VisionModel
+    memory: MDNRNN
+
+    @classmethod
+    def load(cls, vision_path: Path, memory_path: Path, device: torch.device | str = "cpu") -> "WorldModel":
+        world_model = cls(load_vision(vision_path, device), load_memory(memory_path, device))
+        if world_model.memory.cfg.latent_dim != world_model.vision.latent_dim:
+            raise WorldModelsError(
+                f"'{memory_path}' expects latents of size {world_model.memory.cfg.latent_dim} "
+                f"but '{vision_path}' makes {world_model.vision.latent_dim}; retrain memory"
+            )
+        return world_model
+
+    @property
+    def controller_input(self) -> int:
+        return self.vision.latent_dim + self.memory.cfg.hidden_size
+
+
+@torch.inference_mode()
+def play(worlds: list[gym.Env], model: WorldModel, controller: Controller, seeds: list[int], max_steps: int = 0) -> list[tuple[float, int]]:
+    """Real episodes in lock-step, episode k in worlds[k] with controller k and seeds[k]: [(return, steps)].
+
+    V, M and C run batched over the episodes still going, which is what makes a worker fast on a CPU.
+    """
+    device = next(model.memory.parameters()).device
+    n = len(seeds)
+    obs = [world.reset(seed=seed)[0] for world, seed in zip(worlds, seeds)]
+    state = model.memory.initial_state(n, device)
+    totals, steps = [0.0] * n, [0] * n
+    alive = list(range(n))
+    space = worlds[0].action_space
+    while alive:
+        frames = frames_to_float(torch.from_numpy(np.stack([obs[k] for k in alive])), device)
+        z = model.vision.encode(frames).mean  # (B, Z)
+        actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=alive)
+        still = []
+        for row, (k, action) in enumerate(zip(alive, actions)):
+            obs[k], reward, terminated, truncated, _ = worlds[k].step(action)
+            totals[k] += float(reward)
+            steps[k] += 1
+            if not (terminated or truncated or (max_steps and steps[k] >= max_steps)):
+                still.append(row)
+        a = torch.from_numpy(encode_actions(np.asarray(actions), space)).to(device)
+        _, state = model.memory.step(z, a, state)
+        keep = torch.tensor(still, dtype=torch.long, device=device)
+        state = (state[0][:, keep], state[1][:, keep])
+        alive = [alive[row] for row in still]
+    return list(zip(totals, steps))

@@ -1,0 +1,124 @@
+"""Run folders and checkpoints: atomic writes, safe loads, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import config as config_lib
+from .errors import WorldModelsError
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through `write(file)` to a temp file beside `path`, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(path: Path, payload: dict) -> None:
+    """Save a checkpoint dict (state_dicts and plain data) atomically."""
+    atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def load(path: Path, kind: str) -> dict:
+    """Load a checkpoint written by `save` with weights_only=True; check it is a `kind` checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorldModelsError(f"checkpoint '{path}' not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise WorldModelsError(f"checkpoint '{path}' is unreadable ({type(exc).__name__}); delete it to retrain") from None
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        raise WorldModelsError(f"checkpoint '{path}' is not a {kind} checkpoint")
+    return payload
+
+
+def check_same_config(path: Path, saved: dict, wanted: dict, section: str) -> None:
+    """Refuse to resume or use a checkpoint whose model config differs from the recipe's."""
+    for key, value in wanted.items():
+        if key in saved and saved[key] != value:
+            raise WorldModelsError(
+                f"checkpoint '{path}' was made with {section}.{key}={saved[key]!r} but the recipe says {value!r}; "
+                f"use another --run or delete the checkpoint"
+            )
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Write JSON atomically."""
+    atomic_write(Path(path), lambda f: f.write(json.dumps(data, indent=2)), mode="w")
+
+
+def save_pickle(path: Path, obj: Any) -> None:
+    """Pickle atomically (CMA-ES state, which pycma only knows how to pickle)."""
+    atomic_write(Path(path), lambda f: pickle.dump(obj, f))
+
+
+def load_pickle(path: Path) -> Any:
+    """Read a pickle this program wrote into its own run folder."""
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except Exception as exc:
+        raise WorldModelsError(f"'{path}' is unreadable ({type(exc).__name__}); delete it to restart that stage") from None
+
+
+class Run:
+    """The folder of one run: resolved recipe, checkpoints, latents, report, TensorBoard events."""
+
+    def __init__(self, root: Path | str, cfg: config_lib.Config):
+        self.dir = Path(root) / cfg.name
+        self.cfg = cfg
+
+    @property
+    def vision(self) -> Path:
+        return self.dir / "vision.pt"
+
+    @property
+    def memory(self) -> Path:
+        return self.dir / "memory.pt"
+
+    @property
+    def controller(self) -> Path:
+        return self.dir / "controller.pt"
+
+    @property
+    def cmaes(self) -> Path:
+        return self.dir / "cmaes.pkl"
+
+    @property
+    def latents(self) -> Path:
+        return self.dir / "latents"
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "report.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.dir / "tb"
+
+    def require(self, path: Path, stage: str) -> Path:
+        """Fail with one line if a stage's input is missing."""
+        if not self.dir.is_dir():
+            raise WorldModelsError(f"run folder '{self.dir}' does not exist; run the earlier stages first")
+        if not path.exists():
+            raise WorldModelsError(f"'{path}' not found; run `worldmodels {stage}` first")
+        return path
+
+    def write_recipe(self) -> None:
+        """Record the resolved recipe this run was made with."""
+        atomic_write(self.dir / "recipe.toml", lambda f: f.write(config_lib.dumps(self.cfg)), mode="w")

@@ -1,0 +1,90 @@
+"""The `worldmodels` command: one subcommand per stage, plus `pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import config as config_lib
+from . import evolution, stages
+from .checkpoints import Run
+from .errors import WorldModelsError
+
+STAGES = ["collect", "train-vision", "sample", "encode", "train-memory", "train-controller", "evaluate", "pipeline"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="worldmodels", description="World Models agents: V (VAE), M (MDN-RNN), C (CMA-ES).")
+    sub = p.add_subparsers(dest="stage", required=True)
+    for stage in STAGES:
+        s = sub.add_parser(stage)
+        s.add_argument("recipe", help="a TOML recipe, e.g. envs/cartpole.toml")
+        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a recipe value (repeatable)")
+        s.add_argument("--run", help="run name (default: the recipe's name)")
+        s.add_argument("--checkpoints", default="checkpoints", help="folder of run folders")
+        s.add_argument("--rollouts", default="rollouts", help="folder of collected episodes")
+        s.add_argument("--device", help="auto | cpu | cuda | mps (default: the recipe's)")
+        if stage == "sample":
+            s.add_argument("-n", type=int, default=16, help="frames per grid")
+            s.add_argument("--temperature", type=float, default=1.0, help="prior spread")
+        if stage == "evaluate":
+            s.add_argument("--episodes", type=int, help="episodes (default: the recipe's evaluate.episodes)")
+    return p
+
+
+def run_stage(args: argparse.Namespace) -> object:
+    overrides = list(args.overrides)
+    if args.run:
+        overrides.append(f'name="{args.run}"')
+    if args.device:
+        overrides.append(f'device="{args.device}"')
+    if getattr(args, "episodes", None):
+        overrides.append(f"evaluate.episodes={args.episodes}")
+    cfg = config_lib.load(args.recipe, overrides)
+    run = Run(args.checkpoints, cfg)
+    rollouts_root = Path(args.rollouts)
+    if args.stage in ("collect", "train-vision", "pipeline"):
+        run.dir.mkdir(parents=True, exist_ok=True)
+        run.write_recipe()
+    if args.stage == "collect":
+        return {k: v for k, v in stages.collect(cfg, rollouts_root).items() if k != "episodes"}
+    if args.stage == "train-vision":
+        return stages.train_vision(cfg, run, rollouts_root)["losses"]
+    if args.stage == "sample":
+        return [str(p) for p in stages.sample(cfg, run, rollouts_root, args.n, args.temperature)]
+    if args.stage == "encode":
+        return stages.encode(cfg, run, rollouts_root)
+    if args.stage == "train-memory":
+        return stages.train_memory(cfg, run)["losses"]
+    if args.stage == "train-controller":
+        return evolution.train_controller(cfg, run)
+    if args.stage == "evaluate":
+        return summary(evolution.evaluate(cfg, run))
+    return summary(stages.pipeline(cfg, run, rollouts_root))
+
+
+def summary(report: dict) -> dict:
+    return {k: report[k] for k in ("world", "env", "episodes", "mean", "std")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    start = time.time()
+    try:
+        result = run_stage(args)
+    except WorldModelsError as exc:
+        print(f"worldmodels {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"worldmodels {args.stage}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(json.dumps({"stage": args.stage, "seconds": round(time.time() - start, 1), "result": result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

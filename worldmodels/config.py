@@ -1,0 +1,232 @@
+"""Recipes: typed dataclass configs loaded from TOML, with `--set section.key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+import tomli_w
+
+from .errors import WorldModelsError
+
+
+@dataclass
+class StateBound:
+    """Keep a frame only while `low <= state[index] <= high` (seed 002's pole-angle filter)."""
+
+    index: int = 0
+    low: float = float("-inf")
+    high: float = float("inf")
+
+
+@dataclass
+class EnvConfig:
+    """The real world: a gymnasium environment seen through pixels."""
+
+    id: str = "CartPole-v1"
+    frame_size: int = 64  # frames are resized to frame_size x frame_size, uint8 RGB
+    crop: list[float] = field(default_factory=lambda: [0.0, 1.0, 0.0, 1.0])  # top, bottom, left, right (fractions)
+    max_steps: int = 0  # 0: the environment's own time limit
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+
+
+@dataclass
+class CollectConfig:
+    """Gathering episodes with a random or Brownian policy."""
+
+    episodes: int = 200
+    policy: str = "random"  # random | brownian
+    brownian_sigma: float = 0.3  # per-step change of the Brownian action (in units of the action range)
+    max_steps: int = 0  # reset after this many frames (seed 002); 0: no extra cap
+    keep: list[StateBound] = field(default_factory=list)  # an episode ends when its state leaves these bounds
+    workers: int = 2
+    seed: int = 0
+
+
+@dataclass
+class VisionConfig:
+    """V: the conv VAE of Ha & Schmidhuber."""
+
+    model: str = "vae"
+    latent_dim: int = 32
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    free_bits: float = 0.5  # KL floor per latent dimension, in nats (Ha's kl_tolerance)
+    kl_weight: float = 1.0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    buffer_episodes: int = 256  # episodes held in memory at once while streaming frames
+    seed: int = 0
+
+
+@dataclass
+class MemoryConfig:
+    """M: the MDN-RNN."""
+
+    hidden_size: int = 256
+    num_gaussians: int = 5
+    seq_len: int = 64
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    done_weight: float = 10.0  # up-weights the rare done positives
+    reward_weight: float = 1.0
+    done_loss_weight: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class ControllerConfig:
+    """C and its CMA-ES search in the real world."""
+
+    population: int = 16
+    sigma0: float = 0.1
+    rollouts: int = 2  # episodes per candidate, seeds shared by the generation
+    generations: int = 20
+    workers: int = 2
+    eval_every: int = 5  # re-evaluate the best and the mean solution every N generations
+    eval_rollouts: int = 8
+    target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
+    max_steps: int = 0  # 0: the environment's own time limit
+    seed: int = 0
+
+
+@dataclass
+class EvaluateConfig:
+    """The final report: N real episodes with fixed seeds."""
+
+    episodes: int = 100
+    seed: int = 10_000
+    workers: int = 2
+
+
+@dataclass
+class Config:
+    """A whole recipe: one section per stage."""
+
+    name: str = "run"
+    device: str = "auto"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where TOML is looser (int -> float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise WorldModelsError(f"recipe key '{key}' must be a table, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise WorldModelsError(f"recipe key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise WorldModelsError(f"recipe key '{key}' must be a table, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise WorldModelsError(f"recipe key '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a dict, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise WorldModelsError(f"unknown recipe key '{prefix}{key}'")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    """Read an override's value as TOML (numbers, booleans, lists, quoted strings), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings to a raw recipe dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise WorldModelsError(f"--set expects section.key=value, got '{item}'")
+        dotted, text = item.split("=", 1)
+        *path, leaf = dotted.strip().split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise WorldModelsError(f"--set '{dotted}': '{part}' is not a section")
+        node[leaf] = _parse_value(text.strip())
+    return data
+
+
+def validate(cfg: Config) -> Config:
+    """Check values that types alone cannot: ranges and choices."""
+    checks = [
+        (cfg.vision.model == "vae", f"vision.model must be 'vae', got '{cfg.vision.model}'"),
+        (cfg.collect.policy in ("random", "brownian"), f"collect.policy must be 'random' or 'brownian', got '{cfg.collect.policy}'"),
+        (cfg.env.frame_size % 16 == 0 and cfg.env.frame_size > 0, f"env.frame_size must be a positive multiple of 16, got {cfg.env.frame_size}"),
+        (len(cfg.env.crop) == 4 and 0 <= cfg.env.crop[0] < cfg.env.crop[1] <= 1 and 0 <= cfg.env.crop[2] < cfg.env.crop[3] <= 1,
+         f"env.crop must be [top, bottom, left, right] fractions with top < bottom and left < right, got {cfg.env.crop}"),
+        (len(cfg.vision.channels) == 4, "vision.channels must list 4 conv widths"),
+        (cfg.collect.episodes > 0, "collect.episodes must be positive"),
+        (cfg.controller.population >= 2, "controller.population must be at least 2"),
+        (cfg.controller.rollouts >= 1, "controller.rollouts must be at least 1"),
+        (cfg.evaluate.episodes >= 1, "evaluate.episodes must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise WorldModelsError(message)
+    return cfg
+
+
+def from_dict(data: dict) -> Config:
+    """Build and validate a Config from a raw (TOML-shaped) dict."""
+    return validate(_build(Config, data))
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a recipe TOML, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorldModelsError(f"recipe '{path}' not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise WorldModelsError(f"recipe '{path}' is not valid TOML: {exc}") from None
+    data.setdefault("name", path.stem)
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain dict of a config (infinite floats kept as TOML's inf)."""
+    return dataclasses.asdict(cfg)
+
+
+def dumps(cfg: Config) -> str:
+    """The resolved recipe as TOML text."""
+    return tomli_w.dumps(to_dict(cfg))

@@ -1,0 +1,59 @@
+"""C: a linear controller a = tanh(W [z, h] + b), seen by CMA-ES as one flat vector."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+
+def output_dim(space: gym.Space) -> int:
+    """Controller outputs: one logit per choice for Discrete, one per dimension for Box."""
+    return int(space.n) if isinstance(space, gym.spaces.Discrete) else int(np.prod(space.shape))
+
+
+class Controller:
+    """P linear controllers at once (P = 1 for acting); parameters W (P, A, D) and b (P, A)."""
+
+    def __init__(self, input_dim: int, space: gym.Space, population: int = 1):
+        self.input_dim, self.space = input_dim, space
+        self.out = output_dim(space)
+        self.weight = torch.zeros(population, self.out, input_dim)
+        self.bias = torch.zeros(population, self.out)
+
+    @property
+    def num_params(self) -> int:
+        return self.out * (self.input_dim + 1)
+
+    @classmethod
+    def from_flat(cls, flat: np.ndarray, input_dim: int, space: gym.Space) -> "Controller":
+        """Build from CMA-ES vectors: (N,) for one controller or (P, N) for a population."""
+        flat = torch.as_tensor(np.atleast_2d(flat), dtype=torch.float32)
+        c = cls(input_dim, space, population=flat.shape[0])
+        c.weight = flat[:, : c.out * input_dim].reshape(-1, c.out, input_dim).contiguous()
+        c.bias = flat[:, c.out * input_dim :].contiguous()
+        return c
+
+    def to_flat(self) -> np.ndarray:
+        """(P, N) parameters, W row-major then b."""
+        return torch.cat([self.weight.flatten(1), self.bias], dim=1).numpy()
+
+    def outputs(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """tanh(W [z, h] + b), controller p applied to row p: z (P, Z), h (P, H) -> (P, A); `rows` picks controllers."""
+        weight, bias = (self.weight, self.bias) if rows is None else (self.weight[rows], self.bias[rows])
+        x = torch.cat([z, h], dim=-1)  # (P, D)
+        return torch.tanh(torch.einsum("pad,pd->pa", weight, x) + bias)
+
+    def act(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None) -> list:
+        """Actions in the environment's action space, one per controller (or per entry of `rows`)."""
+        return [to_action(y, self.space) for y in self.outputs(z.float(), h.float(), rows).numpy()]
+
+
+def to_action(y: np.ndarray, space: gym.Space):
+    """Map one controller output in [-1, 1]^A onto the action space: argmax for Discrete, bounds for Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.start + np.argmax(y))
+    low, high = space.low.ravel(), space.high.ravel()
+    bounded = np.isfinite(low) & np.isfinite(high)  # unbounded dimensions take the raw output
+    scaled = np.where(bounded, np.nan_to_num(low) + (y + 1) / 2 * np.nan_to_num(high - low), y)
+    return scaled.reshape(space.shape).astype(space.dtype)

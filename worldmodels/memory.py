@@ -1,0 +1,115 @@
+"""M: the MDN-RNN. An LSTM over [z_t, a_t] predicting a Gaussian mixture for z_{t+1}, a reward and a done."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (1, B, H)
+
+
+@dataclass
+class MemoryModelConfig:
+    """Sizes of M; stored in its checkpoint so it loads without the recipe."""
+
+    latent_dim: int = 32
+    action_dim: int = 3
+    hidden_size: int = 256
+    num_gaussians: int = 5
+    sigma_min: float = 1e-3  # keeps every sigma away from zero so the likelihood stays finite
+
+
+@dataclass
+class Prediction:
+    """M's output for one or more time steps."""
+
+    logit_pi: torch.Tensor  # (..., Z, K) mixture logits, one mixture per latent dimension
+    mu: torch.Tensor  # (..., Z, K)
+    sigma: torch.Tensor  # (..., Z, K)
+    reward: torch.Tensor  # (...)
+    done_logit: torch.Tensor  # (...)
+
+
+class MDNRNN(nn.Module):
+    """Mixture-density LSTM; `forward` runs whole sequences, `step` one time step."""
+
+    def __init__(self, cfg: MemoryModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        z, k = cfg.latent_dim, cfg.num_gaussians
+        self.lstm = nn.LSTM(z + cfg.action_dim, cfg.hidden_size, batch_first=True)
+        self.head = nn.Linear(cfg.hidden_size, 3 * z * k + 2)
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
+        zeros = torch.zeros(1, batch, self.cfg.hidden_size, device=device)
+        return zeros, zeros.clone()
+
+    def _predict(self, out: torch.Tensor) -> Prediction:
+        z, k = self.cfg.latent_dim, self.cfg.num_gaussians
+        params = self.head(out)
+        mixture, reward, done = params[..., :-2], params[..., -2], params[..., -1]
+        logit_pi, mu, raw_sigma = mixture.reshape(*out.shape[:-1], z, 3 * k).split(k, dim=-1)
+        sigma = F.softplus(raw_sigma) + self.cfg.sigma_min
+        return Prediction(logit_pi, mu, sigma, reward, done)
+
+    def forward(self, z: torch.Tensor, action: torch.Tensor, state: State | None = None) -> tuple[Prediction, State]:
+        """z (B, T, Z), action (B, T, A) -> prediction for z_{t+1} at every t, final LSTM state."""
+        out, state = self.lstm(torch.cat([z, action], dim=-1), state)  # (B, T, H)
+        return self._predict(out), state
+
+    def step(self, z: torch.Tensor, action: torch.Tensor, state: State) -> tuple[Prediction, State]:
+        """One time step for acting and dreaming: z (B, Z), action (B, A)."""
+        prediction, state = self.forward(z[:, None], action[:, None], state)
+        squeeze = Prediction(*(t.squeeze(1) for t in vars(prediction).values()))
+        return squeeze, state
+
+    @staticmethod
+    def hidden(state: State) -> torch.Tensor:
+        """The h that the controller sees: (B, H)."""
+        return state[0][0]
+
+
+def mixture_log_prob(prediction: Prediction, target: torch.Tensor) -> torch.Tensor:
+    """log p(target) under the per-dimension mixtures, summed over dimensions: (..., Z) -> (...)."""
+    log_pi = F.log_softmax(prediction.logit_pi, dim=-1)
+    x = target.unsqueeze(-1)
+    log_normal = -0.5 * ((x - prediction.mu) / prediction.sigma) ** 2 - prediction.sigma.log() - 0.5 * math.log(2 * math.pi)
+    return torch.logsumexp(log_pi + log_normal, dim=-1).sum(-1)
+
+
+def sample(prediction: Prediction, tau: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw z_{t+1} at temperature tau: logits / tau, sigma * sqrt(tau); tau = 0 gives the most likely mean."""
+    if tau <= 0:
+        best = prediction.logit_pi.argmax(-1, keepdim=True)
+        return prediction.mu.gather(-1, best).squeeze(-1)
+    probs = F.softmax(prediction.logit_pi / tau, dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    component = torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
+    mu = prediction.mu.gather(-1, component).squeeze(-1)
+    sigma = prediction.sigma.gather(-1, component).squeeze(-1)
+    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + sigma * math.sqrt(tau) * noise
+
+
+def memory_loss(
+    prediction: Prediction,
+    next_z: torch.Tensor,
+    reward: torch.Tensor,
+    done: torch.Tensor,
+    mask: torch.Tensor,
+    done_weight: float = 10.0,
+    reward_weight: float = 1.0,
+    done_loss_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Masked mean of: mixture NLL per latent dimension, reward MSE, done BCE with positives up-weighted."""
+    steps = mask.sum().clamp(min=1)
+    nll = -(mixture_log_prob(prediction, next_z) * mask).sum() / (steps * next_z.shape[-1])
+    reward_loss = ((prediction.reward - reward) ** 2 * mask).sum() / steps
+    pos_weight = torch.tensor(done_weight, device=done.device)
+    done_loss = (F.binary_cross_entropy_with_logits(prediction.done_logit, done, pos_weight=pos_weight, reduction="none") * mask).sum() / steps
+    loss = nll + reward_weight * reward_loss + done_loss_weight * done_loss
+    return {"loss": loss, "nll": nll, "reward": reward_loss, "done": done_loss}

@@ -1,0 +1,308 @@
+"""Collect episodes in parallel, store them one compressed .npz each, and stream them back as datasets."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .progress import bar
+from .checkpoints import atomic_write, save_json
+from .config import CollectConfig, Config, EnvConfig
+from .errors import WorldModelsError
+from .worlds.real import make_world
+
+EPISODE_KEYS = ("obs", "action", "reward", "terminated", "truncated", "seed")
+
+
+# ---------------------------------------------------------------- policies
+
+
+class RandomPolicy:
+    """Uniform random actions from the action space."""
+
+    def __init__(self, space: gym.Space, seed: int):
+        self.space = space
+        self.space.seed(seed)
+
+    def __call__(self):
+        return self.space.sample()
+
+
+class BrownianPolicy:
+    """Smoothly varying actions: a random walk in [-1, 1]^d, mapped onto the space (argmax for Discrete)."""
+
+    def __init__(self, space: gym.Space, seed: int, sigma: float):
+        self.space, self.sigma = space, sigma
+        self.rng = np.random.default_rng(seed)
+        self.dim = int(space.n) if isinstance(space, gym.spaces.Discrete) else int(np.prod(space.shape))
+        self.x = self.rng.uniform(-1, 1, self.dim)
+
+    def __call__(self):
+        self.x = np.clip(self.x + self.sigma * self.rng.standard_normal(self.dim), -1, 1)
+        if isinstance(self.space, gym.spaces.Discrete):
+            return int(self.space.start + np.argmax(self.x))
+        low, high = self.space.low.ravel(), self.space.high.ravel()
+        return (low + (self.x + 1) / 2 * (high - low)).reshape(self.space.shape).astype(self.space.dtype)
+
+
+def make_policy(cfg: CollectConfig, space: gym.Space, seed: int):
+    """The collection policy named by the recipe."""
+    if cfg.policy == "brownian":
+        return BrownianPolicy(space, seed, cfg.brownian_sigma)
+    return RandomPolicy(space, seed)
+
+
+# ---------------------------------------------------------------- episode store
+
+
+def episode_name(index: int) -> str:
+    return f"ep_{index:06d}.npz"
+
+
+def save_episode(path: Path, episode: dict) -> None:
+    """Write one episode as a compressed .npz, atomically."""
+
+    def write(f):
+        buffer = io.BytesIO()  # np.savez_compressed needs a seekable target; keep the rename atomic
+        np.savez_compressed(buffer, **episode)
+        f.write(buffer.getvalue())
+
+    atomic_write(path, write)
+
+
+class CorruptEpisode(Exception):
+    """An episode file that cannot be read or whose arrays disagree."""
+
+
+def load_episode(path: Path) -> dict:
+    """Read one episode; raise CorruptEpisode with a reason if it is truncated or inconsistent."""
+    try:
+        with np.load(path) as data:
+            episode = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise CorruptEpisode(f"{path.name}: {type(exc).__name__}") from None
+    missing = [k for k in EPISODE_KEYS if k not in episode]
+    if missing:
+        raise CorruptEpisode(f"{path.name}: missing {', '.join(missing)}")
+    steps = len(episode["action"])
+    if len(episode["obs"]) != steps + 1 or any(len(episode[k]) != steps for k in ("reward", "terminated", "truncated")):
+        raise CorruptEpisode(f"{path.name}: array lengths disagree")
+    return episode
+
+
+class EpisodeStore:
+    """A folder of episodes `ep_NNNNNN.npz` plus `manifest.json`."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.skipped: set[str] = set()
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def paths(self) -> list[Path]:
+        return sorted(self.root.glob("ep_*.npz"))
+
+    def manifest(self) -> dict:
+        if not self.manifest_path.is_file():
+            raise WorldModelsError(f"no episodes in '{self.root}'; run `worldmodels collect` first")
+        return json.loads(self.manifest_path.read_text())
+
+    def iter_episodes(self, paths: list[Path] | None = None) -> Iterator[tuple[Path, dict]]:
+        """Yield readable episodes; corrupt ones are skipped, named once and counted in `skipped`."""
+        for path in self.paths() if paths is None else paths:
+            try:
+                yield path, load_episode(path)
+            except CorruptEpisode as exc:
+                if path.name not in self.skipped:
+                    self.skipped.add(path.name)
+                    tqdm.write(f"skipping corrupt episode {exc} ({len(self.skipped)} skipped so far)")
+
+
+# ---------------------------------------------------------------- collection
+
+
+def _inside(state: np.ndarray | None, cfg: CollectConfig) -> bool:
+    if state is None:
+        return True
+    return all(b.low <= float(state[b.index]) <= b.high for b in cfg.keep)
+
+
+def collect_episode(env: gym.Env, cfg: CollectConfig, seed: int) -> dict:
+    """Play one episode with the collection policy; stop early when the state leaves `cfg.keep`."""
+    policy = make_policy(cfg, env.action_space, seed)
+    obs, info = env.reset(seed=seed)
+    frames, actions, rewards, terminated, truncated = [obs], [], [], [], []
+    while True:
+        action = policy()
+        obs, reward, term, trunc, info = env.step(action)
+        out_of_bounds = not _inside(info.get("state"), cfg)
+        capped = cfg.max_steps and len(actions) + 1 >= cfg.max_steps
+        if out_of_bounds and not term:
+            break  # the frame fails the filter: end the episode before it, so every kept frame passes
+        frames.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+        terminated.append(term)
+        truncated.append(trunc or bool(capped))
+        if term or trunc or capped:
+            break
+    if actions and not (terminated[-1] or truncated[-1]):
+        truncated[-1] = True
+    return {
+        "obs": np.stack(frames).astype(np.uint8),
+        "action": np.asarray(actions),
+        "reward": np.asarray(rewards, dtype=np.float32),
+        "terminated": np.asarray(terminated, dtype=bool),
+        "truncated": np.asarray(truncated, dtype=bool),
+        "seed": np.asarray(seed),
+    }
+
+
+_worker_env: gym.Env | None = None
+_worker_cfg: Config | None = None
+
+
+def _init_worker(cfg: Config) -> None:
+    global _worker_env, _worker_cfg
+    torch.set_num_threads(1)
+    _worker_cfg = cfg
+    _worker_env = make_world(cfg.env)
+
+
+def _collect_one(job: tuple[int, str]) -> tuple[str, int]:
+    index, root = job
+    seed = _worker_cfg.collect.seed * 1_000_003 + index
+    episode = collect_episode(_worker_env, _worker_cfg.collect, seed)
+    save_episode(Path(root) / episode_name(index), episode)
+    return episode_name(index), len(episode["action"])
+
+
+def collect(cfg: Config, root: Path) -> dict:
+    """Collect `cfg.collect.episodes` episodes into `root`, skipping those already there (resume)."""
+    make_world(cfg.env).close()  # fail fast on a bad env id, in this process
+    store = EpisodeStore(root)
+    root.mkdir(parents=True, exist_ok=True)
+    have = {p.name for p in store.paths()}
+    todo = [i for i in range(cfg.collect.episodes) if episode_name(i) not in have]
+    if todo:
+        jobs = [(i, str(root)) for i in todo]
+        progress = bar(total=len(todo), desc="collect", unit="ep")
+        if cfg.collect.workers > 1:
+            with mp.get_context("spawn").Pool(cfg.collect.workers, _init_worker, (cfg,)) as pool:
+                for _ in pool.imap_unordered(_collect_one, jobs):
+                    progress.update()
+                pool.close()
+                pool.join()
+        else:
+            _init_worker(cfg)
+            for job in jobs:
+                _collect_one(job)
+                progress.update()
+        progress.close()
+    episodes = []
+    for path, episode in store.iter_episodes():
+        index = int(path.stem.split("_")[1])
+        if index < cfg.collect.episodes:
+            episodes.append({"file": path.name, "steps": int(len(episode["action"])), "seed": int(episode["seed"])})
+    manifest = {
+        "env": cfg.env.id,
+        "frame_size": cfg.env.frame_size,
+        "episodes": episodes,
+        "frames": sum(e["steps"] + 1 for e in episodes),
+        "skipped_corrupt": sorted(store.skipped),
+    }
+    save_json(store.manifest_path, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------- datasets
+
+
+class FrameStream(torch.utils.data.IterableDataset):
+    """Shuffled uint8 frames streamed from the episode store, `buffer_episodes` episodes in memory at a time.
+
+    Never loads the whole set: a 10,000-episode CarRacing store is ~120 GB as uint8.
+    """
+
+    def __init__(self, store: EpisodeStore, buffer_episodes: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.store, self.buffer_episodes, self.seed = store, buffer_episodes, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        paths = self.store.paths()
+        paths = [paths[i] for i in rng.permutation(len(paths))][self.rank :: self.world_size]
+        for start in range(0, len(paths), self.buffer_episodes):
+            chunk = [ep["obs"] for _, ep in self.store.iter_episodes(paths[start : start + self.buffer_episodes])]
+            if not chunk:
+                continue
+            frames = np.concatenate(chunk)
+            for i in rng.permutation(len(frames)):
+                yield torch.from_numpy(frames[i])
+
+
+def frames_to_float(frames: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1] on the device."""
+    return frames.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@dataclass
+class LatentEpisode:
+    """One encoded episode: latent mean and log-std per frame, plus actions, rewards, dones."""
+
+    mu: np.ndarray  # (T+1, Z)
+    logstd: np.ndarray  # (T+1, Z)
+    action: np.ndarray  # (T, A) float
+    reward: np.ndarray  # (T,)
+    done: np.ndarray  # (T,) terminated (not truncated)
+
+
+class SequenceDataset(torch.utils.data.Dataset):
+    """Fixed-length windows over encoded episodes for M, padded with a mask."""
+
+    def __init__(self, episodes: list[LatentEpisode], seq_len: int):
+        self.episodes, self.seq_len = episodes, seq_len
+        self.index = [(e, s) for e, ep in enumerate(episodes) for s in range(0, max(len(ep.action), 1), seq_len) if len(ep.action)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        e, s = self.index[i]
+        ep, L = self.episodes[e], self.seq_len
+        n = min(L, len(ep.action) - s)
+
+        def window(x: np.ndarray, offset: int = 0) -> torch.Tensor:
+            out = np.zeros((L, *x.shape[1:]), dtype=np.float32)
+            out[:n] = x[s + offset : s + offset + n]
+            return torch.from_numpy(out)
+
+        mask = torch.zeros(L)
+        mask[:n] = 1
+        return {
+            "mu": window(ep.mu),
+            "logstd": window(ep.logstd),
+            "next_mu": window(ep.mu, 1),
+            "next_logstd": window(ep.logstd, 1),
+            "action": window(ep.action),
+            "reward": window(ep.reward),
+            "done": window(ep.done.astype(np.float32)),
+            "mask": mask,
+        }

@@ -1,0 +1,238 @@
+"""The pipeline's stages; each reads only what the stage before it wrote and skips itself when complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from .progress import bar
+from . import checkpoints, evolution, rollouts
+from .agent import load_vision
+from .checkpoints import Run
+from .config import Config
+from .errors import WorldModelsError
+from .memory import MDNRNN, MemoryModelConfig, memory_loss
+from .rollouts import EpisodeStore, FrameStream, LatentEpisode, SequenceDataset, frames_to_float
+from .training import Fit, fit, pick_device
+from .vision import build_vision, vision_config
+from .worlds.real import action_dim, encode_actions, make_world
+
+
+def episodes_dir(rollouts_root: Path, cfg: Config) -> Path:
+    return Path(rollouts_root) / cfg.name / "episodes"
+
+
+# ---------------------------------------------------------------- collect
+
+
+def collect(cfg: Config, rollouts_root: Path) -> dict:
+    """Gather episodes with the collection policy; already collected episodes are kept."""
+    root = episodes_dir(rollouts_root, cfg)
+    store = EpisodeStore(root)
+    if store.manifest_path.is_file() and len(store.manifest()["episodes"]) >= cfg.collect.episodes:
+        tqdm.write(f"collect: {root} already holds {cfg.collect.episodes} episodes, skipping")
+        return store.manifest()
+    manifest = rollouts.collect(cfg, root)
+    tqdm.write(f"collect: {len(manifest['episodes'])} episodes, {manifest['frames']} frames in {root}")
+    return manifest
+
+
+# ---------------------------------------------------------------- vision
+
+
+def image_grid(rows: list[torch.Tensor]) -> np.ndarray:
+    """Stack rows of (N, 3, H, W) images in [0, 1] into one uint8 (H*rows, W*N, 3) picture."""
+    lines = [torch.cat(list(r.clamp(0, 1)), dim=2) for r in rows]  # each (3, H, W*N)
+    return (torch.cat(lines, dim=1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+def fixed_frames(store: EpisodeStore, n: int) -> torch.Tensor:
+    """n frames spread over the first episodes, the same every time: for pictures."""
+    frames = []
+    for _, episode in store.iter_episodes(store.paths()[: max(n, 1)]):
+        obs = episode["obs"]
+        frames.append(torch.from_numpy(obs[len(obs) // 2]))
+        if len(frames) == n:
+            break
+    if not frames:
+        raise WorldModelsError(f"no readable episodes in '{store.root}'")
+    return torch.stack(frames)
+
+
+def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
+    """Train V on streamed frames; a reconstruction grid goes to TensorBoard every epoch."""
+    v = cfg.vision
+    device = pick_device(cfg.device)
+    store = EpisodeStore(episodes_dir(rollouts_root, cfg))
+    store.manifest()  # fails clearly when nothing was collected
+    model_config = vision_config(cfg)
+    model = build_vision(model_config).to(device)
+    stream = FrameStream(store, v.buffer_episodes, seed=v.seed)
+    writer = SummaryWriter(run.tensorboard)
+    preview = frames_to_float(fixed_frames(store, 8), device)
+
+    def batches(epoch: int):
+        stream.set_epoch(epoch)
+        return DataLoader(stream, batch_size=v.batch_size)
+
+    def on_epoch_end(epoch: int) -> None:
+        model.eval()
+        with torch.no_grad():
+            recon = model.decode(model.encode(preview).mean)
+        model.train()
+        writer.add_image("vision/reconstruction", image_grid([preview.cpu(), recon.cpu()]), epoch, dataformats="HWC")
+
+    job = Fit("vision", model, model_config, batches, lambda b: model.loss(frames_to_float(b, device)),
+              v.epochs, v.lr, v.seed, run.vision, writer, on_epoch_end)
+    result = fit(job)
+    writer.close()
+    if store.skipped:
+        tqdm.write(f"train-vision: skipped {len(store.skipped)} corrupt episode(s)")
+    return result
+
+
+def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature: float = 1.0) -> list[Path]:
+    """Write PNG grids: prior samples, and reconstructions under their originals."""
+    model = load_vision(run.require(run.vision, "train-vision"))
+    store = EpisodeStore(episodes_dir(rollouts_root, cfg))
+    store.manifest()
+    torch.manual_seed(cfg.vision.seed)
+    originals = frames_to_float(fixed_frames(store, n), "cpu")
+    with torch.no_grad():
+        recon = model.decode(model.encode(originals).mean)
+        prior = model.sample(n, temperature)
+    out = run.dir / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "reconstructions.png", out / "prior.png"]
+    half = (n + 1) // 2
+    pictures = [image_grid([originals[:half], recon[:half], originals[half:], recon[half:]] if n > 1 else [originals, recon]),
+                image_grid([prior[:half], prior[half:]] if n > 1 else [prior])]
+    writer = SummaryWriter(run.tensorboard)
+    for path, picture in zip(paths, pictures):
+        checkpoints.atomic_write(path, lambda f: Image.fromarray(picture).save(f, format="PNG"))
+        writer.add_image(f"sample/{path.stem}", picture, 0, dataformats="HWC")
+    writer.close()
+    return paths
+
+
+# ---------------------------------------------------------------- encode
+
+
+def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
+    """Cache each episode's latent mean and log-std (float16) in the run folder."""
+    device = pick_device(cfg.device)
+    vision_ckpt = checkpoints.load(run.require(run.vision, "train-vision"), "vision")
+    model = load_vision(run.vision, device)
+    store = EpisodeStore(episodes_dir(rollouts_root, cfg))
+    space = make_world(cfg.env).action_space
+    wanted = [Path(e["file"]) for e in store.manifest()["episodes"]]
+    manifest_path = run.latents / "manifest.json"
+    made_by = vision_ckpt["step"]
+    done: set[str] = set()
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("vision_step") == made_by:
+            done = set(old["episodes"])
+    todo = [store.root / p for p in wanted if p.name not in done or not (run.latents / p.name).is_file()]
+    encoded = sorted(done & {p.name for p in wanted})
+    for path, episode in bar(store.iter_episodes(todo), total=len(todo), desc="encode", unit="ep"):
+        frames = torch.from_numpy(episode["obs"])
+        means, logstds = [], []
+        with torch.no_grad():
+            for chunk in frames.split(256):
+                latent = model.encode(frames_to_float(chunk, device))
+                means.append(latent.mean.cpu())
+                logstds.append(latent.logstd.cpu())
+        rollouts_latent = {
+            "mu": torch.cat(means).numpy().astype(np.float16),
+            "logstd": torch.cat(logstds).numpy().astype(np.float16),
+            "action": encode_actions(episode["action"], space),
+            "reward": episode["reward"].astype(np.float32),
+            "done": episode["terminated"].astype(bool),
+        }
+        rollouts.save_episode(run.latents / path.name, rollouts_latent)
+        encoded.append(path.name)
+        # the manifest follows every episode, so an interrupted encode resumes where it stopped
+        checkpoints.save_json(manifest_path, {"vision_step": made_by, "episodes": sorted(encoded)})
+    checkpoints.save_json(manifest_path, {"vision_step": made_by, "episodes": sorted(encoded)})
+    if store.skipped:
+        tqdm.write(f"encode: skipped {len(store.skipped)} corrupt episode(s)")
+    return {"episodes": len(encoded), "skipped": sorted(store.skipped)}
+
+
+def load_latents(run: Run) -> list[LatentEpisode]:
+    """Every encoded episode of the run."""
+    manifest_path = run.require(run.latents / "manifest.json", "encode")
+    names = json.loads(manifest_path.read_text())["episodes"]
+    episodes = []
+    for name in names:
+        with np.load(run.latents / name) as d:
+            episodes.append(LatentEpisode(d["mu"].astype(np.float32), d["logstd"].astype(np.float32),
+                                          d["action"], d["reward"], d["done"]))
+    if not episodes:
+        raise WorldModelsError(f"no encoded episodes in '{run.latents}'")
+    return episodes
+
+
+# ---------------------------------------------------------------- memory
+
+
+def memory_config(cfg: Config, latent_dim: int) -> dict:
+    """The model config of the recipe's M, as stored in its checkpoint."""
+    m = cfg.memory
+    space = make_world(cfg.env).action_space
+    return vars(MemoryModelConfig(latent_dim, action_dim(space), m.hidden_size, m.num_gaussians))
+
+
+def train_memory(cfg: Config, run: Run) -> dict:
+    """Train M on latent sequences, drawing z from the cached mean and std every batch."""
+    m = cfg.memory
+    device = pick_device(cfg.device)
+    episodes = load_latents(run)
+    model_config = memory_config(cfg, episodes[0].mu.shape[1])
+    model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
+    dataset = SequenceDataset(episodes, m.seq_len)
+    generator = torch.Generator()
+    writer = SummaryWriter(run.tensorboard)
+
+    def batches(epoch: int):
+        generator.manual_seed(m.seed * 10_007 + epoch)
+        return DataLoader(dataset, batch_size=m.batch_size, shuffle=True, generator=generator)
+
+    def loss(batch: dict) -> dict:
+        b = {k: t.to(device) for k, t in batch.items()}
+        z = b["mu"] + b["logstd"].exp() * torch.randn_like(b["mu"])
+        next_z = b["next_mu"] + b["next_logstd"].exp() * torch.randn_like(b["next_mu"])
+        prediction, _ = model(z, b["action"])
+        return memory_loss(prediction, next_z, b["reward"], b["done"], b["mask"], m.done_weight, m.reward_weight, m.done_loss_weight)
+
+    result = fit(Fit("memory", model, model_config, batches, loss, m.epochs, m.lr, m.seed, run.memory, writer))
+    writer.close()
+    return result
+
+
+# ---------------------------------------------------------------- the whole pipeline
+
+
+def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
+    """Every stage in order; complete stages skip themselves."""
+    collect(cfg, rollouts_root)
+    train_vision(cfg, run, rollouts_root)
+    sample(cfg, run, rollouts_root)
+    encode(cfg, run, rollouts_root)
+    train_memory(cfg, run)
+    evolution.train_controller(cfg, run)
+    if run.report.is_file():
+        report = json.loads(run.report.read_text())
+        controller_generation = checkpoints.load(run.controller, "controller")["generation"]
+        if report.get("controller_generation") == controller_generation and report["episodes"] == cfg.evaluate.episodes:
+            tqdm.write(f"evaluate: {run.report} is up to date, skipping")
+            return report
+    return evolution.evaluate(cfg, run)

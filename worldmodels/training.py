@@ -1,0 +1,94 @@
+"""One training loop for V and M: epochs, TensorBoard, a checkpoint per epoch, resume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from .progress import bar
+from . import checkpoints
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu, unless the recipe names one."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class Fit:
+    """What a training stage hands to `fit`."""
+
+    name: str  # "vision" or "memory": TensorBoard prefix and checkpoint kind
+    model: nn.Module
+    model_config: dict  # stored in the checkpoint so the model loads without the recipe
+    batches: Callable[[int], Iterable]  # epoch -> iterable of batches
+    loss: Callable[[object], dict[str, torch.Tensor]]  # batch -> named losses with 'loss'
+    epochs: int
+    lr: float
+    seed: int
+    path: Path
+    writer: SummaryWriter
+    on_epoch_end: Callable[[int], None] | None = None
+    grad_clip: float = 1.0
+
+
+def fit(job: Fit) -> dict:
+    """Train `job.model`, resuming from `job.path` if an earlier run stopped part-way."""
+    optimizer = torch.optim.Adam(job.model.parameters(), lr=job.lr)
+    start, step = 0, 0
+    if job.path.exists():
+        saved = checkpoints.load(job.path, job.name)
+        checkpoints.check_same_config(job.path, saved["config"], job.model_config, job.name)
+        job.model.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start, step = saved["epoch"], saved["step"]
+        if start >= job.epochs:
+            tqdm.write(f"{job.name}: already trained for {start} epochs, skipping")
+            return saved
+        tqdm.write(f"{job.name}: resuming after epoch {start}")
+    job.model.train()
+    for epoch in range(start, job.epochs):
+        torch.manual_seed(job.seed * 10_007 + epoch)  # the same noise whether or not the run was resumed
+        totals: dict[str, float] = {}
+        count = 0
+        for batch in bar(job.batches(epoch), desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", leave=False):
+            losses = job.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            nn.utils.clip_grad_norm_(job.model.parameters(), job.grad_clip)
+            optimizer.step()
+            step += 1
+            count += 1
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + value.item()
+                job.writer.add_scalar(f"{job.name}/{key}", value.item(), step)
+        means = {k: v / max(count, 1) for k, v in totals.items()}
+        tqdm.write(f"{job.name} epoch {epoch + 1}/{job.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+        for key, value in means.items():
+            job.writer.add_scalar(f"{job.name}/epoch_{key}", value, epoch + 1)
+        payload = {
+            "kind": job.name,
+            "config": job.model_config,
+            "state_dict": job.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "step": step,
+            "losses": means,
+        }
+        checkpoints.save(job.path, payload)
+        if job.on_epoch_end:
+            job.on_epoch_end(epoch + 1)
+        job.writer.flush()
+    return payload

@@ -1,0 +1,29 @@
+"""Vision models V: build one from a recipe or a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..config import Config
+from .base import Latent, VisionModel
+from .vae import ConvVAE, VAEConfig
+
+MODELS = {"vae": (ConvVAE, VAEConfig)}
+
+
+def vision_config(cfg: Config) -> dict:
+    """The model config of the recipe's V, as stored in its checkpoint."""
+    _, config_cls = MODELS[cfg.vision.model]
+    wanted = {"frame_size": cfg.env.frame_size, **dataclasses.asdict(cfg.vision)}
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {"model": cfg.vision.model, **{k: v for k, v in wanted.items() if k in names}}
+
+
+def build_vision(model_config: dict) -> VisionModel:
+    """Build V from a stored model config (`model` plus the model's own fields)."""
+    config = dict(model_config)
+    model_cls, config_cls = MODELS[config.pop("model")]
+    return model_cls(config_cls(**config))
+
+
+__all__ = ["Latent", "VisionModel", "ConvVAE", "VAEConfig", "build_vision", "vision_config"]

@@ -1,0 +1,47 @@
+"""The interface every vision model V offers to the rest of the framework."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Latent:
+    """What V makes of a batch of frames: a mean and, for a VAE, a log standard deviation."""
+
+    mean: torch.Tensor  # (B, Z)
+    logstd: torch.Tensor | None = None  # (B, Z)
+
+    def sample(self) -> torch.Tensor:
+        """Draw z with the reparameterisation trick (the mean when there is no spread)."""
+        if self.logstd is None:
+            return self.mean
+        return self.mean + self.logstd.exp() * torch.randn_like(self.mean)
+
+
+class VisionModel(nn.Module):
+    """V: encode frames to latents, decode latents to frames, and the training loss."""
+
+    latent_dim: int
+    latent_kind: str  # "continuous" | "discrete"
+
+    def encode(self, x: torch.Tensor) -> Latent:
+        """(B, 3, H, W) in [0, 1] -> Latent."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, Z) -> (B, 3, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named loss terms for a batch; 'loss' is the one to minimise."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """n frames decoded from the prior, its spread scaled by `temperature`."""
+        device = next(self.parameters()).device
+        return self.decode(temperature * torch.randn(n, self.latent_dim, device=device))

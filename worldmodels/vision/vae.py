@@ -1,0 +1,71 @@
+"""The conv VAE of Ha & Schmidhuber (2018): 4 stride-2 convs, a Gaussian latent, 4 deconvs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Latent, VisionModel
+
+
+@dataclass
+class VAEConfig:
+    """Sizes of the conv VAE; stored in its checkpoint so it loads without the recipe."""
+
+    frame_size: int = 64
+    latent_dim: int = 32
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    free_bits: float = 0.5
+    kl_weight: float = 1.0
+
+
+class ConvVAE(VisionModel):
+    """Ha's layout (32-64-128-256 convs, ReLU, sigmoid output), padded so any frame size divisible by 16 works."""
+
+    latent_kind = "continuous"
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.latent_dim = cfg.latent_dim
+        c = cfg.channels
+        self.bottom = cfg.frame_size // 16  # spatial size after 4 stride-2 convs
+        flat = c[3] * self.bottom**2
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, c[0], 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c[0], c[1], 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c[1], c[2], 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c[2], c[3], 4, 2, 1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.to_mean = nn.Linear(flat, cfg.latent_dim)
+        self.to_logstd = nn.Linear(flat, cfg.latent_dim)
+        self.from_latent = nn.Linear(cfg.latent_dim, flat)
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(c[3], c[2], 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c[2], c[1], 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c[1], c[0], 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c[0], 3, 4, 2, 1), nn.Sigmoid(),
+        )
+
+    def encode(self, x: torch.Tensor) -> Latent:
+        h = self.encoder(x)  # (B, C*s*s)
+        return Latent(self.to_mean(h), self.to_logstd(h).clamp(-10.0, 4.0))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.from_latent(z).view(-1, self.cfg.channels[3], self.bottom, self.bottom)
+        return self.decoder(h)
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Summed squared error per frame + KL to N(0, I), the KL floored at free_bits per dimension."""
+        latent = self.encode(x)
+        recon = self.decode(latent.sample())
+        mse = (recon - x).pow(2).flatten(1).sum(1).mean()
+        mean, logstd = latent.mean, latent.logstd
+        kl = 0.5 * (mean.pow(2) + (2 * logstd).exp() - 1 - 2 * logstd).sum(1).mean()
+        # Ha's kl_tolerance: no pressure on the KL below the floor, so the latent keeps some information
+        kl_floored = torch.clamp(kl, min=self.cfg.free_bits * self.latent_dim)
+        return {"loss": mse + self.cfg.kl_weight * kl_floored, "recon": mse, "kl": kl}
