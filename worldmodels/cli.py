@@ -47,7 +47,8 @@ def run_stage(args: argparse.Namespace) -> object:
     cfg = config_lib.load(args.recipe, overrides)
     run = Run(args.checkpoints, cfg)
     rollouts_root = Path(args.rollouts)
-    if args.stage in ("collect", "train-vision", "pipeline"):
+    if args.stage in ("collect", "train-vision", "train-memory", "train-controller", "pipeline"):
+        stages.check_run(cfg, run)  # before recording the recipe, so a refused recipe leaves the old one
         run.dir.mkdir(parents=True, exist_ok=True)
         run.write_recipe()
     if args.stage == "collect":

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import cma
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from .pool import worker_pool
 from .progress import bar
 from . import checkpoints
 from .agent import WorldModel, play
@@ -19,6 +19,10 @@ from .config import Config
 from .controller import Controller
 from .errors import WorldModelsError
 from .worlds.real import make_world
+
+with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent
+    warnings.simplefilter("ignore", UserWarning)
+    import cma
 
 # ---------------------------------------------------------------- evaluators
 
@@ -31,7 +35,6 @@ _max_steps = 0
 def _init_worker(cfg: Config, vision_path: str, memory_path: str, max_steps: int) -> None:
     """Load V and M once per worker process."""
     global _model, _env_cfg, _max_steps
-    torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
     _model = WorldModel.load(Path(vision_path), Path(memory_path))
     _env_cfg, _max_steps = cfg.env, max_steps
     _worlds.clear()
@@ -53,7 +56,7 @@ class Evaluator:
         args = (cfg, str(vision_path), str(memory_path), max_steps)
         self.workers, self.batch = workers, batch
         if workers > 1:
-            self.pool = mp.get_context("spawn").Pool(workers, _init_worker, args)
+            self.pool = worker_pool(workers, _init_worker, args)
         else:
             self.pool = None
             _init_worker(*args)

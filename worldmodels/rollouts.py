@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing as mp
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .pool import worker_pool
 from .progress import bar
 from .checkpoints import atomic_write, save_json
 from .config import CollectConfig, Config, EnvConfig
@@ -89,7 +90,7 @@ def load_episode(path: Path) -> dict:
     try:
         with np.load(path) as data:
             episode = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
         raise CorruptEpisode(f"{path.name}: {type(exc).__name__}") from None
     missing = [k for k in EPISODE_KEYS if k not in episode]
     if missing:
@@ -176,7 +177,6 @@ _worker_cfg: Config | None = None
 
 def _init_worker(cfg: Config) -> None:
     global _worker_env, _worker_cfg
-    torch.set_num_threads(1)
     _worker_cfg = cfg
     _worker_env = make_world(cfg.env)
 
@@ -200,7 +200,7 @@ def collect(cfg: Config, root: Path) -> dict:
         jobs = [(i, str(root)) for i in todo]
         progress = bar(total=len(todo), desc="collect", unit="ep")
         if cfg.collect.workers > 1:
-            with mp.get_context("spawn").Pool(cfg.collect.workers, _init_worker, (cfg,)) as pool:
+            with worker_pool(cfg.collect.workers, _init_worker, (cfg,)) as pool:
                 for _ in pool.imap_unordered(_collect_one, jobs):
                     progress.update()
                 pool.close()

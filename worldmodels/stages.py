@@ -73,6 +73,7 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     store = EpisodeStore(episodes_dir(rollouts_root, cfg))
     store.manifest()  # fails clearly when nothing was collected
     model_config = vision_config(cfg)
+    torch.manual_seed(v.seed)  # the same initial weights whatever ran before in this process
     model = build_vision(model_config).to(device)
     stream = FrameStream(store, v.buffer_episodes, seed=v.seed)
     writer = SummaryWriter(run.tensorboard)
@@ -98,6 +99,14 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     return result
 
 
+def two_rows(*images: torch.Tensor) -> list[torch.Tensor]:
+    """Split each batch into two rows when it has more than one frame: [a[:h], b[:h], a[h:], b[h:]]."""
+    if len(images[0]) < 2:
+        return list(images)
+    half = (len(images[0]) + 1) // 2
+    return [x[:half] for x in images] + [x[half:] for x in images]
+
+
 def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature: float = 1.0) -> list[Path]:
     """Write PNG grids: prior samples, and reconstructions under their originals."""
     model = load_vision(run.require(run.vision, "train-vision"))
@@ -111,9 +120,7 @@ def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature:
     out = run.dir / "samples"
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "reconstructions.png", out / "prior.png"]
-    half = (n + 1) // 2
-    pictures = [image_grid([originals[:half], recon[:half], originals[half:], recon[half:]] if n > 1 else [originals, recon]),
-                image_grid([prior[:half], prior[half:]] if n > 1 else [prior])]
+    pictures = [image_grid(two_rows(originals, recon)), image_grid(two_rows(prior))]
     writer = SummaryWriter(run.tensorboard)
     for path, picture in zip(paths, pictures):
         checkpoints.atomic_write(path, lambda f: Image.fromarray(picture).save(f, format="PNG"))
@@ -129,6 +136,7 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     """Cache each episode's latent mean and log-std (float16) in the run folder."""
     device = pick_device(cfg.device)
     vision_ckpt = checkpoints.load(run.require(run.vision, "train-vision"), "vision")
+    checkpoints.check_same_config(run.vision, vision_ckpt["config"], vision_config(cfg), "vision")
     model = load_vision(run.vision, device)
     store = EpisodeStore(episodes_dir(rollouts_root, cfg))
     space = make_world(cfg.env).action_space
@@ -197,6 +205,7 @@ def train_memory(cfg: Config, run: Run) -> dict:
     device = pick_device(cfg.device)
     episodes = load_latents(run)
     model_config = memory_config(cfg, episodes[0].mu.shape[1])
+    torch.manual_seed(m.seed)
     model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
     dataset = SequenceDataset(episodes, m.seq_len)
     generator = torch.Generator()
@@ -219,6 +228,16 @@ def train_memory(cfg: Config, run: Run) -> dict:
 
 
 # ---------------------------------------------------------------- the whole pipeline
+
+
+def check_run(cfg: Config, run: Run) -> None:
+    """Refuse a recipe whose model sizes differ from the checkpoints already in the run folder."""
+    if run.vision.is_file():
+        saved = checkpoints.load(run.vision, "vision")["config"]
+        checkpoints.check_same_config(run.vision, saved, vision_config(cfg), "vision")
+        if run.memory.is_file():
+            wanted = memory_config(cfg, saved["latent_dim"])
+            checkpoints.check_same_config(run.memory, checkpoints.load(run.memory, "memory")["config"], wanted, "memory")
 
 
 def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
