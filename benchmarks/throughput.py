@@ -3,13 +3,16 @@
 
     python benchmarks/throughput.py [--recipe envs/cartpole.toml] [--episodes 40]
 
-Throughput does not depend on how well V and M are trained, so untrained models are used.
+Throughput does not depend on how well V and M are trained, so untrained models and random controllers are
+used; their episodes are short, so per-episode costs (reset, dispatch) weigh more than in a late CMA-ES
+generation. `--recipe envs/pendulum.toml` gives fixed 200-step episodes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -28,7 +31,7 @@ from worldmodels.vision import build_vision, vision_config
 
 
 def emit(**fields) -> None:
-    print(json.dumps({"machine": f"{platform.machine()} {torch.get_num_threads()} threads", **fields}), flush=True)
+    print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", **fields}), flush=True)
 
 
 def vision_frames_per_s(cfg: config.Config, store: EpisodeStore, threads: int, seconds: float = 20.0) -> float:
@@ -53,13 +56,15 @@ def vision_frames_per_s(cfg: config.Config, store: EpisodeStore, threads: int, s
     return frames / (time.perf_counter() - start)
 
 
-def eval_steps_per_s(cfg: config.Config, run: Path, workers: int, batch: int, candidates: np.ndarray, seeds: list[int]) -> float:
+def eval_steps_per_s(cfg: config.Config, run: Path, workers: int, batch: int, candidates: np.ndarray, seeds: list[int]) -> tuple[float, float]:
+    """(env steps/s, mean episode length) for every candidate played on every seed."""
     with Evaluator(cfg, run / "vision.pt", run / "memory.pt", workers, batch=batch) as evaluator:
         evaluator.returns(candidates[:workers], seeds[:1])  # workers start and load V and M
         evaluator.steps = 0
         start = time.perf_counter()
         evaluator.returns(candidates, seeds)
-        return evaluator.steps / (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return evaluator.steps / seconds, evaluator.steps / (len(candidates) * len(seeds))
 
 
 def main() -> None:
@@ -67,6 +72,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="envs/cartpole.toml")
     parser.add_argument("--episodes", type=int, default=40, help="episodes collected for the V benchmark")
     parser.add_argument("--seconds", type=float, default=20.0, help="V training time per measurement")
+    parser.add_argument("--candidates", type=int, default=32, help="random controllers evaluated")
+    parser.add_argument("--seeds", type=int, default=4, help="episodes per controller")
     args = parser.parse_args()
     cfg = config.load(args.recipe, ["collect.workers=1"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,11 +93,12 @@ def main() -> None:
         checkpoints.save(tmp / "memory.pt", {"kind": "memory", "config": memory_cfg, "state_dict": MDNRNN(MemoryModelConfig(**memory_cfg)).state_dict()})
         space = rollouts.make_world(cfg.env).action_space
         dim = Controller(cfg.vision.latent_dim + cfg.memory.hidden_size, space).num_params
-        candidates = np.random.default_rng(0).normal(0, 0.1, (16, dim))
-        seeds = [0, 1]
+        candidates = np.random.default_rng(0).normal(0, 0.1, (args.candidates, dim))
+        seeds = list(range(args.seeds))
         for workers, batch in ((1, 1), (2, 1), (1, 8), (2, 8)):
+            steps_per_s, length = eval_steps_per_s(cfg, tmp, workers, batch, candidates, seeds)
             emit(benchmark="controller_evaluation", env=cfg.env.id, workers=workers, episodes_per_batch=batch,
-                 env_steps_per_s=round(eval_steps_per_s(cfg, tmp, workers, batch, candidates, seeds), 1))
+                 episodes=len(candidates) * len(seeds), mean_episode_steps=round(length, 1), env_steps_per_s=round(steps_per_s, 1))
 
 
 if __name__ == "__main__":
