@@ -28,6 +28,7 @@ from worldmodels.memory import MDNRNN, MemoryModelConfig
 from worldmodels.rollouts import EpisodeStore, FrameStream, frames_to_float
 from worldmodels.stages import memory_config
 from worldmodels.vision import build_vision, vision_config
+from worldmodels.worlds.real import action_space
 
 
 def emit(**fields) -> None:
@@ -91,7 +92,7 @@ def main() -> None:
         checkpoints.save(tmp / "vision.pt", {"kind": "vision", "config": vision_cfg, "state_dict": build_vision(vision_cfg).state_dict()})
         memory_cfg = memory_config(cfg, cfg.vision.latent_dim)
         checkpoints.save(tmp / "memory.pt", {"kind": "memory", "config": memory_cfg, "state_dict": MDNRNN(MemoryModelConfig(**memory_cfg)).state_dict()})
-        space = rollouts.make_world(cfg.env).action_space
+        space = action_space(cfg.env)
         dim = Controller(cfg.vision.latent_dim + cfg.memory.hidden_size, space).num_params
         candidates = np.random.default_rng(0).normal(0, 0.1, (args.candidates, dim))
         seeds = list(range(args.seeds))

@@ -38,10 +38,17 @@ def test_there_are_shipped_recipes():
 def test_cartpole_recipe_values():
     cfg = config_lib.load(ENVS / "cartpole.toml")
     assert cfg.env.id == "CartPole-v1"
-    assert cfg.env.crop == [0.35, 0.8, 0.0, 1.0]
+    assert cfg.env.crop == [0.35, 0.8, 0.2, 0.8]
     assert cfg.memory.hidden_size == 64
     assert cfg.controller.target == 500.0
     assert cfg.vision.channels == [32, 64, 128, 256]  # a default, not in the file
+
+
+def test_carracing_recipe_is_the_original_scale():
+    cfg = config_lib.load(ENVS / "carracing.toml")
+    assert (cfg.env.id, cfg.env.frame_size, cfg.vision.latent_dim) == ("CarRacing-v3", 64, 32)
+    assert (cfg.memory.hidden_size, cfg.memory.num_gaussians) == (256, 5)
+    assert (cfg.controller.population, cfg.controller.rollouts) == (64, 16)
 
 
 def test_tiny_recipe_loads():

@@ -6,7 +6,7 @@ import pytest
 
 from worldmodels import config as config_lib
 
-from conftest import RUN_NAME, TINY, cli_stage, run_cli
+from conftest import RUN_NAME, cli_stage, run_cli
 
 
 def one_error_line(capsys, stage: str) -> str:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import pickle
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

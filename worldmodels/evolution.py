@@ -18,7 +18,7 @@ from .agent import WorldModel, play
 from .config import Config
 from .controller import Controller
 from .errors import WorldModelsError
-from .worlds.real import make_world
+from .worlds.real import action_space, make_world
 
 with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent
     warnings.simplefilter("ignore", UserWarning)
@@ -129,7 +129,7 @@ def train_controller(cfg: Config, run: checkpoints.Run) -> dict:
     """Search controller parameters with CMA-ES; resumable from the saved CMA-ES state."""
     c = cfg.controller
     model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"))
-    space = make_world(cfg.env).action_space
+    space = action_space(cfg.env)
     dim = Controller(model.controller_input, space).num_params
     if run.cmaes.exists():
         es, progress, np_state = checkpoints.load_pickle(run.cmaes)

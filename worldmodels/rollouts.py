@@ -18,9 +18,9 @@ from tqdm import tqdm
 from .pool import worker_pool
 from .progress import bar
 from .checkpoints import atomic_write, save_json
-from .config import CollectConfig, Config, EnvConfig
+from .config import CollectConfig, Config
 from .errors import WorldModelsError
-from .worlds.real import make_world
+from .worlds.real import action_space, make_world
 
 EPISODE_KEYS = ("obs", "action", "reward", "terminated", "truncated", "seed")
 
@@ -191,7 +191,7 @@ def _collect_one(job: tuple[int, str]) -> tuple[str, int]:
 
 def collect(cfg: Config, root: Path) -> dict:
     """Collect `cfg.collect.episodes` episodes into `root`, skipping those already there (resume)."""
-    make_world(cfg.env).close()  # fail fast on a bad env id, in this process
+    action_space(cfg.env)  # fail fast on a bad env id, in this process
     store = EpisodeStore(root)
     root.mkdir(parents=True, exist_ok=True)
     have = {p.name for p in store.paths()}

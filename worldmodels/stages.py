@@ -22,7 +22,7 @@ from .memory import MDNRNN, MemoryModelConfig, memory_loss
 from .rollouts import EpisodeStore, FrameStream, LatentEpisode, SequenceDataset, frames_to_float
 from .training import Fit, fit, pick_device
 from .vision import build_vision, vision_config
-from .worlds.real import action_dim, encode_actions, make_world
+from .worlds.real import action_dim, action_space, encode_actions
 
 
 def episodes_dir(rollouts_root: Path, cfg: Config) -> Path:
@@ -139,7 +139,7 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     checkpoints.check_same_config(run.vision, vision_ckpt["config"], vision_config(cfg), "vision")
     model = load_vision(run.vision, device)
     store = EpisodeStore(episodes_dir(rollouts_root, cfg))
-    space = make_world(cfg.env).action_space
+    space = action_space(cfg.env)
     wanted = [Path(e["file"]) for e in store.manifest()["episodes"]]
     manifest_path = run.latents / "manifest.json"
     made_by = vision_ckpt["step"]
@@ -195,7 +195,7 @@ def load_latents(run: Run) -> list[LatentEpisode]:
 def memory_config(cfg: Config, latent_dim: int) -> dict:
     """The model config of the recipe's M, as stored in its checkpoint."""
     m = cfg.memory
-    space = make_world(cfg.env).action_space
+    space = action_space(cfg.env)
     return vars(MemoryModelConfig(latent_dim, action_dim(space), m.hidden_size, m.num_gaussians))
 
 

@@ -77,6 +77,14 @@ def make_world(cfg: EnvConfig, max_steps: int = 0) -> gym.Env:
     return PixelObservation(env, cfg.frame_size, cfg.crop)
 
 
+def action_space(cfg: EnvConfig) -> gym.Space:
+    """The action space of a recipe's world (the world is made, read and closed)."""
+    world = make_world(cfg)
+    space = world.action_space
+    world.close()
+    return space
+
+
 def action_dim(space: gym.Space) -> int:
     """Width of an action as M sees it: one-hot for Discrete, the vector for Box."""
     if isinstance(space, gym.spaces.Discrete):
