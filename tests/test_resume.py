@@ -120,6 +120,18 @@ def test_finished_stages_skip_without_writing(copy_run, capsys):
     assert {p: p.stat().st_mtime_ns for p in watched} == before
 
 
+def test_encode_redoes_latents_after_vision_trains_further(copy_run):
+    ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
+    latents = sorted((run / "latents").glob("ep_*.npz"))
+    before = {p.name: np.load(p)["mu"] for p in latents}
+    assert cli_stage("encode", ck, ro) == 0  # V unchanged: nothing to redo
+    assert all(np.array_equal(np.load(run / "latents" / n)["mu"], mu) for n, mu in before.items())
+    assert cli_stage("train-vision", ck, ro, "--set", "vision.epochs=2") == 0
+    assert cli_stage("encode", ck, ro, "--set", "vision.epochs=2") == 0
+    after = {n: np.load(run / "latents" / n)["mu"] for n in before}
+    assert all(not np.array_equal(after[n], before[n]) for n in before)
+
+
 def test_same_recipe_same_weights_in_one_process(tmp_path, tiny_rollouts):
     """vision.seed / memory.seed must make training reproducible, whatever ran before in the process."""
     torch.manual_seed(1)

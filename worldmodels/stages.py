@@ -142,14 +142,16 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     space = action_space(cfg.env)
     wanted = [Path(e["file"]) for e in store.manifest()["episodes"]]
     manifest_path = run.latents / "manifest.json"
-    made_by = vision_ckpt["step"]
-    done: set[str] = set()
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("vision_step") == made_by:
-            done = set(old["episodes"])
-    todo = [store.root / p for p in wanted if p.name not in done or not (run.latents / p.name).is_file()]
-    encoded = sorted(done & {p.name for p in wanted})
+    made_by = vision_ckpt["step"]  # latents are stale once V trains further
+    fresh = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("vision_step") == made_by
+    if not fresh:
+        for stale in run.latents.glob("ep_*.npz"):
+            stale.unlink()
+    run.latents.mkdir(parents=True, exist_ok=True)
+    # each latent file is written atomically, so the files themselves say how far an interrupted encode got
+    done = {p.name for p in run.latents.glob("ep_*.npz")}
+    checkpoints.save_json(manifest_path, {"vision_step": made_by, "episodes": sorted(done & {p.name for p in wanted})})
+    todo = [store.root / p for p in wanted if p.name not in done]
     for path, episode in bar(store.iter_episodes(todo), total=len(todo), desc="encode", unit="ep"):
         frames = torch.from_numpy(episode["obs"])
         means, logstds = [], []
@@ -158,18 +160,15 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
                 latent = model.encode(frames_to_float(chunk, device))
                 means.append(latent.mean.cpu())
                 logstds.append(latent.logstd.cpu())
-        rollouts_latent = {
+        rollouts.save_episode(run.latents / path.name, {
             "mu": torch.cat(means).numpy().astype(np.float16),
             "logstd": torch.cat(logstds).numpy().astype(np.float16),
             "action": encode_actions(episode["action"], space),
             "reward": episode["reward"].astype(np.float32),
             "done": episode["terminated"].astype(bool),
-        }
-        rollouts.save_episode(run.latents / path.name, rollouts_latent)
-        encoded.append(path.name)
-        # the manifest follows every episode, so an interrupted encode resumes where it stopped
-        checkpoints.save_json(manifest_path, {"vision_step": made_by, "episodes": sorted(encoded)})
-    checkpoints.save_json(manifest_path, {"vision_step": made_by, "episodes": sorted(encoded)})
+        })
+    encoded = sorted({p.name for p in wanted} & {p.name for p in run.latents.glob("ep_*.npz")})
+    checkpoints.save_json(manifest_path, {"vision_step": made_by, "episodes": encoded})
     if store.skipped:
         tqdm.write(f"encode: skipped {len(store.skipped)} corrupt episode(s)")
     return {"episodes": len(encoded), "skipped": sorted(store.skipped)}
