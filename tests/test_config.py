@@ -167,6 +167,9 @@ def test_override_type_is_checked():
     ("controller.population=1", "controller.population"),
     ("controller.rollouts=0", "controller.rollouts"),
     ("evaluate.episodes=0", "evaluate.episodes"),
+    ("vision.epochs=0", "vision.epochs"),
+    ("memory.epochs=0", "memory.epochs"),
+    ("controller.eval_every=0", "controller.eval_every"),
 ])
 def test_validate_rejects_bad_values(override, key):
     with pytest.raises(WorldModelsError, match=key.replace(".", r"\.")):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels.controller import Controller, output_dim, to_action
+from worldmodels.controller import Controller, to_action
+from worldmodels.worlds.real import action_dim
 
 BOX = gym.spaces.Box(low=np.array([-2.0, 0.0], dtype=np.float32), high=np.array([2.0, 1.0], dtype=np.float32))
 
@@ -36,7 +37,7 @@ def test_unbounded_box_dimensions_take_raw_output():
 
 def test_discrete_mapping_is_start_plus_argmax():
     space = gym.spaces.Discrete(3, start=1)
-    assert output_dim(space) == 3
+    assert action_dim(space) == 3
     assert to_action(np.array([0.9, -0.2, 0.1]), space) == 1
     assert to_action(np.array([-0.9, 0.5, 0.1]), space) == 2
     assert to_action(np.array([-0.9, -0.5, 0.7]), space) == 3

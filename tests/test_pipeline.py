@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from worldmodels import checkpoints, config as config_lib
@@ -154,3 +155,12 @@ def test_process_pools_give_the_same_results(copy_run):
     assert progress_pool.best_score == progress_single.best_score
     report_pool = json.loads((run / "report.json").read_text())
     assert report_pool["returns"] == report_single["returns"]
+
+
+def test_image_grid_pads_a_short_row_with_black():
+    from worldmodels.stages import image_grid, two_rows
+
+    frames = torch.rand(5, 3, 4, 4) * 0.5 + 0.5  # never black
+    picture = image_grid(two_rows(frames))  # rows of 3 and 2 frames
+    assert picture.shape == (8, 12, 3)
+    assert (picture[4:, 8:] == 0).all() and (picture[:4, 8:] > 0).all()

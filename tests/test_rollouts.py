@@ -253,6 +253,9 @@ def test_frame_stream_yields_every_frame_once_per_epoch(tmp_path):
     episodes = [fake_episode(steps=4 + i, seed=i, size=4) for i in range(3)]
     for i, ep in enumerate(episodes):
         save_episode(tmp_path / episode_name(i), ep)
+    listed = [{"file": episode_name(i), "steps": 4 + i, "seed": i} for i in range(3)]
+    (tmp_path / "manifest.json").write_text(json.dumps({"episodes": listed}))
+    save_episode(tmp_path / episode_name(7), fake_episode(steps=5, seed=7, size=4))  # not in the manifest: unused
     all_frames = Counter(f.tobytes() for ep in episodes for f in ep["obs"])
     stream = FrameStream(EpisodeStore(tmp_path), buffer_episodes=2, seed=0)
 
@@ -289,3 +292,11 @@ def test_sequence_dataset_windows_and_mask():
     np.testing.assert_array_equal(b["done"], [1, 0, 0, 0])
     np.testing.assert_array_equal(a["action"], ep.action[:4])
     assert all(t.dtype == torch.float32 for t in a.values())
+
+
+def test_encode_actions_of_an_empty_episode_keeps_the_action_width():
+    from worldmodels.worlds.real import encode_actions
+
+    box = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    assert encode_actions(np.zeros((0, 1), np.float32), box).shape == (0, 1)
+    assert encode_actions(np.zeros(0, np.int64), gym.spaces.Discrete(3)).shape == (0, 3)

@@ -1,4 +1,4 @@
-"""`python -m worldmodels` (and `torchrun -m worldmodels`) run the command line."""
+"""`python -m worldmodels` runs the command line."""
 
 import sys
 

@@ -197,6 +197,8 @@ def validate(cfg: Config) -> Config:
         (cfg.controller.population >= 2, "controller.population must be at least 2"),
         (cfg.controller.rollouts >= 1, "controller.rollouts must be at least 1"),
         (cfg.evaluate.episodes >= 1, "evaluate.episodes must be at least 1"),
+        (cfg.vision.epochs >= 1 and cfg.memory.epochs >= 1, "vision.epochs and memory.epochs must be at least 1"),
+        (cfg.controller.eval_every >= 1, "controller.eval_every must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -6,10 +6,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-
-def output_dim(space: gym.Space) -> int:
-    """Controller outputs: one logit per choice for Discrete, one per dimension for Box."""
-    return int(space.n) if isinstance(space, gym.spaces.Discrete) else int(np.prod(space.shape))
+from .worlds.real import action_dim
 
 
 class Controller:
@@ -17,7 +14,7 @@ class Controller:
 
     def __init__(self, input_dim: int, space: gym.Space, population: int = 1):
         self.input_dim, self.space = input_dim, space
-        self.out = output_dim(space)
+        self.out = action_dim(space)  # one logit per choice for Discrete, one output per dimension for Box
         self.weight = torch.zeros(population, self.out, input_dim)
         self.bias = torch.zeros(population, self.out)
 

@@ -141,7 +141,6 @@ def train_controller(cfg: Config, run: checkpoints.Run) -> dict:
             return {"generation": progress.generation, "best_score": progress.best_score}
         tqdm.write(f"controller: resuming after generation {progress.generation}")
     else:
-        np.random.seed(c.seed)
         es = cma.CMAEvolutionStrategy(np.zeros(dim), c.sigma0, {"popsize": c.population, "seed": c.seed + 1, "verbose": -9})
         progress = Progress()
     writer = SummaryWriter(run.tensorboard)

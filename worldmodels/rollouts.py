@@ -20,7 +20,8 @@ from .progress import bar
 from .checkpoints import atomic_write, save_json
 from .config import CollectConfig, Config
 from .errors import WorldModelsError
-from .worlds.real import action_space, make_world
+from .controller import to_action
+from .worlds.real import action_dim, action_space, make_world
 
 EPISODE_KEYS = ("obs", "action", "reward", "terminated", "truncated", "seed")
 
@@ -45,15 +46,12 @@ class BrownianPolicy:
     def __init__(self, space: gym.Space, seed: int, sigma: float):
         self.space, self.sigma = space, sigma
         self.rng = np.random.default_rng(seed)
-        self.dim = int(space.n) if isinstance(space, gym.spaces.Discrete) else int(np.prod(space.shape))
+        self.dim = action_dim(space)
         self.x = self.rng.uniform(-1, 1, self.dim)
 
     def __call__(self):
         self.x = np.clip(self.x + self.sigma * self.rng.standard_normal(self.dim), -1, 1)
-        if isinstance(self.space, gym.spaces.Discrete):
-            return int(self.space.start + np.argmax(self.x))
-        low, high = self.space.low.ravel(), self.space.high.ravel()
-        return (low + (self.x + 1) / 2 * (high - low)).reshape(self.space.shape).astype(self.space.dtype)
+        return to_action(self.x, self.space)  # mapped like a controller's output
 
 
 def make_policy(cfg: CollectConfig, space: gym.Space, seed: int):
@@ -115,6 +113,10 @@ class EpisodeStore:
     def paths(self) -> list[Path]:
         return sorted(self.root.glob("ep_*.npz"))
 
+    def listed(self) -> list[Path]:
+        """The episodes the manifest lists: what V, encode and M use (not stray files in the folder)."""
+        return [self.root / e["file"] for e in self.manifest()["episodes"]]
+
     def manifest(self) -> dict:
         if not self.manifest_path.is_file():
             raise WorldModelsError(f"no episodes in '{self.root}'; run `worldmodels collect` first")
@@ -151,7 +153,7 @@ def collect_episode(env: gym.Env, cfg: CollectConfig, seed: int) -> dict:
         out_of_bounds = not _inside(info.get("state"), cfg)
         capped = cfg.max_steps and len(actions) + 1 >= cfg.max_steps
         if out_of_bounds and not term:
-            break  # the frame fails the filter: end the episode before it, so every kept frame passes
+            break  # the frame fails the filter: end the episode before it, so every frame after the reset passes
         frames.append(obs)
         actions.append(action)
         rewards.append(reward)
@@ -236,10 +238,9 @@ class FrameStream(torch.utils.data.IterableDataset):
     Never loads the whole set: a 10,000-episode CarRacing store is ~120 GB as uint8.
     """
 
-    def __init__(self, store: EpisodeStore, buffer_episodes: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, store: EpisodeStore, buffer_episodes: int, seed: int = 0):
         super().__init__()
         self.store, self.buffer_episodes, self.seed = store, buffer_episodes, seed
-        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -247,8 +248,8 @@ class FrameStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        paths = self.store.paths()
-        paths = [paths[i] for i in rng.permutation(len(paths))][self.rank :: self.world_size]
+        paths = self.store.listed()
+        paths = [paths[i] for i in rng.permutation(len(paths))]
         for start in range(0, len(paths), self.buffer_episodes):
             chunk = [ep["obs"] for _, ep in self.store.iter_episodes(paths[start : start + self.buffer_episodes])]
             if not chunk:
@@ -279,7 +280,7 @@ class SequenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, episodes: list[LatentEpisode], seq_len: int):
         self.episodes, self.seq_len = episodes, seq_len
-        self.index = [(e, s) for e, ep in enumerate(episodes) for s in range(0, max(len(ep.action), 1), seq_len) if len(ep.action)]
+        self.index = [(e, s) for e, ep in enumerate(episodes) for s in range(0, len(ep.action), seq_len)]
 
     def __len__(self) -> int:
         return len(self.index)

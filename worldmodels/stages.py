@@ -49,6 +49,8 @@ def collect(cfg: Config, rollouts_root: Path) -> dict:
 
 def image_grid(rows: list[torch.Tensor]) -> np.ndarray:
     """Stack rows of (N, 3, H, W) images in [0, 1] into one uint8 (H*rows, W*N, 3) picture."""
+    width = max(len(r) for r in rows)
+    rows = [torch.cat([r, r.new_zeros(width - len(r), *r.shape[1:])]) for r in rows]  # pad short rows with black
     lines = [torch.cat(list(r.clamp(0, 1)), dim=2) for r in rows]  # each (3, H, W*N)
     return (torch.cat(lines, dim=1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
@@ -56,7 +58,7 @@ def image_grid(rows: list[torch.Tensor]) -> np.ndarray:
 def fixed_frames(store: EpisodeStore, n: int) -> torch.Tensor:
     """n frames spread over the first episodes, the same every time: for pictures."""
     frames = []
-    for _, episode in store.iter_episodes(store.paths()[: max(n, 1)]):
+    for _, episode in store.iter_episodes(store.listed()[: max(n, 1)]):
         obs = episode["obs"]
         frames.append(torch.from_numpy(obs[len(obs) // 2]))
         if len(frames) == n:
@@ -137,21 +139,23 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     device = pick_device(cfg.device)
     vision_ckpt = checkpoints.load(run.require(run.vision, "train-vision"), "vision")
     checkpoints.check_same_config(run.vision, vision_ckpt["config"], vision_config(cfg), "vision")
-    model = load_vision(run.vision, device)
+    model = build_vision(vision_ckpt["config"])
+    model.load_state_dict(vision_ckpt["state_dict"])
+    model = model.to(device).eval()
     store = EpisodeStore(episodes_dir(rollouts_root, cfg))
     space = action_space(cfg.env)
-    wanted = [Path(e["file"]) for e in store.manifest()["episodes"]]
+    wanted = store.listed()
     manifest_path = run.latents / "manifest.json"
-    made_by = vision_ckpt["step"]  # latents are stale once V trains further
-    fresh = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("vision_step") == made_by
+    made_by = vision_ckpt["id"]  # latents are stale once V is trained further or anew
+    fresh = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("vision_id") == made_by
     if not fresh:
         for stale in run.latents.glob("ep_*.npz"):
             stale.unlink()
     run.latents.mkdir(parents=True, exist_ok=True)
     # each latent file is written atomically, so the files themselves say how far an interrupted encode got
     done = {p.name for p in run.latents.glob("ep_*.npz")}
-    checkpoints.save_json(manifest_path, {"vision_step": made_by, "episodes": sorted(done & {p.name for p in wanted})})
-    todo = [store.root / p for p in wanted if p.name not in done]
+    checkpoints.save_json(manifest_path, {"vision_id": made_by, "episodes": sorted(done & {p.name for p in wanted})})
+    todo = [p for p in wanted if p.name not in done]
     for path, episode in bar(store.iter_episodes(todo), total=len(todo), desc="encode", unit="ep"):
         frames = torch.from_numpy(episode["obs"])
         means, logstds = [], []
@@ -168,7 +172,7 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
             "done": episode["terminated"].astype(bool),
         })
     encoded = sorted({p.name for p in wanted} & {p.name for p in run.latents.glob("ep_*.npz")})
-    checkpoints.save_json(manifest_path, {"vision_step": made_by, "episodes": encoded})
+    checkpoints.save_json(manifest_path, {"vision_id": made_by, "episodes": encoded})
     if store.skipped:
         tqdm.write(f"encode: skipped {len(store.skipped)} corrupt episode(s)")
     return {"episodes": len(encoded), "skipped": sorted(store.skipped)}
@@ -250,7 +254,8 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     if run.report.is_file():
         report = json.loads(run.report.read_text())
         controller_generation = checkpoints.load(run.controller, "controller")["generation"]
-        if report.get("controller_generation") == controller_generation and report["episodes"] == cfg.evaluate.episodes:
+        seeds = [cfg.evaluate.seed + i for i in range(cfg.evaluate.episodes)]
+        if report.get("controller_generation") == controller_generation and report["seeds"] == seeds:
             tqdm.write(f"evaluate: {run.report} is up to date, skipping")
             return report
     return evolution.evaluate(cfg, run)

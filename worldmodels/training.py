@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -86,6 +87,7 @@ def fit(job: Fit) -> dict:
             "epoch": epoch + 1,
             "step": step,
             "losses": means,
+            "id": uuid.uuid4().hex,  # what derived data (latents) was made from, even if a retrain repeats the step count
         }
         checkpoints.save(job.path, payload)
         if job.on_epoch_end:

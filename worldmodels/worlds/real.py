@@ -98,4 +98,4 @@ def encode_actions(actions: np.ndarray, space: gym.Space) -> np.ndarray:
     """Actions as float vectors for M: one-hot for Discrete, flattened floats for Box."""
     if isinstance(space, gym.spaces.Discrete):
         return np.eye(int(space.n), dtype=np.float32)[np.asarray(actions, dtype=np.int64) - int(space.start)]
-    return np.asarray(actions, dtype=np.float32).reshape(len(actions), -1)
+    return np.asarray(actions, dtype=np.float32).reshape(len(actions), action_dim(space))
