@@ -57,7 +57,7 @@ class WorldModel:
 
 
 @torch.inference_mode()
-def play(worlds: list[gym.Env], model: WorldModel, controller: Controller, seeds: list[int], max_steps: int = 0) -> list[tuple[float, int]]:
+def play(worlds: list[gym.Env], model: WorldModel, controller: Controller, seeds: list[int]) -> list[tuple[float, int]]:
     """Real episodes in lock-step, episode k in worlds[k] with controller k and seeds[k]: [(return, steps)].
 
     V, M and C run batched over the episodes still going, which is what makes a worker fast on a CPU.
@@ -78,7 +78,7 @@ def play(worlds: list[gym.Env], model: WorldModel, controller: Controller, seeds
             obs[k], reward, terminated, truncated, _ = worlds[k].step(action)
             totals[k] += float(reward)
             steps[k] += 1
-            if not (terminated or truncated or (max_steps and steps[k] >= max_steps)):
+            if not (terminated or truncated):  # step caps are the worlds' own TimeLimit
                 still.append(row)
         a = torch.from_numpy(encode_actions(np.asarray(actions), space)).to(device)
         _, state = model.memory.step(z, a, state)

@@ -46,7 +46,7 @@ def _play_chunk(job: tuple[np.ndarray, list[int]]) -> list[tuple[float, int]]:
     while len(_worlds) < len(seeds):
         _worlds.append(make_world(_env_cfg, _max_steps))
     controller = Controller.from_flat(flats, _model.controller_input, _worlds[0].action_space)
-    return play(_worlds[: len(seeds)], _model, controller, seeds, _max_steps)
+    return play(_worlds[: len(seeds)], _model, controller, seeds)
 
 
 class Evaluator:
