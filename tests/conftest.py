@@ -19,8 +19,8 @@ import torch
 
 from worldmodels import cli
 
-# The models here are tiny: one thread is much faster than several fighting over 2 cores, and the
-# library's single-worker paths (collect, Evaluator) set this anyway as a side effect.
+# The models here are tiny: one thread is much faster than several fighting over 2 cores
+# (the library's worker processes use one thread each for the same reason).
 torch.set_num_threads(1)
 
 TESTS = Path(__file__).resolve().parent
