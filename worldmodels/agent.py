@@ -18,12 +18,16 @@ from .vision import VisionModel, build_vision
 from .worlds.real import encode_actions
 
 
-def load_vision(path: Path, device: torch.device | str = "cpu") -> VisionModel:
-    """V from its checkpoint alone."""
-    saved = checkpoints.load(path, "vision")
+def vision_from_checkpoint(saved: dict, device: torch.device | str = "cpu") -> VisionModel:
+    """V from a loaded vision checkpoint, in eval mode."""
     model = build_vision(saved["config"])
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()
+
+
+def load_vision(path: Path, device: torch.device | str = "cpu") -> VisionModel:
+    """V from its checkpoint alone."""
+    return vision_from_checkpoint(checkpoints.load(path, "vision"), device)
 
 
 def load_memory(path: Path, device: torch.device | str = "cpu") -> MDNRNN:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .progress import bar
 from . import checkpoints, evolution, rollouts
-from .agent import load_vision
+from .agent import load_vision, vision_from_checkpoint
 from .checkpoints import Run
 from .config import Config
 from .errors import WorldModelsError
@@ -139,9 +139,7 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     device = pick_device(cfg.device)
     vision_ckpt = checkpoints.load(run.require(run.vision, "train-vision"), "vision")
     checkpoints.check_same_config(run.vision, vision_ckpt["config"], vision_config(cfg), "vision")
-    model = build_vision(vision_ckpt["config"])
-    model.load_state_dict(vision_ckpt["state_dict"])
-    model = model.to(device).eval()
+    model = vision_from_checkpoint(vision_ckpt, device)
     store = EpisodeStore(episodes_dir(rollouts_root, cfg))
     space = action_space(cfg.env)
     wanted = store.listed()
