@@ -11,8 +11,8 @@ import torch
 
 from . import checkpoints
 from .controller import Controller
-from .memory import MDNRNN, MemoryModelConfig
 from .errors import WorldModelsError
+from .memory import MDNRNN, MemoryModelConfig
 from .rollouts import frames_to_float
 from .vision import VisionModel, build_vision
 from .worlds.real import encode_actions

@@ -11,13 +11,13 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .pool import worker_pool
-from .progress import bar
 from . import checkpoints
 from .agent import WorldModel, play
 from .config import Config
 from .controller import Controller
 from .errors import WorldModelsError
+from .pool import worker_pool
+from .progress import bar
 from .worlds.real import action_space, make_world
 
 with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .pool import worker_pool
-from .progress import bar
 from .checkpoints import atomic_write, save_json
 from .config import CollectConfig, Config
-from .errors import WorldModelsError
 from .controller import to_action
+from .errors import WorldModelsError
+from .pool import worker_pool
+from .progress import bar
 from .worlds.real import action_dim, action_space, make_world
 
 EPISODE_KEYS = ("obs", "action", "reward", "terminated", "truncated", "seed")

@@ -12,13 +12,13 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .progress import bar
 from . import checkpoints, evolution, rollouts
 from .agent import load_vision, vision_from_checkpoint
 from .checkpoints import Run
 from .config import Config
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig, memory_loss
+from .progress import bar
 from .rollouts import EpisodeStore, FrameStream, LatentEpisode, SequenceDataset, frames_to_float
 from .training import Fit, fit, pick_device
 from .vision import build_vision, vision_config

@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .progress import bar
 from . import checkpoints
+from .progress import bar
 
 
 def pick_device(name: str = "auto") -> torch.device:
