@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import checkpoints
-from .controller import Controller
+from .controller import Controller, to_action
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig
 from .rollouts import frames_to_float
@@ -61,14 +61,25 @@ class WorldModel:
 
 
 @torch.inference_mode()
-def play(worlds: list[gym.Env], model: WorldModel, controller: Controller, seeds: list[int]) -> list[tuple[float, int]]:
+def play(
+    worlds: list[gym.Env],
+    model: WorldModel,
+    controller: Controller,
+    seeds: list[int],
+    exploration: float = 0.0,
+    record: list[dict] | None = None,
+) -> list[tuple[float, int]]:
     """Real episodes in lock-step, episode k in worlds[k] with controller k and seeds[k]: [(return, steps)].
 
     V, M and C run batched over the episodes still going, which is what makes a worker fast on a CPU.
+    `exploration` adds Gaussian noise of that std to C's outputs (seeded by the episode's seed); with a
+    `record` list, each episode is appended to it in the episode store's format.
     """
     device = next(model.memory.parameters()).device
     n = len(seeds)
     obs = [world.reset(seed=seed)[0] for world, seed in zip(worlds, seeds)]
+    rngs = [np.random.default_rng(seed) for seed in seeds]
+    episodes = [{"obs": [o], "action": [], "reward": [], "terminated": [], "truncated": []} for o in obs]
     state = model.memory.initial_state(n, device)
     totals, steps = [0.0] * n, [0] * n
     alive = list(range(n))
@@ -76,12 +87,18 @@ def play(worlds: list[gym.Env], model: WorldModel, controller: Controller, seeds
     while alive:
         frames = frames_to_float(torch.from_numpy(np.stack([obs[k] for k in alive])), device)
         z = model.vision.encode(frames).mean  # (B, Z)
-        actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=alive)
+        outputs = controller.outputs(z.cpu().float(), MDNRNN.hidden(state).cpu().float(), rows=alive).numpy()
+        if exploration:
+            outputs = outputs + exploration * np.stack([rngs[k].standard_normal(outputs.shape[1]) for k in alive])
+        actions = [to_action(y, space) for y in outputs]
         still = []
         for row, (k, action) in enumerate(zip(alive, actions)):
             obs[k], reward, terminated, truncated, _ = worlds[k].step(action)
             totals[k] += float(reward)
             steps[k] += 1
+            if record is not None:
+                for key, value in zip(("obs", "action", "reward", "terminated", "truncated"), (obs[k], action, reward, terminated, truncated)):
+                    episodes[k][key].append(value)
             if not (terminated or truncated):  # step caps are the worlds' own TimeLimit
                 still.append(row)
         a = torch.from_numpy(encode_actions(np.asarray(actions), space)).to(device)
@@ -89,4 +106,14 @@ def play(worlds: list[gym.Env], model: WorldModel, controller: Controller, seeds
         keep = torch.tensor(still, dtype=torch.long, device=device)
         state = (state[0][:, keep], state[1][:, keep])
         alive = [alive[row] for row in still]
+    if record is not None:
+        for episode, seed in zip(episodes, seeds):
+            record.append({
+                "obs": np.stack(episode["obs"]).astype(np.uint8),
+                "action": np.asarray(episode["action"]),
+                "reward": np.asarray(episode["reward"], dtype=np.float32),
+                "terminated": np.asarray(episode["terminated"], dtype=bool),
+                "truncated": np.asarray(episode["truncated"], dtype=bool),
+                "seed": np.asarray(seed),
+            })
     return list(zip(totals, steps))

@@ -108,6 +108,10 @@ class Run:
         return self.dir / "report.json"
 
     @property
+    def dream_report(self) -> Path:
+        return self.dir / "report_dream.json"
+
+    @property
     def tensorboard(self) -> Path:
         return self.dir / "tb"
 

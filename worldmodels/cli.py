@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 from . import config as config_lib
-from . import evolution, stages
+from . import evolution, stages, sweep, watch
+from .pipeline import pipeline
 from .checkpoints import Run
 from .errors import WorldModelsError
 
-STAGES = ["collect", "train-vision", "sample", "encode", "train-memory", "train-controller", "evaluate", "pipeline"]
+STAGES = ["collect", "train-vision", "sample", "encode", "train-memory", "train-controller", "evaluate", "pipeline", "dream", "tau-sweep"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,8 +32,17 @@ def parser() -> argparse.ArgumentParser:
         if stage == "sample":
             s.add_argument("-n", type=int, default=16, help="frames per grid")
             s.add_argument("--temperature", type=float, default=1.0, help="prior spread")
-        if stage == "evaluate":
+        if stage in ("train-controller", "evaluate"):
+            s.add_argument("--world", choices=["real", "dream"],
+                           help="where C acts (default: the recipe's controller.world for training, real for evaluate)")
+        if stage in ("evaluate", "tau-sweep"):
             s.add_argument("--episodes", type=int, help="episodes (default: the recipe's evaluate.episodes)")
+        if stage == "tau-sweep":
+            s.add_argument("--tau", type=float, nargs="+", help="dream temperatures (default: the recipe's dream.tau)")
+        if stage == "dream":
+            s.add_argument("--tau", type=float, help="dream temperature (default: the recipe's dream.tau)")
+            s.add_argument("--seed", type=int, default=0, help="the real episode's seed")
+            s.add_argument("--scale", type=int, default=2, help="GIF enlargement")
     return p
 
 
@@ -44,6 +54,10 @@ def run_stage(args: argparse.Namespace) -> object:
         overrides.append(f'device="{args.device}"')
     if getattr(args, "episodes", None):
         overrides.append(f"evaluate.episodes={args.episodes}")
+    if args.stage == "train-controller" and args.world:
+        overrides.append(f'controller.world="{args.world}"')
+    if args.stage == "dream" and args.tau is not None:
+        overrides.append(f"dream.tau={args.tau}")
     cfg = config_lib.load(args.recipe, overrides)
     run = Run(args.checkpoints, cfg)
     rollouts_root = Path(args.rollouts)
@@ -64,12 +78,16 @@ def run_stage(args: argparse.Namespace) -> object:
     if args.stage == "train-controller":
         return evolution.train_controller(cfg, run)
     if args.stage == "evaluate":
-        return summary(evolution.evaluate(cfg, run))
-    return summary(stages.pipeline(cfg, run, rollouts_root))
+        return summary(evolution.evaluate(cfg, run, args.world or "real"))
+    if args.stage == "dream":
+        return watch.dream_gifs(cfg, run, args.seed, args.scale)
+    if args.stage == "tau-sweep":
+        return sweep.tau_sweep(cfg, run, args.tau or [cfg.dream.tau])
+    return summary(pipeline(cfg, run, rollouts_root))
 
 
 def summary(report: dict) -> dict:
-    return {k: report[k] for k in ("world", "env", "episodes", "mean", "std")}
+    return {k: report[k] for k in ("world", "env", "episodes", "mean", "std", "real_steps") if k in report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,8 +85,9 @@ class MemoryConfig:
 
 @dataclass
 class ControllerConfig:
-    """C and its CMA-ES search in the real world."""
+    """C and its CMA-ES search, in the real world or in M's dream."""
 
+    world: str = "real"  # real | dream: where candidates are scored
     population: int = 16
     sigma0: float = 0.1
     rollouts: int = 2  # episodes per candidate, seeds shared by the generation
@@ -96,7 +97,25 @@ class ControllerConfig:
     eval_rollouts: int = 8
     target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
     max_steps: int = 0  # 0: the environment's own time limit
+    real_rollouts: int = 0  # dream training only: real episodes played at each re-evaluation, to log dream vs real
     seed: int = 0
+
+
+@dataclass
+class DreamConfig:
+    """The dream world simulated by M, and iterative training (Ha & Schmidhuber section 5)."""
+
+    tau: float = 1.0  # M's sampling temperature
+    max_steps: int = 1000  # step cap of a dream episode
+    done: str = "sample"  # sample: Bernoulli from M's done head | threshold | never
+    done_threshold: float = 0.5
+    start: str = "data"  # data: first frames of real episodes | prior: V's N(0, I)
+    batch: int = 0  # episodes dreamt at once; 0: the whole population x rollouts
+    rounds: int = 0  # iterations after the first: collect with C, retrain M, retrain C in the dream
+    round_episodes: int = 100  # real episodes collected per round
+    exploration: float = 0.5  # std of Gaussian noise on C's outputs while collecting
+    round_memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
+    round_generations: int = 10  # further CMA-ES generations per round
 
 
 @dataclass
@@ -119,6 +138,7 @@ class Config:
     vision: VisionConfig = field(default_factory=VisionConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    dream: DreamConfig = field(default_factory=DreamConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
@@ -199,6 +219,12 @@ def validate(cfg: Config) -> Config:
         (cfg.evaluate.episodes >= 1, "evaluate.episodes must be at least 1"),
         (cfg.vision.epochs >= 1 and cfg.memory.epochs >= 1, "vision.epochs and memory.epochs must be at least 1"),
         (cfg.controller.eval_every >= 1, "controller.eval_every must be at least 1"),
+        (cfg.controller.world in ("real", "dream"), f"controller.world must be 'real' or 'dream', got '{cfg.controller.world}'"),
+        (cfg.dream.done in ("sample", "threshold", "never"), f"dream.done must be 'sample', 'threshold' or 'never', got '{cfg.dream.done}'"),
+        (cfg.dream.start in ("data", "prior"), f"dream.start must be 'data' or 'prior', got '{cfg.dream.start}'"),
+        (cfg.dream.tau >= 0, f"dream.tau must be at least 0, got {cfg.dream.tau}"),
+        (cfg.dream.max_steps >= 1, "dream.max_steps must be at least 1"),
+        (cfg.dream.rounds >= 0 and cfg.dream.batch >= 0, "dream.rounds and dream.batch must not be negative"),
     ]
     for ok, message in checks:
         if not ok:

@@ -35,6 +35,16 @@ class Controller:
         """(P, N) parameters, W row-major then b."""
         return torch.cat([self.weight.flatten(1), self.bias], dim=1).numpy()
 
+    def select(self, rows: torch.Tensor | list[int]) -> "Controller":
+        """The controllers at `rows` (repeats allowed), as a new population."""
+        c = Controller(self.input_dim, self.space, population=0)
+        c.weight, c.bias = self.weight[rows], self.bias[rows]
+        return c
+
+    def to(self, device: torch.device | str) -> "Controller":
+        self.weight, self.bias = self.weight.to(device), self.bias.to(device)
+        return self
+
     def outputs(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
         """tanh(W [z, h] + b), controller p applied to row p: z (P, Z), h (P, H) -> (P, A); `rows` picks controllers."""
         weight, bias = (self.weight, self.bias) if rows is None else (self.weight[rows], self.bias[rows])
@@ -44,6 +54,17 @@ class Controller:
     def act(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None) -> list:
         """Actions in the environment's action space, one per controller (or per entry of `rows`)."""
         return [to_action(y, self.space) for y in self.outputs(z.float(), h.float(), rows).numpy()]
+
+
+def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:
+    """Controller outputs (B, A) as M's action input, without leaving the device: encode_actions(to_action(y))."""
+    if isinstance(space, gym.spaces.Discrete):
+        return torch.nn.functional.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+    low = torch.as_tensor(space.low.ravel(), dtype=y.dtype, device=y.device)
+    high = torch.as_tensor(space.high.ravel(), dtype=y.dtype, device=y.device)
+    bounded = torch.isfinite(low) & torch.isfinite(high)
+    scaled = torch.nan_to_num(low) + (y + 1) / 2 * torch.nan_to_num(high - low)
+    return torch.where(bounded, scaled, y)
 
 
 def to_action(y: np.ndarray, space: gym.Space):

@@ -1,11 +1,13 @@
-"""CMA-ES over the controller's flat parameters, candidates scored in parallel real-world rollouts."""
+"""CMA-ES over the controller's flat parameters, candidates scored in real-world rollouts or in M's dream."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -13,11 +15,14 @@ from tqdm import tqdm
 
 from . import checkpoints
 from .agent import WorldModel, play
-from .config import Config
+from .config import Config, DreamConfig
 from .controller import Controller
 from .errors import WorldModelsError
 from .pool import worker_pool
 from .progress import bar
+from .rollouts import load_latents, save_episode, start_latents
+from .training import pick_device
+from .worlds.dream import Dream, dream_rollout, play_dream
 from .worlds.real import action_space, make_world
 
 with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent
@@ -40,13 +45,31 @@ def _init_worker(cfg: Config, vision_path: str, memory_path: str, max_steps: int
     _worlds.clear()
 
 
+def _worker_worlds(n: int) -> list:
+    """n real worlds, made once per worker and reused."""
+    while len(_worlds) < n:
+        _worlds.append(make_world(_env_cfg, _max_steps))
+    return _worlds[:n]
+
+
 def _play_chunk(job: tuple[np.ndarray, list[int]]) -> list[tuple[float, int]]:
     """Play one episode per (candidate row, seed), batched."""
     flats, seeds = job
-    while len(_worlds) < len(seeds):
-        _worlds.append(make_world(_env_cfg, _max_steps))
-    controller = Controller.from_flat(flats, _model.controller_input, _worlds[0].action_space)
-    return play(_worlds[: len(seeds)], _model, controller, seeds)
+    worlds = _worker_worlds(len(seeds))
+    controller = Controller.from_flat(flats, _model.controller_input, worlds[0].action_space)
+    return play(worlds, _model, controller, seeds)
+
+
+def _collect_chunk(job: tuple[np.ndarray, list[int], float, list[str]]) -> list[tuple[float, int]]:
+    """Play one episode per seed with one controller plus exploration noise, and save each to its path."""
+    flat, seeds, exploration, paths = job
+    worlds = _worker_worlds(len(seeds))
+    controller = Controller.from_flat(np.repeat(flat[None], len(seeds), 0), _model.controller_input, worlds[0].action_space)
+    episodes: list[dict] = []
+    results = play(worlds, _model, controller, seeds, exploration, record=episodes)
+    for path, episode in zip(paths, episodes):
+        save_episode(Path(path), episode)
+    return results
 
 
 class Evaluator:
@@ -62,16 +85,28 @@ class Evaluator:
             _init_worker(*args)
         self.steps = 0  # real env steps spent, for the logs
 
+    def _chunk(self, episodes: int) -> int:
+        """Episodes per job: small enough that every worker gets several, as episodes differ in length."""
+        return max(1, min(self.batch, -(-episodes // (2 * self.workers))))
+
     def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
         """(P, N) candidates x seeds -> (P, len(seeds)) returns; every candidate sees the same seeds."""
         pairs = [(x, s) for x in candidates for s in seeds]
-        # chunks small enough that every worker gets several: episodes differ in length
-        size = max(1, min(self.batch, -(-len(pairs) // (2 * self.workers))))
+        size = self._chunk(len(pairs))
         jobs = [(np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]]) for i in range(0, len(pairs), size)]
         chunks = self.pool.map(_play_chunk, jobs, chunksize=1) if self.pool else [_play_chunk(j) for j in jobs]
         results = [r for chunk in chunks for r in chunk]
         self.steps += sum(steps for _, steps in results)
         return np.array([r for r, _ in results], dtype=np.float64).reshape(len(candidates), len(seeds))
+
+    def collect(self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]) -> list[tuple[float, int]]:
+        """Play and save one episode per seed with controller `flat` and noise on its outputs: [(return, steps)]."""
+        size = self._chunk(len(seeds))
+        jobs = [(flat, seeds[i : i + size], exploration, [str(p) for p in paths[i : i + size]]) for i in range(0, len(seeds), size)]
+        chunks = self.pool.imap(_collect_chunk, jobs) if self.pool else (_collect_chunk(j) for j in jobs)
+        results = [r for chunk in bar(chunks, total=len(jobs), desc="collect (controller)", unit="chunk") for r in chunk]
+        self.steps += sum(steps for _, steps in results)
+        return results
 
     def close(self, graceful: bool = True) -> None:
         if self.pool:
@@ -85,6 +120,32 @@ class Evaluator:
         self.close(graceful=exc_type is None)
 
 
+class DreamEvaluator:
+    """Scores controllers in M's dream: every candidate x rollout in one batch, one M step for all per time step."""
+
+    def __init__(self, model: WorldModel, cfg: DreamConfig, starts: torch.Tensor, space: gym.Space):
+        self.dream = Dream(model.memory, cfg, starts, model.vision)
+        self.input_dim, self.space, self.batch = model.controller_input, space, cfg.batch
+        self.steps = 0  # dream steps spent, for the logs
+
+    def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
+        """(P, N) candidates x seeds -> (P, len(seeds)) dream returns; every candidate dreams the same seeds."""
+        p, r = len(candidates), len(seeds)
+        population = Controller.from_flat(candidates, self.input_dim, self.space)
+        returns, steps = play_dream(self.dream, population.select(torch.arange(p).repeat_interleave(r)), seeds * p, self.batch)
+        self.steps += int(steps.sum())
+        return returns.reshape(p, r)
+
+    def close(self, graceful: bool = True) -> None:
+        pass
+
+    def __enter__(self) -> "DreamEvaluator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 # ---------------------------------------------------------------- the CMA-ES loop
 
 
@@ -95,7 +156,10 @@ class Progress:
     generation: int = 0
     best_score: float = -np.inf
     best: np.ndarray | None = None
-    env_steps: int = 0
+    env_steps: int = 0  # steps spent in the world C trains in (real or dream)
+    real_steps: int = 0  # real steps spent watching a dream-trained C (controller.real_rollouts), never for selection
+    round: int = 0  # iterative training round (dream)
+    round_start: int = 0  # the generation the round began at
 
 
 def generation_seeds(seed: int, generation: int, count: int) -> list[int]:
@@ -125,10 +189,24 @@ def load_controller(path: Path, model: WorldModel) -> dict:
     return saved
 
 
-def train_controller(cfg: Config, run: checkpoints.Run) -> dict:
-    """Search controller parameters with CMA-ES; resumable from the saved CMA-ES state."""
+def log_dream_rollout(writer: SummaryWriter, evaluator: DreamEvaluator, flat: np.ndarray, seed: int, step: int) -> None:
+    """A filmstrip of one dream episode of `flat` (every k-th frame, at most 16) to TensorBoard."""
+    controller = Controller.from_flat(flat, evaluator.input_dim, evaluator.space)
+    frames, _ = dream_rollout(evaluator.dream, controller, seed)
+    every = -(-len(frames) // 16)
+    writer.add_image("dream/rollout", np.concatenate(list(frames[::every]), axis=1), step, dataformats="HWC")
+
+
+def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
+    """Search controller parameters with CMA-ES in the recipe's world; resumable from the saved CMA-ES state.
+
+    Round r > 0 of iterative training goes on searching for `dream.round_generations` generations in the
+    dream of the retrained M, after re-scoring the kept controller there.
+    """
     c = cfg.controller
-    model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"))
+    dreaming = c.world == "dream"
+    device = pick_device(cfg.device) if dreaming else "cpu"
+    model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device)
     space = action_space(cfg.env)
     dim = Controller(model.controller_input, space).num_params
     if run.cmaes.exists():
@@ -136,18 +214,46 @@ def train_controller(cfg: Config, run: checkpoints.Run) -> dict:
         np.random.set_state(np_state)  # pycma samples from numpy's global generator
         if es.N != dim:
             raise WorldModelsError(f"'{run.cmaes}' searches {es.N} parameters but this controller has {dim}; delete it")
-        if progress.generation >= c.generations or progress.best_score >= c.target:
-            tqdm.write(f"controller: already searched {progress.generation} generations, skipping")
-            return {"generation": progress.generation, "best_score": progress.best_score}
-        tqdm.write(f"controller: resuming after generation {progress.generation}")
     else:
         es = cma.CMAEvolutionStrategy(np.zeros(dim), c.sigma0, {"popsize": c.population, "seed": c.seed + 1, "verbose": -9})
         progress = Progress()
+    new_round = progress.round < round
+
+    def until() -> int:
+        """The generation the current round stops at."""
+        return c.generations if progress.round == 0 else progress.round_start + cfg.dream.round_generations
+
+    def finished() -> bool:
+        return progress.generation >= until() or progress.best_score >= c.target
+
+    result = {"world": c.world, "generation": progress.generation, "best_score": progress.best_score, "steps": progress.env_steps}
+    if finished() and not new_round:
+        tqdm.write(f"controller: already searched {progress.generation} generations, skipping")
+        return result
+    if progress.generation:
+        tqdm.write(f"controller: resuming after generation {progress.generation}")
     writer = SummaryWriter(run.tensorboard)
-    tqdm.write(f"controller: {dim} parameters, population {c.population} x {c.rollouts} rollouts, {c.workers} workers")
-    with Evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps) as evaluator:
-        generations = bar(range(progress.generation, c.generations), desc="cma-es", unit="gen")
+    tqdm.write(f"controller: {dim} parameters, population {c.population} x {c.rollouts} rollouts in the {c.world} world")
+    with contextlib.ExitStack() as stack:
+        if dreaming:
+            evaluator = stack.enter_context(DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space))
+        else:
+            evaluator = stack.enter_context(Evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
+        watcher = None  # real episodes that only watch a dream-trained controller
+        if dreaming and c.real_rollouts:
+            watcher = stack.enter_context(Evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
+        if new_round:  # M changed: the kept controller's score is re-measured in the new dream
+            progress.round, progress.round_start = round, progress.generation
+            if progress.best is not None:
+                seeds = generation_seeds(c.seed + 2, round, c.eval_rollouts)
+                progress.best_score = float(evaluator.returns(progress.best[None], seeds).mean())
+                save_controller(run.controller, progress.best, model.controller_input, progress.best_score, progress.generation)
+                tqdm.write(f"round {round}: the kept controller scores {progress.best_score:.1f} in the new dream")
+            checkpoints.save_pickle(run.cmaes, (es, progress, np.random.get_state()))
+        generations = bar(range(progress.generation, until()), desc=f"cma-es ({c.world})", unit="gen")
         for generation in generations:
+            if finished():
+                break
             candidates = np.asarray(es.ask())
             fitness = evaluator.returns(candidates, generation_seeds(c.seed, generation, c.rollouts)).mean(1)
             es.tell(list(candidates), list(-fitness))  # cma minimises
@@ -157,40 +263,56 @@ def train_controller(cfg: Config, run: checkpoints.Run) -> dict:
             writer.add_scalar("controller/fitness_worst", fitness.min(), progress.generation)
             writer.add_scalar("controller/sigma", es.sigma, progress.generation)
             generations.set_postfix(best=f"{fitness.max():.1f}", mean=f"{fitness.mean():.1f}", kept=f"{progress.best_score:.1f}")
-            if progress.generation % c.eval_every == 0 or progress.generation == c.generations:
+            if progress.generation % c.eval_every == 0 or progress.generation == until():
                 # re-score the generation's best and the distribution mean on fresh seeds; keep the better
                 seeds = generation_seeds(c.seed + 1, generation, c.eval_rollouts)
                 contenders = np.stack([candidates[fitness.argmax()], es.mean])
                 scores = evaluator.returns(contenders, seeds).mean(1)
                 writer.add_scalar("controller/eval_best", scores[0], progress.generation)
                 writer.add_scalar("controller/eval_mean", scores[1], progress.generation)
-                tqdm.write(f"generation {progress.generation}: re-evaluated best {scores[0]:.1f}, mean {scores[1]:.1f}")
+                line = f"generation {progress.generation}: re-evaluated best {scores[0]:.1f}, mean {scores[1]:.1f}"
                 if scores.max() > progress.best_score:
                     progress.best_score, progress.best = float(scores.max()), contenders[scores.argmax()]
                     save_controller(run.controller, progress.best, model.controller_input, progress.best_score, progress.generation)
+                    if dreaming:
+                        log_dream_rollout(writer, evaluator, progress.best, seeds[0], progress.generation)
+                if watcher:
+                    real = watcher.returns(progress.best[None], generation_seeds(c.seed + 3, generation, c.real_rollouts)).mean()
+                    progress.real_steps += watcher.steps
+                    watcher.steps = 0
+                    writer.add_scalars("controller/dream_vs_real", {"dream": progress.best_score, "real": real}, progress.generation)
+                    line += f"; kept controller: dream {progress.best_score:.1f}, real {real:.1f}"
+                tqdm.write(line)
             progress.env_steps += evaluator.steps
             evaluator.steps = 0
-            writer.add_scalar("controller/env_steps", progress.env_steps, progress.generation)
+            writer.add_scalar(f"controller/{c.world}_steps", progress.env_steps, progress.generation)
             checkpoints.save_pickle(run.cmaes, (es, progress, np.random.get_state()))
             if progress.best_score >= c.target:
                 tqdm.write(f"controller: target {c.target} reached, stopping")
-                break
         generations.close()
     writer.close()
-    return {"generation": progress.generation, "best_score": progress.best_score, "env_steps": progress.env_steps}
+    result.update(generation=progress.generation, best_score=progress.best_score, steps=progress.env_steps)
+    if progress.real_steps:
+        result["real_steps_watching"] = progress.real_steps
+    return result
 
 
-def evaluate(cfg: Config, run: checkpoints.Run) -> dict:
-    """Play `cfg.evaluate.episodes` real episodes with fixed seeds and write the report."""
+def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
+    """Play `cfg.evaluate.episodes` episodes with fixed seeds in the real world or the dream; write the report."""
     e = cfg.evaluate
-    model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"))
+    device = pick_device(cfg.device) if world == "dream" else "cpu"
+    model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device)
     saved = load_controller(run.require(run.controller, "train-controller"), model)
     seeds = [e.seed + i for i in range(e.episodes)]
     flat = saved["params"].numpy()
-    with Evaluator(cfg, run.vision, run.memory, e.workers) as evaluator:
+    if world == "dream":
+        evaluator = DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), action_space(cfg.env))
+    else:
+        evaluator = Evaluator(cfg, run.vision, run.memory, e.workers)
+    with evaluator:
         returns = evaluator.returns(flat[None], seeds)[0]
     report = {
-        "world": "real",
+        "world": world,
         "env": cfg.env.id,
         "episodes": e.episodes,
         "mean": float(returns.mean()),
@@ -199,8 +321,10 @@ def evaluate(cfg: Config, run: checkpoints.Run) -> dict:
         "seeds": seeds,
         "controller_generation": saved["generation"],
     }
-    checkpoints.save_json(run.report, report)
+    if world == "dream":
+        report["tau"] = cfg.dream.tau
+    checkpoints.save_json(run.report if world == "real" else run.dream_report, report)
     writer = SummaryWriter(run.tensorboard)
-    writer.add_scalar("evaluate/mean_return", report["mean"], 0)
+    writer.add_scalar(f"evaluate/{world}_mean_return", report["mean"], saved["generation"])
     writer.close()
     return report

@@ -21,6 +21,7 @@ class MemoryModelConfig:
     hidden_size: int = 256
     num_gaussians: int = 5
     sigma_min: float = 1e-3  # keeps every sigma away from zero so the likelihood stays finite
+    done_weight: float = 10.0  # the done head's positive weight in training, undone by `done_probability`
 
 
 @dataclass
@@ -72,6 +73,10 @@ class MDNRNN(nn.Module):
         """The h that the controller sees: (B, H)."""
         return state[0][0]
 
+    def done_probability(self, prediction: Prediction) -> torch.Tensor:
+        """P(done): the done head trained with positives weighted w predicts odds w times too high."""
+        return torch.sigmoid(prediction.done_logit - math.log(self.cfg.done_weight))
+
 
 def mixture_log_prob(prediction: Prediction, target: torch.Tensor) -> torch.Tensor:
     """log p(target) under the per-dimension mixtures, summed over dimensions: (..., Z) -> (...)."""
@@ -81,18 +86,28 @@ def mixture_log_prob(prediction: Prediction, target: torch.Tensor) -> torch.Tens
     return torch.logsumexp(log_pi + log_normal, dim=-1).sum(-1)
 
 
-def sample(prediction: Prediction, tau: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw z_{t+1} at temperature tau: logits / tau, sigma * sqrt(tau); tau = 0 gives the most likely mean."""
+def draw(prediction: Prediction, tau: float, uniform: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """z_{t+1} at temperature tau from given noise: (..., Z) uniforms pick components, (..., Z) normals spread them.
+
+    Logits are divided by tau and sigmas multiplied by sqrt(tau); tau = 0 gives the most likely component's mean.
+    """
     if tau <= 0:
         best = prediction.logit_pi.argmax(-1, keepdim=True)
         return prediction.mu.gather(-1, best).squeeze(-1)
-    probs = F.softmax(prediction.logit_pi / tau, dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    component = torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
+    cdf = F.softmax(prediction.logit_pi / tau, dim=-1).cumsum(-1)
+    k = prediction.logit_pi.shape[-1]
+    component = (uniform.unsqueeze(-1) > cdf).sum(-1, keepdim=True).clamp(max=k - 1)  # inverse-CDF sampling
     mu = prediction.mu.gather(-1, component).squeeze(-1)
     sigma = prediction.sigma.gather(-1, component).squeeze(-1)
-    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    return mu + sigma * math.sqrt(tau) * noise
+    return mu + sigma * math.sqrt(tau) * normal
+
+
+def sample(prediction: Prediction, tau: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw z_{t+1} at temperature tau with torch's generator (see `draw`)."""
+    shape, device = prediction.mu.shape[:-1], prediction.mu.device
+    uniform = torch.rand(shape, generator=generator, device=device)
+    normal = torch.randn(shape, generator=generator, device=device)
+    return draw(prediction, tau, uniform, normal)
 
 
 def memory_loss(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoints import atomic_write, save_json
+from .checkpoints import Run, atomic_write, save_json
 from .config import CollectConfig, Config
 from .controller import to_action
 from .errors import WorldModelsError
@@ -100,7 +100,7 @@ def load_episode(path: Path) -> dict:
 
 
 class EpisodeStore:
-    """A folder of episodes `ep_NNNNNN.npz` plus `manifest.json`."""
+    """A folder of episodes `ep_NNNNNN.npz` (and iterative rounds' `roundRR_NNNNNN.npz`) plus `manifest.json`."""
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
@@ -121,6 +121,15 @@ class EpisodeStore:
         if not self.manifest_path.is_file():
             raise WorldModelsError(f"no episodes in '{self.root}'; run `worldmodels collect` first")
         return json.loads(self.manifest_path.read_text())
+
+    def add(self, entries: list[dict]) -> dict:
+        """List more episodes in the manifest (those already listed are left as they are)."""
+        manifest = self.manifest()
+        listed = {e["file"] for e in manifest["episodes"]}
+        manifest["episodes"] += [e for e in entries if e["file"] not in listed]
+        manifest["frames"] = sum(e["steps"] + 1 for e in manifest["episodes"])
+        save_json(self.manifest_path, manifest)
+        return manifest
 
     def iter_episodes(self, paths: list[Path] | None = None) -> Iterator[tuple[Path, dict]]:
         """Yield readable episodes; corrupt ones are skipped, named once and counted in `skipped`."""
@@ -213,11 +222,14 @@ def collect(cfg: Config, root: Path) -> dict:
                 _collect_one(job)
                 progress.update()
         progress.close()
+    # episodes collected by a controller in iterative training rounds stay listed
+    rounds = [e for e in store.manifest()["episodes"] if e.get("round")] if store.manifest_path.is_file() else []
     episodes = []
     for path, episode in store.iter_episodes():
         index = int(path.stem.split("_")[1])
         if index < cfg.collect.episodes:
             episodes.append({"file": path.name, "steps": int(len(episode["action"])), "seed": int(episode["seed"])})
+    episodes += [e for e in rounds if e["file"] not in {x["file"] for x in episodes}]
     manifest = {
         "env": cfg.env.id,
         "frame_size": cfg.env.frame_size,
@@ -307,3 +319,22 @@ class SequenceDataset(torch.utils.data.Dataset):
             "done": window(ep.done.astype(np.float32)),
             "mask": mask,
         }
+
+
+def load_latents(run: Run) -> list[LatentEpisode]:
+    """Every encoded episode of the run."""
+    manifest_path = run.require(run.latents / "manifest.json", "encode")
+    names = json.loads(manifest_path.read_text())["episodes"]
+    episodes = []
+    for name in names:
+        with np.load(run.latents / name) as d:
+            episodes.append(LatentEpisode(d["mu"].astype(np.float32), d["logstd"].astype(np.float32),
+                                          d["action"], d["reward"], d["done"]))
+    if not episodes:
+        raise WorldModelsError(f"no encoded episodes in '{run.latents}'")
+    return episodes
+
+
+def start_latents(episodes: list[LatentEpisode]) -> torch.Tensor:
+    """The latent mean and log-std of every episode's first frame, (N, 2, Z): where dreams start."""
+    return torch.from_numpy(np.stack([np.stack([e.mu[0], e.logstd[0]]) for e in episodes]))

@@ -12,14 +12,14 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import checkpoints, evolution, rollouts
+from . import checkpoints, rollouts
 from .agent import load_vision, vision_from_checkpoint
 from .checkpoints import Run
 from .config import Config
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig, memory_loss
 from .progress import bar
-from .rollouts import EpisodeStore, FrameStream, LatentEpisode, SequenceDataset, frames_to_float
+from .rollouts import EpisodeStore, FrameStream, SequenceDataset, frames_to_float, load_latents
 from .training import Fit, fit, pick_device
 from .vision import build_vision, vision_config
 from .worlds.real import action_dim, action_space, encode_actions
@@ -36,7 +36,7 @@ def collect(cfg: Config, rollouts_root: Path) -> dict:
     """Gather episodes with the collection policy; already collected episodes are kept."""
     root = episodes_dir(rollouts_root, cfg)
     store = EpisodeStore(root)
-    if store.manifest_path.is_file() and len(store.manifest()["episodes"]) >= cfg.collect.episodes:
+    if store.manifest_path.is_file() and sum(not e.get("round") for e in store.manifest()["episodes"]) >= cfg.collect.episodes:
         tqdm.write(f"collect: {root} already holds {cfg.collect.episodes} episodes, skipping")
         return store.manifest()
     manifest = rollouts.collect(cfg, root)
@@ -147,11 +147,11 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     made_by = vision_ckpt["id"]  # latents are stale once V is trained further or anew
     fresh = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("vision_id") == made_by
     if not fresh:
-        for stale in run.latents.glob("ep_*.npz"):
+        for stale in run.latents.glob("*.npz"):
             stale.unlink()
     run.latents.mkdir(parents=True, exist_ok=True)
     # each latent file is written atomically, so the files themselves say how far an interrupted encode got
-    done = {p.name for p in run.latents.glob("ep_*.npz")}
+    done = {p.name for p in run.latents.glob("*.npz")}
     checkpoints.save_json(manifest_path, {"vision_id": made_by, "episodes": sorted(done & {p.name for p in wanted})})
     todo = [p for p in wanted if p.name not in done]
     for path, episode in bar(store.iter_episodes(todo), total=len(todo), desc="encode", unit="ep"):
@@ -169,25 +169,11 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
             "reward": episode["reward"].astype(np.float32),
             "done": episode["terminated"].astype(bool),
         })
-    encoded = sorted({p.name for p in wanted} & {p.name for p in run.latents.glob("ep_*.npz")})
+    encoded = sorted({p.name for p in wanted} & {p.name for p in run.latents.glob("*.npz")})
     checkpoints.save_json(manifest_path, {"vision_id": made_by, "episodes": encoded})
     if store.skipped:
         tqdm.write(f"encode: skipped {len(store.skipped)} corrupt episode(s)")
     return {"episodes": len(encoded), "skipped": sorted(store.skipped)}
-
-
-def load_latents(run: Run) -> list[LatentEpisode]:
-    """Every encoded episode of the run."""
-    manifest_path = run.require(run.latents / "manifest.json", "encode")
-    names = json.loads(manifest_path.read_text())["episodes"]
-    episodes = []
-    for name in names:
-        with np.load(run.latents / name) as d:
-            episodes.append(LatentEpisode(d["mu"].astype(np.float32), d["logstd"].astype(np.float32),
-                                          d["action"], d["reward"], d["done"]))
-    if not episodes:
-        raise WorldModelsError(f"no encoded episodes in '{run.latents}'")
-    return episodes
 
 
 # ---------------------------------------------------------------- memory
@@ -197,11 +183,11 @@ def memory_config(cfg: Config, latent_dim: int) -> dict:
     """The model config of the recipe's M, as stored in its checkpoint."""
     m = cfg.memory
     space = action_space(cfg.env)
-    return vars(MemoryModelConfig(latent_dim, action_dim(space), m.hidden_size, m.num_gaussians))
+    return vars(MemoryModelConfig(latent_dim, action_dim(space), m.hidden_size, m.num_gaussians, done_weight=m.done_weight))
 
 
-def train_memory(cfg: Config, run: Run) -> dict:
-    """Train M on latent sequences, drawing z from the cached mean and std every batch."""
+def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
+    """Train M on latent sequences, drawing z from the cached mean and std every batch; `epochs` in all (default: the recipe's)."""
     m = cfg.memory
     device = pick_device(cfg.device)
     episodes = load_latents(run)
@@ -223,12 +209,12 @@ def train_memory(cfg: Config, run: Run) -> dict:
         prediction, _ = model(z, b["action"])
         return memory_loss(prediction, next_z, b["reward"], b["done"], b["mask"], m.done_weight, m.reward_weight, m.done_loss_weight)
 
-    result = fit(Fit("memory", model, model_config, batches, loss, m.epochs, m.lr, m.seed, run.memory, writer))
+    result = fit(Fit("memory", model, model_config, batches, loss, epochs or m.epochs, m.lr, m.seed, run.memory, writer))
     writer.close()
     return result
 
 
-# ---------------------------------------------------------------- the whole pipeline
+# ---------------------------------------------------------------- checks
 
 
 def check_run(cfg: Config, run: Run) -> None:
@@ -239,21 +225,3 @@ def check_run(cfg: Config, run: Run) -> None:
         if run.memory.is_file():
             wanted = memory_config(cfg, saved["latent_dim"])
             checkpoints.check_same_config(run.memory, checkpoints.load(run.memory, "memory")["config"], wanted, "memory")
-
-
-def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
-    """Every stage in order; complete stages skip themselves."""
-    collect(cfg, rollouts_root)
-    train_vision(cfg, run, rollouts_root)
-    sample(cfg, run, rollouts_root)
-    encode(cfg, run, rollouts_root)
-    train_memory(cfg, run)
-    evolution.train_controller(cfg, run)
-    if run.report.is_file():
-        report = json.loads(run.report.read_text())
-        controller_generation = checkpoints.load(run.controller, "controller")["generation"]
-        seeds = [cfg.evaluate.seed + i for i in range(cfg.evaluate.episodes)]
-        if report.get("controller_generation") == controller_generation and report["seeds"] == seeds:
-            tqdm.write(f"evaluate: {run.report} is up to date, skipping")
-            return report
-    return evolution.evaluate(cfg, run)

@@ -1,0 +1,55 @@
+"""Every stage in order, each skipping itself when complete; dream recipes add iterative training rounds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import checkpoints, evolution, rounds, stages
+from .checkpoints import Run
+from .config import Config
+from .rollouts import EpisodeStore
+
+
+def real_steps(cfg: Config, rollouts_root: Path) -> dict:
+    """Real env steps behind the run's data, from the episode store: random collection and each round."""
+    episodes = EpisodeStore(stages.episodes_dir(rollouts_root, cfg)).manifest()["episodes"]
+    steps = {"collect": sum(e["steps"] for e in episodes if not e.get("round"))}
+    for r in sorted({e["round"] for e in episodes if e.get("round")}):
+        steps[f"round_{r}"] = sum(e["steps"] for e in episodes if e.get("round") == r)
+    steps["total"] = sum(steps.values())
+    return steps
+
+
+def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
+    """collect, train-vision, sample, encode, train-memory, train-controller (+ rounds), evaluate in the real world."""
+    stages.collect(cfg, rollouts_root)
+    stages.train_vision(cfg, run, rollouts_root)
+    stages.sample(cfg, run, rollouts_root)
+    stages.encode(cfg, run, rollouts_root)
+    stages.train_memory(cfg, run)
+    controller = evolution.train_controller(cfg, run)
+    if cfg.controller.world == "dream":
+        rounds.iterate(cfg, run, rollouts_root)
+    report = None
+    if run.report.is_file():
+        report = json.loads(run.report.read_text())
+        controller_generation = checkpoints.load(run.controller, "controller")["generation"]
+        seeds = [cfg.evaluate.seed + i for i in range(cfg.evaluate.episodes)]
+        if report.get("controller_generation") != controller_generation or report["seeds"] != seeds:
+            report = None
+        else:
+            tqdm.write(f"evaluate: {run.report} is up to date, skipping")
+    if report is None:
+        report = evolution.evaluate(cfg, run)
+    # what the score cost in real experience: C's own steps when it trained in the real world
+    steps = real_steps(cfg, rollouts_root)
+    if cfg.controller.world == "real":
+        steps["controller"] = controller["steps"]
+        steps["total"] += controller["steps"]
+    if report.get("real_steps") != steps or report.get("controller_world") != cfg.controller.world:
+        report.update(controller_world=cfg.controller.world, real_steps=steps)
+        checkpoints.save_json(run.report, report)
+    return report

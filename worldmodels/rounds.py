@@ -1,0 +1,68 @@
+"""Iterative training (Ha & Schmidhuber 2018, section 5): collect with C, retrain M on old + new episodes, retrain C in the dream.
+
+A controller trained in a dream learns to exploit M where M is wrong; episodes collected with that controller
+show M the states it reaches, so the next dream is harder to cheat.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from . import checkpoints, evolution, stages
+from .agent import WorldModel
+from .checkpoints import Run
+from .config import Config
+from .rollouts import EpisodeStore
+
+
+def round_episode_name(r: int, index: int) -> str:
+    """Round episodes have their own names, so a recipe may change `round_episodes` between rounds."""
+    return f"round{r:02d}_{index:06d}.npz"
+
+
+def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
+    """Real episodes of the kept controller with noise on its outputs, added to the episode store; resumable."""
+    store = EpisodeStore(stages.episodes_dir(rollouts_root, cfg))
+    rng = np.random.default_rng([cfg.collect.seed, 7919, r])
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=cfg.dream.round_episodes)]
+    paths = [store.root / round_episode_name(r, i) for i in range(cfg.dream.round_episodes)]
+    todo = [k for k, path in enumerate(paths) if not path.is_file()]
+    if todo:
+        model = WorldModel.load(run.vision, run.memory)
+        flat = evolution.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
+        with evolution.Evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
+            collector.collect(flat, [seeds[k] for k in todo], cfg.dream.exploration, [paths[k] for k in todo])
+    entries, returns = [], []
+    for path, episode in store.iter_episodes(paths):
+        entries.append({"file": path.name, "steps": int(len(episode["action"])), "seed": int(episode["seed"]), "round": r})
+        returns.append(float(episode["reward"].sum()))
+    store.add(entries)
+    return {"round": r, "episodes": len(entries), "real_steps": sum(e["steps"] for e in entries),
+            "real_return_explore": float(np.mean(returns)) if returns else float("nan")}
+
+
+def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
+    """Rounds 1..`dream.rounds` after the first dream-trained controller; each stage inside resumes by itself."""
+    d, history_path = cfg.dream, run.dir / "rounds.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    for r in range(1, d.rounds + 1):
+        tqdm.write(f"round {r}/{d.rounds}: collect {d.round_episodes} episodes with the controller, retrain M, retrain C in the dream")
+        record = collect_round(cfg, run, rollouts_root, r)
+        stages.encode(cfg, run, rollouts_root)
+        stages.train_memory(cfg, run, cfg.memory.epochs + r * d.round_memory_epochs)
+        record["dream_score"] = evolution.train_controller(cfg, run, round=r)["best_score"]
+        tqdm.write(f"round {r}: real return with exploration {record['real_return_explore']:.1f}, "
+                   f"dream score after retraining {record['dream_score']:.1f}, {record['real_steps']} real steps")
+        history = [h for h in history if h["round"] != r] + [record]
+        checkpoints.save_json(history_path, history)
+        writer = SummaryWriter(run.tensorboard)
+        writer.add_scalar("rounds/real_return_explore", record["real_return_explore"], r)
+        writer.add_scalar("rounds/dream_score", record["dream_score"], r)
+        writer.add_scalar("rounds/real_steps", record["real_steps"], r)
+        writer.close()
+    return history

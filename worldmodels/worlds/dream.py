@@ -1,0 +1,226 @@
+"""The dream world: M hallucinates the next latent, the reward and the done; V draws it.
+
+`Dream` is the simulator itself: B episodes as tensors on one device, advanced by one batched LSTM
+step. `DreamEnv` and `DreamVectorEnv` put it behind gymnasium's single and vector APIs, and
+`play_dream` runs a whole population of controllers in it at once (what CMA-ES uses).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from .. import noise
+from ..config import DreamConfig
+from ..controller import Controller, memory_actions
+from ..memory import MDNRNN, draw
+from ..vision import VisionModel
+from .real import encode_actions
+
+
+class Dream:
+    """B dream episodes at once: M's LSTM state, the current z, the step count and each episode's seed.
+
+    Every random draw is a hash of (episode seed, step), so an episode's trajectory does not depend on
+    the other episodes in its batch.
+    """
+
+    def __init__(self, memory: MDNRNN, cfg: DreamConfig, starts: torch.Tensor | None = None, vision: VisionModel | None = None):
+        self.memory, self.cfg, self.vision = memory, cfg, vision
+        self.device = next(memory.parameters()).device
+        # (N, 2, Z): mean and log-std of real first frames; None starts from V's prior N(0, I)
+        self.starts = None if starts is None or cfg.start == "prior" else starts.to(self.device, torch.float32)
+        self.latent_dim = memory.cfg.latent_dim
+        self.reset(torch.zeros(0, dtype=torch.long))
+
+    @property
+    def observation_dim(self) -> int:
+        return self.latent_dim + self.memory.cfg.hidden_size
+
+    def _start_latents(self, seeds: torch.Tensor) -> torch.Tensor:
+        before = torch.full_like(seeds, -1)  # step -1: draws that no later step repeats
+        eps = noise.normal(seeds, before, self.latent_dim)
+        if self.starts is None:
+            return eps
+        pick = (noise.uniform(seeds, before, noise.START, 1)[:, 0] * len(self.starts)).long().clamp(max=len(self.starts) - 1)
+        mean, logstd = self.starts[pick, 0], self.starts[pick, 1]
+        return mean + logstd.exp() * eps
+
+    @torch.inference_mode()
+    def reset(self, seeds: torch.Tensor) -> torch.Tensor:
+        """Start len(seeds) episodes; returns their observations [z, h]."""
+        self.seeds = seeds.to(self.device, torch.long)
+        self.t = torch.zeros_like(self.seeds)
+        self.z = self._start_latents(self.seeds)
+        self.state = self.memory.initial_state(len(self.seeds), self.device)
+        return self.observation()
+
+    @torch.inference_mode()
+    def reset_rows(self, rows: torch.Tensor, seeds: torch.Tensor) -> None:
+        """Restart the episodes at boolean `rows` in place with new seeds."""
+        rows = rows.to(self.device)
+        self.seeds[rows] = seeds.to(self.device, torch.long)
+        self.t[rows] = 0
+        self.z[rows] = self._start_latents(self.seeds[rows])
+        for part in self.state:
+            part[:, rows] = 0
+
+    def observation(self) -> torch.Tensor:
+        """What C sees: [z, h], (B, Z + H)."""
+        return torch.cat([self.z, MDNRNN.hidden(self.state)], dim=-1)
+
+    @torch.inference_mode()
+    def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Advance every episode by M's action input (B, A): (reward, terminated, truncated), each (B,)."""
+        prediction, self.state = self.memory.step(self.z, action.to(self.device, torch.float32), self.state)
+        n = self.latent_dim
+        uniform = noise.uniform(self.seeds, self.t, noise.COMPONENT, n)
+        self.z = draw(prediction, self.cfg.tau, uniform, noise.normal(self.seeds, self.t, n))
+        p_done = self.memory.done_probability(prediction)
+        if self.cfg.done == "sample":
+            terminated = noise.uniform(self.seeds, self.t, noise.DONE, 1)[:, 0] < p_done
+        elif self.cfg.done == "threshold":
+            terminated = p_done > self.cfg.done_threshold
+        else:
+            terminated = torch.zeros_like(p_done, dtype=torch.bool)
+        self.t = self.t + 1
+        truncated = (self.t >= self.cfg.max_steps) & ~terminated
+        return prediction.reward, terminated, truncated
+
+    @torch.inference_mode()
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop every episode not in boolean `rows` (finished episodes leave the batch)."""
+        rows = rows.to(self.device)
+        self.seeds, self.t, self.z = self.seeds[rows], self.t[rows], self.z[rows]
+        self.state = (self.state[0][:, rows], self.state[1][:, rows])
+
+    @torch.inference_mode()
+    def frames(self) -> np.ndarray:
+        """V's picture of every episode's current z: (B, H, W, 3) uint8."""
+        if self.vision is None:
+            raise RuntimeError("this dream was built without V, so it cannot be drawn")
+        images = self.vision.decode(self.z.to(next(self.vision.parameters()).device))
+        return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+@torch.inference_mode()
+def play_dream(dream: Dream, controller: Controller, seeds: list[int], batch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Episode k dreamt with controller row k and seeds[k], `batch` episodes at a time (0: all): (returns, steps)."""
+    n = len(seeds)
+    returns, steps = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
+    size = batch or n
+    for first in range(0, n, size):
+        alive = torch.arange(first, min(first + size, n))
+        dream.reset(torch.tensor(seeds[first : first + size]))
+        acting = controller.select(alive).to(dream.device)
+        while len(alive):
+            z, h = dream.z, MDNRNN.hidden(dream.state)
+            action = memory_actions(acting.outputs(z, h), controller.space)
+            reward, terminated, truncated = dream.step(action)
+            returns[alive] += reward.double().cpu()
+            steps[alive] += 1
+            going = ~(terminated | truncated)
+            if not going.all():  # finished episodes leave the batch, so late steps only pay for the living
+                dream.keep(going)
+                going = going.cpu()
+                alive, acting = alive[going], acting.select(going)
+    return returns.numpy(), steps.numpy()
+
+
+# ---------------------------------------------------------------- gymnasium faces
+
+
+def _observation_space(dream: Dream) -> gym.spaces.Box:
+    """[z, h]: z unbounded, the LSTM's h in [-1, 1]."""
+    z, h = dream.latent_dim, dream.memory.cfg.hidden_size
+    low = np.concatenate([np.full(z, -np.inf), -np.ones(h)]).astype(np.float32)
+    return gym.spaces.Box(low, -low, dtype=np.float32)
+
+
+class DreamEnv(gym.Env):
+    """One dream episode behind gymnasium's Env API; observation [z, h], actions of the real world."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(self, dream: Dream, action_space: gym.Space, render_mode: str | None = None):
+        self.dream, self.render_mode = dream, render_mode
+        self.action_space = action_space
+        self.observation_space = _observation_space(dream)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        # the seed itself names the episode, so DreamEnv(seed=s) dreams what DreamVectorEnv(seed=s - i) dreams in row i
+        episode = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
+        obs = self.dream.reset(torch.tensor([episode]))
+        return obs[0].cpu().numpy(), {}
+
+    def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
+        encoded = torch.from_numpy(encode_actions(np.asarray([action]), self.action_space))
+        reward, terminated, truncated = self.dream.step(encoded)
+        obs = self.dream.observation()[0].cpu().numpy()
+        return obs, float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
+
+    def render(self) -> np.ndarray:
+        return self.dream.frames()[0]
+
+
+class DreamVectorEnv(gym.vector.VectorEnv):
+    """B dream episodes behind gymnasium's vector API: one batched M step for all, finished ones reset in place."""
+
+    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
+
+    def __init__(self, dream: Dream, action_space: gym.Space, num_envs: int, render_mode: str | None = None):
+        self.dream, self.num_envs, self.render_mode = dream, num_envs, render_mode
+        self.single_action_space = action_space
+        self.single_observation_space = _observation_space(dream)
+        self.action_space = gym.vector.utils.batch_space(action_space, num_envs)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+
+    def _fresh_seeds(self, n: int) -> torch.Tensor:
+        return torch.from_numpy(self.np_random.integers(0, 2**31 - 1, size=n))
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if self._np_random is None:
+            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(None)
+        # like gymnasium's vector envs: sub-environment i gets seed + i
+        seeds = torch.arange(self.num_envs) + seed if seed is not None else self._fresh_seeds(self.num_envs)
+        self._autoreset[:] = False
+        return self.dream.reset(seeds).cpu().numpy(), {}
+
+    def step(self, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        encoded = torch.from_numpy(encode_actions(np.asarray(actions), self.single_action_space))
+        reward, terminated, truncated = (t.cpu().numpy() for t in self.dream.step(encoded))
+        restart = self._autoreset
+        if restart.any():  # next-step autoreset: these rows ended last step, so this step only restarts them
+            self.dream.reset_rows(torch.from_numpy(restart), self._fresh_seeds(int(restart.sum())))
+            reward, terminated, truncated = np.where(restart, 0.0, reward), terminated & ~restart, truncated & ~restart
+        self._autoreset = terminated | truncated
+        return self.dream.observation().cpu().numpy(), reward.astype(np.float64), terminated, truncated, {}
+
+    def render(self) -> np.ndarray:
+        return self.dream.frames()
+
+
+@torch.inference_mode()
+def dream_rollout(dream: Dream, controller: Controller, seed: int, start: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+    """One dream episode of a single controller, drawn by V: frames (T+1, H, W, 3) and the return.
+
+    `start` (Z,) replaces the drawn first latent, e.g. V's encoding of a real first frame.
+    """
+    dream.reset(torch.tensor([seed]))
+    if start is not None:
+        dream.z = start.to(dream.device, torch.float32).reshape(1, -1)
+    acting = controller.to(dream.device)
+    frames, total = [dream.frames()[0]], 0.0
+    while True:
+        action = memory_actions(acting.outputs(dream.z, MDNRNN.hidden(dream.state)), controller.space)
+        reward, terminated, truncated = dream.step(action)
+        total += float(reward[0])
+        frames.append(dream.frames()[0])
+        if terminated[0] or truncated[0]:
+            return np.stack(frames), total
