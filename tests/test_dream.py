@@ -11,11 +11,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, cli_stage
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 from PIL import Image
 
-from worldmodels import checkpoints, config as config_lib, noise
+from worldmodels import checkpoints, noise
+from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
 from worldmodels.config import DreamConfig
 from worldmodels.controller import Controller, to_action
@@ -23,19 +25,13 @@ from worldmodels.evolution import DreamEvaluator, generation_seeds
 from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, draw
 from worldmodels.rollouts import load_episode, load_latents, start_latents
 from worldmodels.vision import build_vision, vision_config
-from worldmodels.worlds.real import action_space
 from worldmodels.worlds.dream import Dream, DreamEnv, DreamVectorEnv, play_dream
-
-from conftest import TINY, cli_stage
+from worldmodels.worlds.real import action_dim, action_space
 
 Z, H, K = 3, 8, 3  # latent size, LSTM size, mixture components of the small M used here
 DISCRETE = gym.spaces.Discrete(2)
 BOX = gym.spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
 SPACES = pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["discrete", "box"])
-
-
-def action_width(space: gym.Space) -> int:
-    return int(space.n) if isinstance(space, gym.spaces.Discrete) else int(np.prod(space.shape))
 
 
 def small_memory(seed: int = 0, action_dim: int = 2, done_weight: float = 10.0) -> MDNRNN:
@@ -65,15 +61,11 @@ def population(space: gym.Space, p: int, seed: int = 0) -> tuple[Controller, np.
     return Controller.from_flat(flat, Z + H, space), flat
 
 
-def seeds_tensor(n: int) -> torch.Tensor:
-    return torch.arange(n)
-
-
 # ---------------------------------------------------------------- counter-based noise
 
 
 def test_uniform_in_open_interval_and_deterministic():
-    seeds, steps = seeds_tensor(2000), torch.arange(2000) % 17
+    seeds, steps = torch.arange(2000), torch.arange(2000) % 17
     u = noise.uniform(seeds, steps, noise.COMPONENT, 50)
     assert u.shape == (2000, 50) and u.dtype == torch.float32
     assert (u > 0).all() and (u < 1).all()
@@ -115,7 +107,7 @@ def test_uniform_differs_across_seeds_steps_streams_and_indices():
 
 
 def test_uniform_and_normal_moments():
-    seeds, steps = seeds_tensor(1000), torch.zeros(1000, dtype=torch.long)
+    seeds, steps = torch.arange(1000), torch.zeros(1000, dtype=torch.long)
     u = noise.uniform(seeds, steps, noise.GAUSS_A, 100).double()
     assert u.mean().item() == pytest.approx(0.5, abs=0.005)
     assert u.var().item() == pytest.approx(1 / 12, abs=0.002)
@@ -174,7 +166,7 @@ def test_draw_at_tau_zero_is_the_most_likely_mean():
 def first_latents(memory: MDNRNN, start: torch.Tensor, tau: float, n: int, action: torch.Tensor) -> torch.Tensor:
     """z_1 of n dream episodes that all start at `start` and take `action`."""
     dream = Dream(memory, DreamConfig(tau=tau, done="never"), fixed_start(start))
-    z0 = dream.reset(seeds_tensor(n))[:, :Z]
+    z0 = dream.reset(torch.arange(n))[:, :Z]
     torch.testing.assert_close(z0, start.expand(n, Z), rtol=0, atol=0)
     dream.step(action.expand(n, -1))
     return dream.z.clone()
@@ -205,7 +197,7 @@ def test_dream_temperature_zero_gives_the_most_likely_mean_and_spread_grows_with
 
 def test_episodes_start_from_the_data_or_the_prior():
     """start="data": one of the real first frames' latents, picked uniformly; start="prior": V's N(0, I)."""
-    memory, seeds = small_memory(), seeds_tensor(4000)
+    memory, seeds = small_memory(), torch.arange(4000)
     means = torch.tensor([[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0]])
     starts = torch.stack([means, torch.full_like(means, -30.0)], dim=1)
     z = Dream(memory, DreamConfig(start="data"), starts).reset(seeds)[:, :Z]
@@ -236,7 +228,7 @@ def play_zeros(dream: Dream, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
 
 def test_unlikely_done_truncates_every_episode_at_max_steps():
     dream = head_dream(-30.0, max_steps=7)
-    dream.reset(seeds_tensor(64))
+    dream.reset(torch.arange(64))
     for t in range(1, 8):
         reward, terminated, truncated = dream.step(torch.zeros(64, 2))
         torch.testing.assert_close(reward, torch.full((64,), 3.0))
@@ -249,7 +241,7 @@ def test_unlikely_done_truncates_every_episode_at_max_steps():
 
 def test_certain_done_terminates_every_episode_after_one_step():
     dream = head_dream(30.0, max_steps=1)
-    dream.reset(seeds_tensor(64))
+    dream.reset(torch.arange(64))
     _, terminated, truncated = dream.step(torch.zeros(64, 2))
     assert terminated.all() and not truncated.any()  # an episode that terminates at the cap is not also truncated
     returns, steps = play_zeros(head_dream(30.0, max_steps=7), list(range(64)))
@@ -288,7 +280,7 @@ def test_never_done():
 
 def random_dream(space: gym.Space, max_steps: int = 12, done: str = "sample") -> Dream:
     """A random M whose episodes end at various steps; starts drawn from two start latents."""
-    memory = small_memory(seed=5, action_dim=action_width(space))
+    memory = small_memory(seed=5, action_dim=action_dim(space))
     with torch.no_grad():
         memory.head.bias[-1] = 0.0  # P(done) around 0.1 a step
     starts = torch.tensor([[[0.0, 1.0, -1.0], [-1.0, -1.0, -1.0]], [[2.0, 0.0, 0.0], [-2.0, -2.0, -2.0]]])

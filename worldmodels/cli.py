@@ -10,9 +10,9 @@ from pathlib import Path
 
 from . import config as config_lib
 from . import evolution, stages, sweep, watch
-from .pipeline import pipeline
 from .checkpoints import Run
 from .errors import WorldModelsError
+from .pipeline import pipeline
 
 STAGES = ["collect", "train-vision", "sample", "encode", "train-memory", "train-controller", "evaluate", "pipeline", "dream", "tau-sweep"]
 

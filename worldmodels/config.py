@@ -77,6 +77,8 @@ class MemoryConfig:
     epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-3
+    random_starts: bool = False  # windows start at random steps, so M cannot time episodes from its reset
+    sample_latents: bool = True  # z drawn from V's posterior every batch (Ha); false: V's mean, what C sees when acting
     done_weight: float = 10.0  # up-weights the rare done positives
     reward_weight: float = 1.0
     done_loss_weight: float = 1.0

@@ -22,6 +22,7 @@ class MemoryModelConfig:
     num_gaussians: int = 5
     sigma_min: float = 1e-3  # keeps every sigma away from zero so the likelihood stays finite
     done_weight: float = 10.0  # the done head's positive weight in training, undone by `done_probability`
+    sample_latents: bool = True  # trained on z drawn from V's posterior (else on its mean): dreams start the same way
 
 
 @dataclass

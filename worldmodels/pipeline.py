@@ -30,7 +30,7 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     stages.sample(cfg, run, rollouts_root)
     stages.encode(cfg, run, rollouts_root)
     stages.train_memory(cfg, run)
-    controller = evolution.train_controller(cfg, run)
+    evolution.train_controller(cfg, run)
     if cfg.controller.world == "dream":
         rounds.iterate(cfg, run, rollouts_root)
     report = None
@@ -46,9 +46,12 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
         report = evolution.evaluate(cfg, run)
     # what the score cost in real experience: C's own steps when it trained in the real world
     steps = real_steps(cfg, rollouts_root)
+    _, progress, _ = checkpoints.load_pickle(run.cmaes)
     if cfg.controller.world == "real":
-        steps["controller"] = controller["steps"]
-        steps["total"] += controller["steps"]
+        steps["controller"] = progress.env_steps
+    elif progress.real_steps:  # real episodes that watched the dream-trained controller (controller.real_rollouts)
+        steps["watching"] = progress.real_steps
+    steps["total"] = sum(v for k, v in steps.items() if k != "total")
     if report.get("real_steps") != steps or report.get("controller_world") != cfg.controller.world:
         report.update(controller_world=cfg.controller.world, real_steps=steps)
         checkpoints.save_json(run.report, report)

@@ -288,10 +288,15 @@ class LatentEpisode:
 
 
 class SequenceDataset(torch.utils.data.Dataset):
-    """Fixed-length windows over encoded episodes for M, padded with a mask."""
+    """Fixed-length windows over encoded episodes for M, padded with a mask.
 
-    def __init__(self, episodes: list[LatentEpisode], seq_len: int):
-        self.episodes, self.seq_len = episodes, seq_len
+    With `random_starts`, each window starts at a random step of its episode (drawn from torch's global
+    generator, which training seeds per epoch): M then cannot learn "episodes end about t steps after my
+    state was reset", a shortcut random-policy data invites and a dream-trained controller cannot beat.
+    """
+
+    def __init__(self, episodes: list[LatentEpisode], seq_len: int, random_starts: bool = False):
+        self.episodes, self.seq_len, self.random_starts = episodes, seq_len, random_starts
         self.index = [(e, s) for e, ep in enumerate(episodes) for s in range(0, len(ep.action), seq_len)]
 
     def __len__(self) -> int:
@@ -300,6 +305,8 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         e, s = self.index[i]
         ep, L = self.episodes[e], self.seq_len
+        if self.random_starts:
+            s = int(torch.randint(len(ep.action), ()))
         n = min(L, len(ep.action) - s)
 
         def window(x: np.ndarray, offset: int = 0) -> torch.Tensor:

@@ -19,7 +19,13 @@ from .config import Config
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig, memory_loss
 from .progress import bar
-from .rollouts import EpisodeStore, FrameStream, SequenceDataset, frames_to_float, load_latents
+from .rollouts import (
+    EpisodeStore,
+    FrameStream,
+    SequenceDataset,
+    frames_to_float,
+    load_latents,
+)
 from .training import Fit, fit, pick_device
 from .vision import build_vision, vision_config
 from .worlds.real import action_dim, action_space, encode_actions
@@ -183,18 +189,18 @@ def memory_config(cfg: Config, latent_dim: int) -> dict:
     """The model config of the recipe's M, as stored in its checkpoint."""
     m = cfg.memory
     space = action_space(cfg.env)
-    return vars(MemoryModelConfig(latent_dim, action_dim(space), m.hidden_size, m.num_gaussians, done_weight=m.done_weight))
+    return vars(MemoryModelConfig(latent_dim, action_dim(space), m.hidden_size, m.num_gaussians, done_weight=m.done_weight, sample_latents=m.sample_latents))
 
 
 def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
-    """Train M on latent sequences, drawing z from the cached mean and std every batch; `epochs` in all (default: the recipe's)."""
+    """Train M on latent sequences (z drawn from the cached mean and std, or the mean); `epochs` in all (default: the recipe's)."""
     m = cfg.memory
     device = pick_device(cfg.device)
     episodes = load_latents(run)
     model_config = memory_config(cfg, episodes[0].mu.shape[1])
     torch.manual_seed(m.seed)
     model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
-    dataset = SequenceDataset(episodes, m.seq_len)
+    dataset = SequenceDataset(episodes, m.seq_len, m.random_starts)
     generator = torch.Generator()
     writer = SummaryWriter(run.tensorboard)
 
@@ -204,8 +210,10 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
 
     def loss(batch: dict) -> dict:
         b = {k: t.to(device) for k, t in batch.items()}
-        z = b["mu"] + b["logstd"].exp() * torch.randn_like(b["mu"])
-        next_z = b["next_mu"] + b["next_logstd"].exp() * torch.randn_like(b["next_mu"])
+        z, next_z = b["mu"], b["next_mu"]
+        if m.sample_latents:
+            z = z + b["logstd"].exp() * torch.randn_like(z)
+            next_z = next_z + b["next_logstd"].exp() * torch.randn_like(next_z)
         prediction, _ = model(z, b["action"])
         return memory_loss(prediction, next_z, b["reward"], b["done"], b["mask"], m.done_weight, m.reward_weight, m.done_loss_weight)
 

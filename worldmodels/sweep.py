@@ -10,8 +10,8 @@ import copy
 from tqdm import tqdm
 
 from . import checkpoints, evolution
-from .checkpoints import Run
 from . import config as config_lib
+from .checkpoints import Run
 from .config import Config
 
 

@@ -47,7 +47,7 @@ class Dream:
             return eps
         pick = (noise.uniform(seeds, before, noise.START, 1)[:, 0] * len(self.starts)).long().clamp(max=len(self.starts) - 1)
         mean, logstd = self.starts[pick, 0], self.starts[pick, 1]
-        return mean + logstd.exp() * eps
+        return mean + logstd.exp() * eps if self.memory.cfg.sample_latents else mean
 
     @torch.inference_mode()
     def reset(self, seeds: torch.Tensor) -> torch.Tensor:
