@@ -97,7 +97,8 @@ def play(
             totals[k] += float(reward)
             steps[k] += 1
             if record is not None:
-                for key, value in zip(("obs", "action", "reward", "terminated", "truncated"), (obs[k], action, reward, terminated, truncated)):
+                step = (obs[k], action, reward, terminated, truncated)
+                for key, value in zip(("obs", "action", "reward", "terminated", "truncated"), step):
                     episodes[k][key].append(value)
             if not (terminated or truncated):  # step caps are the worlds' own TimeLimit
                 still.append(row)

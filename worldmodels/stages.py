@@ -189,7 +189,8 @@ def memory_config(cfg: Config, latent_dim: int) -> dict:
     """The model config of the recipe's M, as stored in its checkpoint."""
     m = cfg.memory
     space = action_space(cfg.env)
-    return vars(MemoryModelConfig(latent_dim, action_dim(space), m.hidden_size, m.num_gaussians, done_weight=m.done_weight, sample_latents=m.sample_latents))
+    return vars(MemoryModelConfig(latent_dim, action_dim(space), m.hidden_size, m.num_gaussians,
+                                  done_weight=m.done_weight, sample_latents=m.sample_latents))
 
 
 def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
