@@ -572,6 +572,8 @@ def test_bad_dream_settings_exit_2(copy_run, capsys, override):
 
 def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, copy_rollouts):
     ck, ro, run = copy_run["checkpoints"], copy_rollouts, copy_run["dir"]
+    for name in ("cmaes.pkl", "controller.pt", "report.json"):  # the copied run searched in the real world
+        (run / name).unlink()
     store = ro / "tiny" / "episodes"
     before = json.loads((store / "manifest.json").read_text())["episodes"]
     args = ("--set", 'controller.world="dream"', "--set", "dream.rounds=1", "--set", "dream.round_episodes=2",
@@ -608,3 +610,11 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
     assert sorted(p.name for p in store.glob("ep_*.npz")) == files
     for p, content in contents.items():
         assert p.read_bytes() == content, p.name
+
+
+def test_switching_worlds_on_a_search_is_refused(copy_run):
+    """A real-world CMA-ES state cannot silently continue in the dream: one line, exit 2, nothing changed."""
+    ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
+    before = (run / "cmaes.pkl").read_bytes()
+    assert cli_stage("train-controller", ck, ro, "--world", "dream", "--set", "controller.generations=5") == 2
+    assert (run / "cmaes.pkl").read_bytes() == before

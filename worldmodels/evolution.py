@@ -160,6 +160,7 @@ class Progress:
     real_steps: int = 0  # real steps spent watching a dream-trained C (controller.real_rollouts), never for selection
     round: int = 0  # iterative training round (dream)
     round_start: int = 0  # the generation the round began at
+    world: str = "real"  # where the search scores candidates
 
 
 def generation_seeds(seed: int, generation: int, count: int) -> list[int]:
@@ -214,9 +215,12 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
         np.random.set_state(np_state)  # pycma samples from numpy's global generator
         if es.N != dim:
             raise WorldModelsError(f"'{run.cmaes}' searches {es.N} parameters but this controller has {dim}; delete it")
+        if progress.world != c.world:  # scores from the two worlds do not compare
+            raise WorldModelsError(f"'{run.cmaes}' holds a search in the {progress.world} world, not the {c.world} one; "
+                                   "delete it and controller.pt, or use another --run")
     else:
         es = cma.CMAEvolutionStrategy(np.zeros(dim), c.sigma0, {"popsize": c.population, "seed": c.seed + 1, "verbose": -9})
-        progress = Progress()
+        progress = Progress(world=c.world)
     new_round = progress.round < round
 
     def until() -> int:
