@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import checkpoints
-from .controller import Controller, to_action
+from .controller import Controller
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig
 from .rollouts import frames_to_float
@@ -87,10 +87,8 @@ def play(
     while alive:
         frames = frames_to_float(torch.from_numpy(np.stack([obs[k] for k in alive])), device)
         z = model.vision.encode(frames).mean  # (B, Z)
-        outputs = controller.outputs(z.cpu().float(), MDNRNN.hidden(state).cpu().float(), rows=alive).numpy()
-        if exploration:
-            outputs = outputs + exploration * np.stack([rngs[k].standard_normal(outputs.shape[1]) for k in alive])
-        actions = [to_action(y, space) for y in outputs]
+        noise = exploration * np.stack([rngs[k].standard_normal(controller.out) for k in alive]) if exploration else None
+        actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=alive, noise=noise)
         still = []
         for row, (k, action) in enumerate(zip(alive, actions)):
             obs[k], reward, terminated, truncated, _ = worlds[k].step(action)

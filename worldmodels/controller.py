@@ -51,9 +51,15 @@ class Controller:
         x = torch.cat([z, h], dim=-1)  # (P, D)
         return torch.tanh(torch.einsum("pad,pd->pa", weight, x) + bias)
 
-    def act(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None) -> list:
-        """Actions in the environment's action space, one per controller (or per entry of `rows`)."""
-        return [to_action(y, self.space) for y in self.outputs(z.float(), h.float(), rows).numpy()]
+    def act(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None, noise: np.ndarray | None = None) -> list:
+        """Actions in the environment's action space, one per controller (or per entry of `rows`).
+
+        `noise` (B, A) is added to the outputs before they are mapped: exploration while collecting.
+        """
+        outputs = self.outputs(z.float(), h.float(), rows).numpy()
+        if noise is not None:
+            outputs = outputs + noise
+        return [to_action(y, self.space) for y in outputs]
 
 
 def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:

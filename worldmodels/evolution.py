@@ -22,7 +22,7 @@ from .pool import worker_pool
 from .progress import bar
 from .rollouts import load_latents, save_episode, start_latents
 from .training import pick_device
-from .worlds.dream import Dream, dream_rollout, play_dream
+from .worlds.dream import Dream, dream_rollout, filmstrip, play_dream
 from .worlds.real import action_space, make_world
 
 with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent
@@ -194,8 +194,7 @@ def log_dream_rollout(writer: SummaryWriter, evaluator: DreamEvaluator, flat: np
     """A filmstrip of one dream episode of `flat` (every k-th frame, at most 16) to TensorBoard."""
     controller = Controller.from_flat(flat, evaluator.input_dim, evaluator.space)
     frames, _ = dream_rollout(evaluator.dream, controller, seed)
-    every = -(-len(frames) // 16)
-    writer.add_image("dream/rollout", np.concatenate(list(frames[::every]), axis=1), step, dataformats="HWC")
+    writer.add_image("dream/rollout", filmstrip(frames), step, dataformats="HWC")
 
 
 def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:

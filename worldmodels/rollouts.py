@@ -229,7 +229,7 @@ def collect(cfg: Config, root: Path) -> dict:
         index = int(path.stem.split("_")[1])
         if index < cfg.collect.episodes:
             episodes.append({"file": path.name, "steps": int(len(episode["action"])), "seed": int(episode["seed"])})
-    episodes += [e for e in rounds if e["file"] not in {x["file"] for x in episodes}]
+    episodes += rounds  # named roundRR_*, never among the ep_* files above
     manifest = {
         "env": cfg.env.id,
         "frame_size": cfg.env.frame_size,

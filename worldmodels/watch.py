@@ -16,7 +16,7 @@ from .config import Config
 from .controller import Controller
 from .evolution import load_controller
 from .rollouts import frames_to_float, load_latents, start_latents
-from .worlds.dream import Dream, dream_rollout
+from .worlds.dream import Dream, dream_rollout, filmstrip
 from .worlds.real import make_world
 
 
@@ -57,8 +57,7 @@ def dream_gifs(cfg: Config, run: Run, seed: int = 0, scale: int = 2) -> dict:
     save_gif(paths["dream"], dream_frames, scale)
     save_gif(paths["dream_vs_real"], both, scale)
     writer = SummaryWriter(run.tensorboard)
-    every = -(-len(both) // 16)
-    writer.add_image("dream/dream_vs_real", np.concatenate(list(both[::every]), axis=0), seed, dataformats="HWC")
+    writer.add_image("dream/dream_vs_real", filmstrip(both, axis=0), seed, dataformats="HWC")
     writer.close()
     return {"gifs": {k: str(v) for k, v in paths.items()}, "dream_return": dream_return, "real_return": real_return,
             "dream_steps": len(dream_frames) - 1, "real_steps": len(real_frames) - 1, "tau": cfg.dream.tau}

@@ -185,8 +185,6 @@ class DreamVectorEnv(gym.vector.VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        if self._np_random is None:
-            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(None)
         # like gymnasium's vector envs: sub-environment i gets seed + i
         seeds = torch.arange(self.num_envs) + seed if seed is not None else self._fresh_seeds(self.num_envs)
         self._autoreset[:] = False
@@ -204,6 +202,12 @@ class DreamVectorEnv(gym.vector.VectorEnv):
 
     def render(self) -> np.ndarray:
         return self.dream.frames()
+
+
+def filmstrip(frames: np.ndarray, axis: int = 1, most: int = 16) -> np.ndarray:
+    """Every k-th of (T, H, W, 3) frames, at most `most`, joined along `axis` (1: a row, 0: a column) into one picture."""
+    every = -(-len(frames) // most)
+    return np.concatenate(list(frames[::every]), axis=axis)
 
 
 @torch.inference_mode()
