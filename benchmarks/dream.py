@@ -23,6 +23,7 @@ from worldmodels.controller import Controller
 from worldmodels.memory import MDNRNN, MemoryModelConfig
 from worldmodels.stages import memory_config
 from worldmodels.training import pick_device
+from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.dream import Dream, play_dream
 from worldmodels.worlds.real import action_space
 
@@ -46,7 +47,7 @@ def main() -> None:
     cfg = config.load(args.recipe, [f"dream.max_steps={args.steps}", 'dream.done="never"'])
     device = pick_device(args.device)
     torch.manual_seed(0)
-    memory = MDNRNN(MemoryModelConfig(**memory_config(cfg, cfg.vision.latent_dim))).to(device).eval()
+    memory = MDNRNN(MemoryModelConfig(**memory_config(cfg, build_vision(vision_config(cfg))))).to(device).eval()
     dream = Dream(memory, cfg.dream, starts=torch.randn(100, 2, cfg.vision.latent_dim))
     space = action_space(cfg.env)
     n = args.population * args.rollouts

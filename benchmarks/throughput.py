@@ -89,8 +89,9 @@ def main() -> None:
         # untrained V and M in a run folder, as the evaluator workers load them
         torch.manual_seed(0)
         vision_cfg = vision_config(cfg)
-        checkpoints.save(tmp / "vision.pt", {"kind": "vision", "config": vision_cfg, "state_dict": build_vision(vision_cfg).state_dict()})
-        memory_cfg = memory_config(cfg, cfg.vision.latent_dim)
+        vision = build_vision(vision_cfg)
+        checkpoints.save(tmp / "vision.pt", {"kind": "vision", "config": vision_cfg, "state_dict": vision.state_dict()})
+        memory_cfg = memory_config(cfg, vision)
         checkpoints.save(tmp / "memory.pt", {"kind": "memory", "config": memory_cfg, "state_dict": MDNRNN(MemoryModelConfig(**memory_cfg)).state_dict()})
         space = action_space(cfg.env)
         dim = Controller(cfg.vision.latent_dim + cfg.memory.hidden_size, space).num_params

@@ -92,8 +92,8 @@ def test_memory_loss_ignores_masked_steps():
     before = memory_loss(pred, next_z, reward, done, mask)
 
     changed = random_prediction((B, T), Z, K, seed=99)
-    pred2 = Prediction(*(t.clone() for t in vars(pred).values()))
-    for name in vars(pred2):
+    pred2 = pred.map(torch.clone)
+    for name in ("logit_pi", "mu", "sigma", "reward", "done_logit"):
         getattr(pred2, name)[1, 2:] = getattr(changed, name)[1, 2:]
     next_z2, reward2, done2 = next_z.clone(), reward.clone(), done.clone()
     next_z2[1, 2:] += 7.0
@@ -145,7 +145,7 @@ def test_sample_spread_scales_with_sqrt_tau(tau, factor):
 
 def test_larger_tau_gives_larger_spread():
     pred = random_prediction((5000,), z=2, k=3, seed=8)
-    pred = Prediction(*(t.float() for t in vars(pred).values()))
+    pred = pred.map(lambda t: t.float())
     stds = [sample(pred, tau, generator=torch.Generator().manual_seed(9)).std().item() for tau in (0.1, 0.5, 1.0, 2.0)]
     assert all(a < b for a, b in zip(stds, stds[1:])), stds
 
@@ -196,7 +196,7 @@ def test_step_equals_forward():
             pred, state = model.step(z[:, t], a[:, t], state)
             assert pred.mu.shape == (B, 4, 3)
             assert pred.reward.shape == (B,)
-            for name in vars(pred):
+            for name in ("logit_pi", "mu", "sigma", "reward", "done_logit"):
                 torch.testing.assert_close(getattr(pred, name), getattr(full, name)[:, t], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(state[0], final[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(state[1], final[1], rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ from .checkpoints import Run
 from .errors import WorldModelsError
 from .pipeline import pipeline
 
+CODEBOOK_STAGES = ["train-vision", "train-controller", "evaluate", "pipeline"]
 STAGES = ["collect", "train-vision", "sample", "encode", "train-memory", "train-controller", "evaluate", "pipeline", "dream", "tau-sweep"]
 
 
@@ -33,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("-n", type=int, default=16, help="frames per grid")
             s.add_argument("--temperature", type=float, default=1.0, help="prior spread")
         if stage in ("train-controller", "evaluate"):
-            s.add_argument("--world", choices=["real", "dream"],
+            s.add_argument("--world", choices=["real", "dream", "codebook"] if stage == "train-controller" else ["real", "dream"],
                            help="where C acts (default: the recipe's controller.world for training, real for evaluate)")
         if stage in ("evaluate", "tau-sweep"):
             s.add_argument("--episodes", type=int, help="episodes (default: the recipe's evaluate.episodes)")
@@ -61,12 +62,21 @@ def run_stage(args: argparse.Namespace) -> object:
     cfg = config_lib.load(args.recipe, overrides)
     run = Run(args.checkpoints, cfg)
     rollouts_root = Path(args.rollouts)
+    codebook = cfg.controller.world == "codebook"
+    if codebook and args.stage not in CODEBOOK_STAGES:
+        raise WorldModelsError(f"a codebook-world recipe has no '{args.stage}' stage; its stages are {', '.join(CODEBOOK_STAGES)}")
     if args.stage in ("collect", "train-vision", "train-memory", "train-controller", "pipeline"):
         stages.check_run(cfg, run)  # before recording the recipe, so a refused recipe leaves the old one
         run.dir.mkdir(parents=True, exist_ok=True)
         run.write_recipe()
     if args.stage == "collect":
         return {k: v for k, v in stages.collect(cfg, rollouts_root).items() if k != "episodes"}
+    if codebook and args.stage in ("train-vision", "evaluate"):
+        from .nas import search  # scikit-learn and the digits task load only for codebook recipes
+
+        if args.stage == "train-vision":
+            return search.train_vision(cfg, run)["losses"]
+        return summary(search.evaluate(cfg, run))
     if args.stage == "train-vision":
         return stages.train_vision(cfg, run, rollouts_root)["losses"]
     if args.stage == "sample":
@@ -87,7 +97,8 @@ def run_stage(args: argparse.Namespace) -> object:
 
 
 def summary(report: dict) -> dict:
-    return {k: report[k] for k in ("world", "env", "episodes", "mean", "std", "real_steps") if k in report}
+    keys = ("world", "env", "episodes", "mean", "std", "real_steps", "surrogate_queries", "controller", "random_search")
+    return {k: report[k] for k in keys if k in report}
 
 
 def main(argv: list[str] | None = None) -> int:

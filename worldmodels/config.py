@@ -53,13 +53,19 @@ class CollectConfig:
 
 @dataclass
 class VisionConfig:
-    """V: the conv VAE of Ha & Schmidhuber."""
+    """V: the conv VAE of Ha & Schmidhuber, or a conv VQ-VAE."""
 
-    model: str = "vae"
-    latent_dim: int = 32
+    model: str = "vae"  # vae | vqvae
+    latent_dim: int = 32  # vae; a VQ-VAE's z is (frame_size / 16)^2 positions x embed_dim
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     free_bits: float = 0.5  # KL floor per latent dimension, in nats (Ha's kl_tolerance)
     kl_weight: float = 1.0
+    num_embeddings: int = 64  # vqvae: codes in the codebook
+    embed_dim: int = 8  # vqvae: size of a code
+    commitment: float = 0.25  # vqvae: weight of the encoder's commitment loss
+    ema_decay: float = 0.99  # vqvae: the codebook follows its assigned vectors by EMA
+    dead_after: int = 20  # vqvae: re-seed a code unused for this many steps from the batch; 0: never
+    codebook_init: str = "kmeans"  # vqvae: kmeans (centres of the first batch) | random
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -89,7 +95,7 @@ class MemoryConfig:
 class ControllerConfig:
     """C and its CMA-ES search, in the real world or in M's dream."""
 
-    world: str = "real"  # real | dream: where candidates are scored
+    world: str = "real"  # real | dream | codebook: where candidates are scored
     population: int = 16
     sigma0: float = 0.1
     rollouts: int = 2  # episodes per candidate, seeds shared by the generation
@@ -121,6 +127,27 @@ class DreamConfig:
 
 
 @dataclass
+class CodebookConfig:
+    """Seed 000's codebook world: C edits a latent of V's codebook vectors, scored by a surrogate of the decoded network."""
+
+    max_allowed_actions: int = 8  # writes per episode
+    num_previous_actions: int = 3  # actions C sees in its observation
+    size_penalty: float = 0.0  # objective = surrogate score - size_penalty x size (parameters / the largest network's)
+
+
+@dataclass
+class NASConfig:
+    """The architecture search behind the codebook world: MLPs on sklearn's digits (worldmodels.nas)."""
+
+    table: str = ""  # measured architectures (CSV); "": the table shipped in worldmodels/nas/
+    samples: int = 20_000  # random architectures V (a VQ-VAE of their encodings) trains on
+    slots: int = 4  # codebook vectors in V's latent
+    hidden: int = 128  # width of V's encoder and decoder MLPs
+    final_seeds: int = 3  # training seeds when the winners are trained for real
+    seed: int = 0  # random search's seed
+
+
+@dataclass
 class EvaluateConfig:
     """The final report: N real episodes with fixed seeds."""
 
@@ -141,6 +168,8 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    nas: NASConfig = field(default_factory=NASConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
@@ -209,7 +238,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def validate(cfg: Config) -> Config:
     """Check values that types alone cannot: ranges and choices."""
     checks = [
-        (cfg.vision.model == "vae", f"vision.model must be 'vae', got '{cfg.vision.model}'"),
+        (cfg.vision.model in ("vae", "vqvae"), f"vision.model must be 'vae' or 'vqvae', got '{cfg.vision.model}'"),
+        (cfg.vision.codebook_init in ("kmeans", "random"), f"vision.codebook_init must be 'kmeans' or 'random', got '{cfg.vision.codebook_init}'"),
+        (cfg.vision.num_embeddings >= 2 and cfg.vision.embed_dim >= 1 and cfg.vision.dead_after >= 0,
+         "vision.num_embeddings must be at least 2, vision.embed_dim at least 1, vision.dead_after not negative"),
         (cfg.collect.policy in ("random", "brownian"), f"collect.policy must be 'random' or 'brownian', got '{cfg.collect.policy}'"),
         (cfg.env.frame_size % 16 == 0 and cfg.env.frame_size > 0, f"env.frame_size must be a positive multiple of 16, got {cfg.env.frame_size}"),
         (len(cfg.env.crop) == 4 and 0 <= cfg.env.crop[0] < cfg.env.crop[1] <= 1 and 0 <= cfg.env.crop[2] < cfg.env.crop[3] <= 1,
@@ -221,7 +253,11 @@ def validate(cfg: Config) -> Config:
         (cfg.evaluate.episodes >= 1, "evaluate.episodes must be at least 1"),
         (cfg.vision.epochs >= 1 and cfg.memory.epochs >= 1, "vision.epochs and memory.epochs must be at least 1"),
         (cfg.controller.eval_every >= 1, "controller.eval_every must be at least 1"),
-        (cfg.controller.world in ("real", "dream"), f"controller.world must be 'real' or 'dream', got '{cfg.controller.world}'"),
+        (cfg.controller.world in ("real", "dream", "codebook"),
+         f"controller.world must be 'real', 'dream' or 'codebook', got '{cfg.controller.world}'"),
+        ((cfg.controller.world == "codebook") <= (cfg.vision.model == "vqvae"), "the codebook world needs vision.model = 'vqvae'"),
+        (cfg.codebook.max_allowed_actions >= 1 and cfg.codebook.num_previous_actions >= 0 and cfg.nas.slots >= 1,
+         "codebook.max_allowed_actions and nas.slots must be at least 1, codebook.num_previous_actions not negative"),
         (cfg.dream.done in ("sample", "threshold", "never"), f"dream.done must be 'sample', 'threshold' or 'never', got '{cfg.dream.done}'"),
         (cfg.dream.start in ("data", "prior"), f"dream.start must be 'data' or 'prior', got '{cfg.dream.start}'"),
         (cfg.dream.tau >= 0, f"dream.tau must be at least 0, got {cfg.dream.tau}"),

@@ -45,20 +45,26 @@ class Controller:
         self.weight, self.bias = self.weight.to(device), self.bias.to(device)
         return self
 
-    def outputs(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
-        """tanh(W [z, h] + b), controller p applied to row p: z (P, Z), h (P, H) -> (P, A); `rows` picks controllers."""
+    def logits(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """W [z, h] + b, controller p applied to row p: z (P, Z), h (P, H) -> (P, A); `rows` picks controllers."""
         weight, bias = (self.weight, self.bias) if rows is None else (self.weight[rows], self.bias[rows])
         x = torch.cat([z, h], dim=-1)  # (P, D)
-        return torch.tanh(torch.einsum("pad,pd->pa", weight, x) + bias)
+        return torch.einsum("pad,pd->pa", weight, x) + bias
+
+    def outputs(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """What `to_action` maps: tanh of the logits for Box actions; the logits themselves for choices, whose
+        argmax tanh keeps, except that it rounds logits above ~9 to the same 1.0 and ties them."""
+        logits = self.logits(z, h, rows)
+        return logits if isinstance(self.space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)) else torch.tanh(logits)
 
     def act(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None, noise: np.ndarray | None = None) -> list:
         """Actions in the environment's action space, one per controller (or per entry of `rows`).
 
-        `noise` (B, A) is added to the outputs before they are mapped: exploration while collecting.
+        `noise` (B, A) is added to tanh of the logits before they are mapped: exploration while collecting.
         """
-        outputs = self.outputs(z.float(), h.float(), rows).numpy()
-        if noise is not None:
-            outputs = outputs + noise
+        if noise is None:
+            return [to_action(y, self.space) for y in self.outputs(z.float(), h.float(), rows).numpy()]
+        outputs = torch.tanh(self.logits(z.float(), h.float(), rows)).numpy() + noise
         return [to_action(y, self.space) for y in outputs]
 
 
@@ -66,6 +72,9 @@ def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:
     """Controller outputs (B, A) as M's action input, without leaving the device: encode_actions(to_action(y))."""
     if isinstance(space, gym.spaces.Discrete):
         return torch.nn.functional.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        groups = torch.split(y, space.nvec.tolist(), dim=-1)  # one group of logits per component
+        return torch.cat([torch.nn.functional.one_hot(g.argmax(-1), g.shape[-1]).to(y.dtype) for g in groups], dim=-1)
     low = torch.as_tensor(space.low.ravel(), dtype=y.dtype, device=y.device)
     high = torch.as_tensor(space.high.ravel(), dtype=y.dtype, device=y.device)
     bounded = torch.isfinite(low) & torch.isfinite(high)
@@ -74,9 +83,12 @@ def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:
 
 
 def to_action(y: np.ndarray, space: gym.Space):
-    """Map one controller output in [-1, 1]^A onto the action space: argmax for Discrete, bounds for Box."""
+    """Map one controller output in [-1, 1]^A onto the action space: argmax (per group) for (Multi)Discrete, bounds for Box."""
     if isinstance(space, gym.spaces.Discrete):
         return int(space.start + np.argmax(y))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        groups = np.split(np.asarray(y), np.cumsum(space.nvec)[:-1])  # one group of logits per component
+        return (np.array([g.argmax() for g in groups]) + space.start).astype(space.dtype).reshape(space.shape)
     low, high = space.low.ravel(), space.high.ravel()
     bounded = np.isfinite(low) & np.isfinite(high)  # unbounded dimensions take the raw output
     scaled = np.where(bounded, np.nan_to_num(low) + (y + 1) / 2 * np.nan_to_num(high - low), y)

@@ -161,6 +161,8 @@ class Progress:
     round: int = 0  # iterative training round (dream)
     round_start: int = 0  # the generation the round began at
     world: str = "real"  # where the search scores candidates
+    archive: dict | None = None  # codebook world: every architecture queried -> surrogate score
+    queries: int = 0  # codebook world: surrogate queries so far
 
 
 def generation_seeds(seed: int, generation: int, count: int) -> list[int]:
@@ -204,11 +206,17 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
     dream of the retrained M, after re-scoring the kept controller there.
     """
     c = cfg.controller
-    dreaming = c.world == "dream"
-    device = pick_device(cfg.device) if dreaming else "cpu"
-    model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device)
-    space = action_space(cfg.env)
-    dim = Controller(model.controller_input, space).num_params
+    dreaming, codebook = c.world == "dream", c.world == "codebook"
+    if codebook:  # C reads the codebook world's observation; there is no M
+        from .nas.search import CodebookEvaluator  # imported here: it imports this module
+
+        world = CodebookEvaluator(cfg, run)
+        input_dim, space = world.input_dim, world.space
+    else:
+        device = pick_device(cfg.device) if dreaming else "cpu"
+        model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device)
+        input_dim, space = model.controller_input, action_space(cfg.env)
+    dim = Controller(input_dim, space).num_params
     if run.cmaes.exists():
         es, progress, np_state = checkpoints.load_pickle(run.cmaes)
         np.random.set_state(np_state)  # pycma samples from numpy's global generator
@@ -238,7 +246,11 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
     writer = SummaryWriter(run.tensorboard)
     tqdm.write(f"controller: {dim} parameters, population {c.population} x {c.rollouts} rollouts in the {c.world} world")
     with contextlib.ExitStack() as stack:
-        if dreaming:
+        if codebook:
+            evaluator = stack.enter_context(world)
+            if progress.archive:
+                evaluator.restore(progress.archive, progress.queries)
+        elif dreaming:
             evaluator = stack.enter_context(DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space))
         else:
             evaluator = stack.enter_context(Evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
@@ -250,7 +262,7 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
             if progress.best is not None:
                 seeds = generation_seeds(c.seed + 2, round, c.eval_rollouts)
                 progress.best_score = float(evaluator.returns(progress.best[None], seeds).mean())
-                save_controller(run.controller, progress.best, model.controller_input, progress.best_score, progress.generation)
+                save_controller(run.controller, progress.best, input_dim, progress.best_score, progress.generation)
                 tqdm.write(f"round {round}: the kept controller scores {progress.best_score:.1f} in the new dream")
             checkpoints.save_pickle(run.cmaes, (es, progress, np.random.get_state()))
         generations = bar(range(progress.generation, until()), desc=f"cma-es ({c.world})", unit="gen")
@@ -273,10 +285,10 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
                 scores = evaluator.returns(contenders, seeds).mean(1)
                 writer.add_scalar("controller/eval_best", scores[0], progress.generation)
                 writer.add_scalar("controller/eval_mean", scores[1], progress.generation)
-                line = f"generation {progress.generation}: re-evaluated best {scores[0]:.1f}, mean {scores[1]:.1f}"
+                line = f"generation {progress.generation}: re-evaluated best {scores[0]:.4g}, mean {scores[1]:.4g}"
                 if scores.max() > progress.best_score:
                     progress.best_score, progress.best = float(scores.max()), contenders[scores.argmax()]
-                    save_controller(run.controller, progress.best, model.controller_input, progress.best_score, progress.generation)
+                    save_controller(run.controller, progress.best, input_dim, progress.best_score, progress.generation)
                     if dreaming:
                         log_dream_rollout(writer, evaluator, progress.best, seeds[0], progress.generation)
                 if watcher:
@@ -288,6 +300,10 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
                 tqdm.write(line)
             progress.env_steps += evaluator.steps
             evaluator.steps = 0
+            if codebook:
+                progress.archive, progress.queries = evaluator.archive(), evaluator.surrogate.queries
+                writer.add_scalar("codebook/architectures_queried", len(progress.archive), progress.generation)
+                writer.add_scalar("codebook/surrogate_queries", progress.queries, progress.generation)
             writer.add_scalar(f"controller/{c.world}_steps", progress.env_steps, progress.generation)
             checkpoints.save_pickle(run.cmaes, (es, progress, np.random.get_state()))
             if progress.best_score >= c.target:
@@ -298,6 +314,12 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
     if progress.real_steps:
         result["real_steps_watching"] = progress.real_steps
     return result
+
+
+def returns_report(returns: np.ndarray, seeds: list[int], generation: int) -> dict:
+    """The part of a report every world shares: the returns of the evaluation episodes and their seeds."""
+    return {"episodes": len(seeds), "mean": float(returns.mean()), "std": float(returns.std()),
+            "returns": [float(r) for r in returns], "seeds": seeds, "controller_generation": generation}
 
 
 def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
@@ -314,16 +336,7 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
         evaluator = Evaluator(cfg, run.vision, run.memory, e.workers)
     with evaluator:
         returns = evaluator.returns(flat[None], seeds)[0]
-    report = {
-        "world": world,
-        "env": cfg.env.id,
-        "episodes": e.episodes,
-        "mean": float(returns.mean()),
-        "std": float(returns.std()),
-        "returns": [float(r) for r in returns],
-        "seeds": seeds,
-        "controller_generation": saved["generation"],
-    }
+    report = {"world": world, "env": cfg.env.id, **returns_report(returns, seeds, saved["generation"])}
     if world == "dream":
         report["tau"] = cfg.dream.tau
     checkpoints.save_json(run.report if world == "real" else run.dream_report, report)

@@ -1,4 +1,8 @@
-"""M: the MDN-RNN. An LSTM over [z_t, a_t] predicting a Gaussian mixture for z_{t+1}, a reward and a done."""
+"""M: the MDN-RNN. An LSTM over [z_t, a_t] predicting z_{t+1}, a reward and a done.
+
+z_{t+1} is a Gaussian mixture per latent dimension for a continuous V, and a categorical distribution over
+the codebook per grid position for a discrete V (VQ-VAE).
+"""
 
 from __future__ import annotations
 
@@ -23,17 +27,24 @@ class MemoryModelConfig:
     sigma_min: float = 1e-3  # keeps every sigma away from zero so the likelihood stays finite
     done_weight: float = 10.0  # the done head's positive weight in training, undone by `done_probability`
     sample_latents: bool = True  # trained on z drawn from V's posterior (else on its mean): dreams start the same way
+    positions: int = 0  # discrete V: a categorical head over num_codes codes at each of these positions; 0: mixture
+    num_codes: int = 0
 
 
 @dataclass
 class Prediction:
-    """M's output for one or more time steps."""
+    """M's output for one or more time steps: the mixture's parameters or the code logits, reward and done."""
 
-    logit_pi: torch.Tensor  # (..., Z, K) mixture logits, one mixture per latent dimension
-    mu: torch.Tensor  # (..., Z, K)
-    sigma: torch.Tensor  # (..., Z, K)
+    logit_pi: torch.Tensor | None  # (..., Z, K) mixture logits, one mixture per latent dimension
+    mu: torch.Tensor | None  # (..., Z, K)
+    sigma: torch.Tensor | None  # (..., Z, K)
     reward: torch.Tensor  # (...)
     done_logit: torch.Tensor  # (...)
+    code_logits: torch.Tensor | None = None  # (..., P, num_codes), discrete V
+
+    def map(self, fn) -> "Prediction":
+        """The prediction with `fn` applied to every tensor it holds."""
+        return Prediction(*(None if t is None else fn(t) for t in vars(self).values()))
 
 
 class MDNRNN(nn.Module):
@@ -43,8 +54,12 @@ class MDNRNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         z, k = cfg.latent_dim, cfg.num_gaussians
+        self.categorical = cfg.positions > 0
         self.lstm = nn.LSTM(z + cfg.action_dim, cfg.hidden_size, batch_first=True)
-        self.head = nn.Linear(cfg.hidden_size, 3 * z * k + 2)
+        outputs = cfg.positions * cfg.num_codes if self.categorical else 3 * z * k
+        self.head = nn.Linear(cfg.hidden_size, outputs + 2)
+        if self.categorical:  # V's codebook, copied when M is trained: M then dreams z without V
+            self.register_buffer("codebook", torch.zeros(cfg.num_codes, z // cfg.positions))
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         zeros = torch.zeros(1, batch, self.cfg.hidden_size, device=device)
@@ -54,6 +69,9 @@ class MDNRNN(nn.Module):
         z, k = self.cfg.latent_dim, self.cfg.num_gaussians
         params = self.head(out)
         mixture, reward, done = params[..., :-2], params[..., -2], params[..., -1]
+        if self.categorical:
+            logits = mixture.reshape(*out.shape[:-1], self.cfg.positions, self.cfg.num_codes)
+            return Prediction(None, None, None, reward, done, logits)
         logit_pi, mu, raw_sigma = mixture.reshape(*out.shape[:-1], z, 3 * k).split(k, dim=-1)
         sigma = F.softplus(raw_sigma) + self.cfg.sigma_min
         return Prediction(logit_pi, mu, sigma, reward, done)
@@ -66,13 +84,22 @@ class MDNRNN(nn.Module):
     def step(self, z: torch.Tensor, action: torch.Tensor, state: State) -> tuple[Prediction, State]:
         """One time step for acting and dreaming: z (B, Z), action (B, A)."""
         prediction, state = self.forward(z[:, None], action[:, None], state)
-        squeeze = Prediction(*(t.squeeze(1) for t in vars(prediction).values()))
-        return squeeze, state
+        return prediction.map(lambda t: t.squeeze(1)), state
 
     @staticmethod
     def hidden(state: State) -> torch.Tensor:
         """The h that the controller sees: (B, H)."""
         return state[0][0]
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (..., P) -> z (..., P x code size), through the stored codebook."""
+        return self.codebook[codes].flatten(-2)
+
+    def draw(self, prediction: Prediction, tau: float, uniform: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+        """z_{t+1} at temperature tau from (..., Z) uniforms and normals: `draw`, or `draw_codes` then the codebook."""
+        if self.categorical:
+            return self.embed(draw_codes(prediction.code_logits, tau, uniform[..., : self.cfg.positions]))
+        return draw(prediction, tau, uniform, normal)
 
     def done_probability(self, prediction: Prediction) -> torch.Tensor:
         """P(done): the done head trained with positives weighted w predicts odds w times too high."""
@@ -103,6 +130,14 @@ def draw(prediction: Prediction, tau: float, uniform: torch.Tensor, normal: torc
     return mu + sigma * math.sqrt(tau) * normal
 
 
+def draw_codes(logits: torch.Tensor, tau: float, uniform: torch.Tensor) -> torch.Tensor:
+    """A code per position from logits (..., P, K) at temperature tau, by inverse CDF of (..., P) uniforms; tau = 0: argmax."""
+    if tau <= 0:
+        return logits.argmax(-1)
+    cdf = F.softmax(logits / tau, dim=-1).cumsum(-1)
+    return (uniform.unsqueeze(-1) > cdf).sum(-1).clamp(max=logits.shape[-1] - 1)
+
+
 def sample(prediction: Prediction, tau: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw z_{t+1} at temperature tau with torch's generator (see `draw`)."""
     shape, device = prediction.mu.shape[:-1], prediction.mu.device
@@ -120,10 +155,17 @@ def memory_loss(
     done_weight: float = 10.0,
     reward_weight: float = 1.0,
     done_loss_weight: float = 1.0,
+    next_codes: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Masked mean of: mixture NLL per latent dimension, reward MSE, done BCE with positives up-weighted."""
+    """Masked mean of: NLL of z_{t+1} (per latent dimension, or per position of `next_codes` for a categorical
+    head), reward MSE, done BCE with positives up-weighted."""
     steps = mask.sum().clamp(min=1)
-    nll = -(mixture_log_prob(prediction, next_z) * mask).sum() / (steps * next_z.shape[-1])
+    if prediction.code_logits is not None:
+        logits = prediction.code_logits
+        ce = F.cross_entropy(logits.flatten(0, -2), next_codes.flatten().long(), reduction="none").view(next_codes.shape)
+        nll = (ce.mean(-1) * mask).sum() / steps
+    else:
+        nll = -(mixture_log_prob(prediction, next_z) * mask).sum() / (steps * next_z.shape[-1])
     reward_loss = ((prediction.reward - reward) ** 2 * mask).sum() / steps
     pos_weight = torch.tensor(done_weight, device=done.device)
     done_loss = (F.binary_cross_entropy_with_logits(prediction.done_logit, done, pos_weight=pos_weight, reduction="none") * mask).sum() / steps

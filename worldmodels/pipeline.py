@@ -24,7 +24,14 @@ def real_steps(cfg: Config, rollouts_root: Path) -> dict:
 
 
 def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
-    """collect, train-vision, sample, encode, train-memory, train-controller (+ rounds), evaluate in the real world."""
+    """collect, train-vision, sample, encode, train-memory, train-controller (+ rounds), evaluate in the real world.
+
+    A codebook-world recipe runs its own, shorter pipeline (`worldmodels.nas.search.pipeline`).
+    """
+    if cfg.controller.world == "codebook":
+        from .nas import search  # scikit-learn and the digits task load only for codebook recipes
+
+        return search.pipeline(cfg, run)
     stages.collect(cfg, rollouts_root)
     stages.train_vision(cfg, run, rollouts_root)
     stages.sample(cfg, run, rollouts_root)

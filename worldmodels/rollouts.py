@@ -278,13 +278,14 @@ def frames_to_float(frames: torch.Tensor, device: torch.device | str) -> torch.T
 
 @dataclass
 class LatentEpisode:
-    """One encoded episode: latent mean and log-std per frame, plus actions, rewards, dones."""
+    """One encoded episode: latent mean and log-std per frame (codes for a discrete V), actions, rewards, dones."""
 
     mu: np.ndarray  # (T+1, Z)
-    logstd: np.ndarray  # (T+1, Z)
+    logstd: np.ndarray  # (T+1, Z), zeros for a discrete V
     action: np.ndarray  # (T, A) float
     reward: np.ndarray  # (T,)
     done: np.ndarray  # (T,) terminated (not truncated)
+    codes: np.ndarray | None = None  # (T+1, P) integers, discrete V
 
 
 class SequenceDataset(torch.utils.data.Dataset):
@@ -316,7 +317,10 @@ class SequenceDataset(torch.utils.data.Dataset):
 
         mask = torch.zeros(L)
         mask[:n] = 1
-        return {
+        codes = {}
+        if ep.codes is not None:
+            codes = {"codes": window(ep.codes).long(), "next_codes": window(ep.codes, 1).long()}
+        return codes | {
             "mu": window(ep.mu),
             "logstd": window(ep.logstd),
             "next_mu": window(ep.mu, 1),
@@ -335,8 +339,10 @@ def load_latents(run: Run) -> list[LatentEpisode]:
     episodes = []
     for name in names:
         with np.load(run.latents / name) as d:
-            episodes.append(LatentEpisode(d["mu"].astype(np.float32), d["logstd"].astype(np.float32),
-                                          d["action"], d["reward"], d["done"]))
+            mu = d["mu"].astype(np.float32)
+            logstd = d["logstd"].astype(np.float32) if "logstd" in d else np.zeros_like(mu)
+            codes = d["codes"].astype(np.int64) if "codes" in d else None
+            episodes.append(LatentEpisode(mu, logstd, d["action"], d["reward"], d["done"], codes))
     if not episodes:
         raise WorldModelsError(f"no encoded episodes in '{run.latents}'")
     return episodes

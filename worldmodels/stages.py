@@ -27,7 +27,7 @@ from .rollouts import (
     load_latents,
 )
 from .training import Fit, fit, pick_device
-from .vision import build_vision, vision_config
+from .vision import VisionModel, build_vision, vision_config
 from .worlds.real import action_dim, action_space, encode_actions
 
 
@@ -162,15 +162,16 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     todo = [p for p in wanted if p.name not in done]
     for path, episode in bar(store.iter_episodes(todo), total=len(todo), desc="encode", unit="ep"):
         frames = torch.from_numpy(episode["obs"])
-        means, logstds = [], []
+        parts: dict[str, list[torch.Tensor]] = {"mu": [], "logstd": [], "codes": []}
         with torch.no_grad():
             for chunk in frames.split(256):
                 latent = model.encode(frames_to_float(chunk, device))
-                means.append(latent.mean.cpu())
-                logstds.append(latent.logstd.cpu())
+                for key, value in zip(parts, (latent.mean, latent.logstd, latent.codes)):
+                    if value is not None:  # a VAE has no codes, a VQ-VAE no log-std
+                        parts[key].append(value.cpu())
+        dtypes = {"mu": np.float16, "logstd": np.float16, "codes": np.int16}
         rollouts.save_episode(run.latents / path.name, {
-            "mu": torch.cat(means).numpy().astype(np.float16),
-            "logstd": torch.cat(logstds).numpy().astype(np.float16),
+            **{key: torch.cat(values).numpy().astype(dtypes[key]) for key, values in parts.items() if values},
             "action": encode_actions(episode["action"], space),
             "reward": episode["reward"].astype(np.float32),
             "done": episode["terminated"].astype(bool),
@@ -185,12 +186,15 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
 # ---------------------------------------------------------------- memory
 
 
-def memory_config(cfg: Config, latent_dim: int) -> dict:
-    """The model config of the recipe's M, as stored in its checkpoint."""
+def memory_config(cfg: Config, vision: VisionModel) -> dict:
+    """The model config of the recipe's M on top of V, as stored in its checkpoint."""
     m = cfg.memory
     space = action_space(cfg.env)
-    return vars(MemoryModelConfig(latent_dim, action_dim(space), m.hidden_size, m.num_gaussians,
-                                  done_weight=m.done_weight, sample_latents=m.sample_latents))
+    discrete = vision.latent_kind == "discrete"  # a categorical head over V's codes; codes have no posterior spread
+    return vars(MemoryModelConfig(vision.latent_dim, action_dim(space), m.hidden_size, m.num_gaussians,
+                                  done_weight=m.done_weight, sample_latents=m.sample_latents and not discrete,
+                                  positions=vision.positions if discrete else 0,
+                                  num_codes=vision.num_embeddings if discrete else 0))
 
 
 def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
@@ -198,9 +202,12 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
     m = cfg.memory
     device = pick_device(cfg.device)
     episodes = load_latents(run)
-    model_config = memory_config(cfg, episodes[0].mu.shape[1])
+    vision = load_vision(run.require(run.vision, "train-vision"))
+    model_config = memory_config(cfg, vision)
     torch.manual_seed(m.seed)
     model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
+    if model.categorical:
+        model.codebook.copy_(vision.codebook)
     dataset = SequenceDataset(episodes, m.seq_len, m.random_starts)
     generator = torch.Generator()
     writer = SummaryWriter(run.tensorboard)
@@ -212,11 +219,12 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
     def loss(batch: dict) -> dict:
         b = {k: t.to(device) for k, t in batch.items()}
         z, next_z = b["mu"], b["next_mu"]
-        if m.sample_latents:
+        if model.cfg.sample_latents:
             z = z + b["logstd"].exp() * torch.randn_like(z)
             next_z = next_z + b["next_logstd"].exp() * torch.randn_like(next_z)
         prediction, _ = model(z, b["action"])
-        return memory_loss(prediction, next_z, b["reward"], b["done"], b["mask"], m.done_weight, m.reward_weight, m.done_loss_weight)
+        return memory_loss(prediction, next_z, b["reward"], b["done"], b["mask"], m.done_weight, m.reward_weight,
+                           m.done_loss_weight, b.get("next_codes"))
 
     result = fit(Fit("memory", model, model_config, batches, loss, epochs or m.epochs, m.lr, m.seed, run.memory, writer))
     writer.close()
@@ -230,7 +238,12 @@ def check_run(cfg: Config, run: Run) -> None:
     """Refuse a recipe whose model sizes differ from the checkpoints already in the run folder."""
     if run.vision.is_file():
         saved = checkpoints.load(run.vision, "vision")["config"]
+        if cfg.controller.world == "codebook":  # V of architectures, not of frames; there is no M
+            from .nas.search import vision_config as architecture_vision_config
+
+            checkpoints.check_same_config(run.vision, saved, architecture_vision_config(cfg), "vision")
+            return
         checkpoints.check_same_config(run.vision, saved, vision_config(cfg), "vision")
         if run.memory.is_file():
-            wanted = memory_config(cfg, saved["latent_dim"])
+            wanted = memory_config(cfg, build_vision(saved))
             checkpoints.check_same_config(run.memory, checkpoints.load(run.memory, "memory")["config"], wanted, "memory")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import Config
+from ..errors import WorldModelsError
 from .base import Latent, VisionModel
 from .vae import ConvVAE, VAEConfig
+from .vqvae import VQVAE, VQVAEConfig
 
-MODELS = {"vae": (ConvVAE, VAEConfig)}
+MODELS = {"vae": (ConvVAE, VAEConfig), "vqvae": (VQVAE, VQVAEConfig)}
 
 
 def vision_config(cfg: Config) -> dict:
@@ -22,8 +24,11 @@ def vision_config(cfg: Config) -> dict:
 def build_vision(model_config: dict) -> VisionModel:
     """Build V from a stored model config (`model` plus the model's own fields)."""
     config = dict(model_config)
-    model_cls, config_cls = MODELS[config.pop("model")]
+    name = config.pop("model")
+    if name not in MODELS:
+        raise WorldModelsError(f"vision model '{name}' is not a model of frames ({', '.join(MODELS)}); use another --run")
+    model_cls, config_cls = MODELS[name]
     return model_cls(config_cls(**config))
 
 
-__all__ = ["Latent", "VisionModel", "ConvVAE", "VAEConfig", "build_vision", "vision_config"]
+__all__ = ["Latent", "VisionModel", "ConvVAE", "VAEConfig", "VQVAE", "VQVAEConfig", "MODELS", "build_vision", "vision_config"]

@@ -10,10 +10,11 @@ from torch import nn
 
 @dataclass
 class Latent:
-    """What V makes of a batch of frames: a mean and, for a VAE, a log standard deviation."""
+    """What V makes of a batch of frames: a mean and, for a VAE, a log standard deviation; for a VQ-VAE, codes."""
 
     mean: torch.Tensor  # (B, Z)
     logstd: torch.Tensor | None = None  # (B, Z)
+    codes: torch.Tensor | None = None  # (B, positions) integers, discrete V only
 
     def sample(self) -> torch.Tensor:
         """Draw z with the reparameterisation trick (the mean when there is no spread)."""

@@ -16,7 +16,7 @@ import torch
 from .. import noise
 from ..config import DreamConfig
 from ..controller import Controller, memory_actions
-from ..memory import MDNRNN, draw
+from ..memory import MDNRNN
 from ..vision import VisionModel
 from .real import encode_actions
 
@@ -43,6 +43,10 @@ class Dream:
     def _start_latents(self, seeds: torch.Tensor) -> torch.Tensor:
         before = torch.full_like(seeds, -1)  # step -1: draws that no later step repeats
         eps = noise.normal(seeds, before, self.latent_dim)
+        if self.starts is None and self.memory.categorical:  # a discrete V's prior: uniform codes
+            m = self.memory.cfg
+            codes = (noise.uniform(seeds, before, noise.START, m.positions) * m.num_codes).long().clamp(max=m.num_codes - 1)
+            return self.memory.embed(codes)
         if self.starts is None:
             return eps
         pick = (noise.uniform(seeds, before, noise.START, 1)[:, 0] * len(self.starts)).long().clamp(max=len(self.starts) - 1)
@@ -78,7 +82,7 @@ class Dream:
         prediction, self.state = self.memory.step(self.z, action.to(self.device, torch.float32), self.state)
         n = self.latent_dim
         uniform = noise.uniform(self.seeds, self.t, noise.COMPONENT, n)
-        self.z = draw(prediction, self.cfg.tau, uniform, noise.normal(self.seeds, self.t, n))
+        self.z = self.memory.draw(prediction, self.cfg.tau, uniform, noise.normal(self.seeds, self.t, n))
         p_done = self.memory.done_probability(prediction)
         if self.cfg.done == "sample":
             terminated = noise.uniform(self.seeds, self.t, noise.DONE, 1)[:, 0] < p_done

@@ -1,0 +1,236 @@
+"""The codebook NAS task end to end: V on architecture encodings, C searching the codebook world, the report.
+
+The architecture the controller finds is the best, by the surrogate's objective, of every architecture its
+CMA-ES search queried; random search gets as many surrogate queries as the search made of distinct
+architectures (a repeated query is a memo lookup, not a surrogate evaluation). Both winners are then
+trained for real on digits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from .. import checkpoints, evolution
+from ..checkpoints import Run
+from ..config import Config
+from ..controller import Controller
+from ..errors import WorldModelsError
+from ..training import Fit, fit
+from ..worlds.codebook import CodebookEnv, flat_world
+from . import space
+from .autoencoder import ArchitectureVQVAE, ArchitectureVQVAEConfig, encodings
+from .space import Architecture
+from .surrogate import Surrogate, from_table, held_out_spearman
+from .table import DEFAULT_TABLE, load_table, sample_distinct
+
+LARGEST = space.num_params(Architecture(((space.WIDTHS[-1], "relu"),) * space.MAX_LAYERS))
+
+
+def size(arch: Architecture) -> float:
+    """A network's parameters as a fraction of the largest in the search space: the size the penalty weighs."""
+    return space.num_params(arch) / LARGEST
+
+
+def table_path(cfg: Config) -> Path:
+    return Path(cfg.nas.table) if cfg.nas.table else DEFAULT_TABLE
+
+
+def vision_config(cfg: Config) -> dict:
+    """V's model config from the recipe, as stored in its checkpoint."""
+    v = cfg.vision
+    config = ArchitectureVQVAEConfig(cfg.nas.slots, cfg.nas.hidden, v.embed_dim, v.num_embeddings, v.commitment,
+                                     v.ema_decay, v.dead_after, v.codebook_init)
+    return {"model": "architecture_vqvae", **vars(config)}
+
+
+def load_vision(path: Path) -> ArchitectureVQVAE:
+    """V from its checkpoint, in eval mode; a checkpoint of a frame model is refused."""
+    saved = checkpoints.load(path, "vision")
+    config = dict(saved["config"])
+    if config.pop("model", None) != "architecture_vqvae":
+        raise WorldModelsError(f"'{path}' is not a VQ-VAE of architectures; use another --run")
+    model = ArchitectureVQVAE(ArchitectureVQVAEConfig(**config))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
+def train_vision(cfg: Config, run: Run) -> dict:
+    """Train V on `nas.samples` random architectures; exact reconstructions of the table's architectures go to TensorBoard."""
+    v = cfg.vision
+    torch.manual_seed(v.seed)
+    model_config = vision_config(cfg)
+    model = ArchitectureVQVAE(ArchitectureVQVAEConfig(**{k: x for k, x in model_config.items() if k != "model"}))
+    data = encodings(cfg.nas.samples, v.seed)
+    held_out = torch.from_numpy(np.stack([space.encode(row.arch) for row in load_table(table_path(cfg))]))
+    generator = torch.Generator()
+    writer = SummaryWriter(run.tensorboard)
+
+    def batches(epoch: int):  # slices of one tensor: a DataLoader would collate 20,000 rows one by one
+        generator.manual_seed(v.seed * 10_007 + epoch)
+        return data[torch.randperm(len(data), generator=generator)].split(v.batch_size)
+
+    def on_epoch_end(epoch: int) -> None:
+        model.eval()
+        with torch.no_grad():
+            exact = model.loss(held_out)["exact"].item()
+        model.train()
+        writer.add_scalar("vision/table_exact", exact, epoch)
+        tqdm.write(f"vision: {exact:.1%} of the table's architectures decode exactly")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # an MLP this small runs fastest on one thread, and far slower when threads contend
+    try:
+        return fit(Fit("vision", model, model_config, batches, model.loss, v.epochs, v.lr, v.seed,
+                       run.vision, writer, on_epoch_end))
+    finally:
+        torch.set_num_threads(threads)
+        writer.close()
+
+
+class Decoder:
+    """V's decoder as the codebook world's `decoder`, memoised: the world only ever holds codebook rows."""
+
+    def __init__(self, model: ArchitectureVQVAE):
+        self.model, self.memo = model, {}
+
+    def __call__(self, latent: np.ndarray) -> Architecture:
+        key = latent.astype(np.float32).tobytes()
+        if key not in self.memo:
+            self.memo[key] = self.model.architecture(latent)
+        return self.memo[key]
+
+
+def make_world(cfg: Config, model: ArchitectureVQVAE, surrogate: Surrogate) -> CodebookEnv:
+    """The codebook world on V's codebook and decoder, scored by the surrogate."""
+    b = cfg.codebook
+    return CodebookEnv(model.cfg.embed_dim, model.cfg.num_embeddings, surrogate, Decoder(model), b.max_allowed_actions,
+                       model.codebook.numpy(), b.num_previous_actions, b.size_penalty, size, num_slots=model.cfg.slots)
+
+
+def fit_surrogate(cfg: Config) -> Surrogate:
+    """The surrogate fitted on every row of the recipe's table."""
+    return from_table(table_path(cfg))
+
+
+class CodebookEvaluator:
+    """Scores controllers by their episodes' returns in the codebook world (in-process: a step is a memoised lookup)."""
+
+    def __init__(self, cfg: Config, run: Run):
+        self.surrogate = fit_surrogate(cfg)
+        self.env = make_world(cfg, load_vision(run.require(run.vision, "train-vision")), self.surrogate)
+        self.world = flat_world(self.env)
+        self.space = self.env.action_space
+        self.input_dim = self.world.observation_space.shape[0]
+        self.steps = 0
+
+    def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
+        """(P, N) candidates x seeds -> (P, len(seeds)) returns: f(final) - f(start) of each episode."""
+        controller = Controller.from_flat(candidates, self.input_dim, self.space)
+        out = np.zeros((len(candidates), len(seeds)))
+        no_memory = torch.zeros(1, 0)  # C sees the world's observation alone: no M here
+        for p in range(len(candidates)):
+            for j, seed in enumerate(seeds):
+                obs, _ = self.world.reset(seed=seed)
+                done = False
+                while not done:
+                    action = controller.act(torch.from_numpy(obs)[None], no_memory, rows=[p])[0]
+                    obs, reward, terminated, truncated, _ = self.world.step(action)
+                    out[p, j] += reward
+                    self.steps += 1
+                    done = terminated or truncated
+        return out
+
+    def archive(self) -> dict[str, float]:
+        """Every architecture queried so far and its surrogate score."""
+        return {str(arch): score for arch, score in self.surrogate.memo.items()}
+
+    def restore(self, archive: dict[str, float], queries: int) -> None:
+        """Continue counting from an interrupted search."""
+        self.surrogate.memo.update({Architecture.parse(a): s for a, s in archive.items()})
+        self.surrogate.queries = queries
+
+    def close(self, graceful: bool = True) -> None:
+        self.world.close()
+
+    def __enter__(self) -> "CodebookEvaluator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def objective(cfg: Config, score: float, arch: Architecture) -> float:
+    return score - cfg.codebook.size_penalty * size(arch)
+
+
+def best_of(cfg: Config, scored: dict[Architecture, float]) -> Architecture:
+    """The architecture with the best objective (surrogate score minus size penalty)."""
+    return max(scored, key=lambda arch: objective(cfg, scored[arch], arch))
+
+
+def random_search(cfg: Config, surrogate: Surrogate, queries: int, seed: int) -> dict[Architecture, float]:
+    """`queries` different random architectures of the search space, scored by the surrogate in one batch."""
+    archs = sample_distinct(queries, np.random.default_rng(seed))
+    return dict(zip(archs, surrogate.predict(archs).tolist()))
+
+
+def train_for_real(cfg: Config, arch: Architecture, score: float) -> dict:
+    """Train arch on digits with `nas.final_seeds` seeds: measured val/test accuracy next to the surrogate's guess."""
+    runs = [space.train(arch, seed=s) for s in range(cfg.nas.final_seeds)]
+    val, test = np.array([r["val_acc"] for r in runs]), np.array([r["test_acc"] for r in runs])
+    return {"arch": str(arch), "params": space.num_params(arch), "surrogate": round(score, 4),
+            "objective": round(objective(cfg, score, arch), 4), "val_acc": round(float(val.mean()), 4),
+            "val_acc_std": round(float(val.std()), 4), "test_acc": round(float(test.mean()), 4),
+            "test_acc_std": round(float(test.std()), 4)}
+
+
+def evaluate(cfg: Config, run: Run) -> dict:
+    """The kept controller's return in the codebook world, and the search's winner vs random search's, trained for real."""
+    e = cfg.evaluate
+    saved = checkpoints.load(run.require(run.controller, "train-controller"), "controller")
+    _, progress, _ = checkpoints.load_pickle(run.cmaes)
+    with CodebookEvaluator(cfg, run) as evaluator:
+        if saved["config"]["input_dim"] != evaluator.input_dim:
+            raise WorldModelsError(f"'{run.controller}' was trained on observations of size {saved['config']['input_dim']}, "
+                                   f"but this codebook world gives {evaluator.input_dim}; retrain the controller")
+        seeds = [e.seed + i for i in range(e.episodes)]
+        returns = evaluator.returns(saved["params"].numpy()[None], seeds)[0]
+        surrogate = evaluator.surrogate
+    found = {Architecture.parse(a): s for a, s in progress.archive.items()}
+    searched = random_search(cfg, surrogate, len(found), cfg.nas.seed)
+    winners = {"controller": best_of(cfg, found), "random_search": best_of(cfg, searched)}
+    tqdm.write(f"evaluate: training the winners for real ({cfg.nas.final_seeds} seeds each)")
+    report = {
+        "world": "codebook",
+        **evolution.returns_report(returns, seeds, saved["generation"]),
+        "surrogate_queries": len(found),  # distinct architectures: what random search gets
+        "queries_with_repeats": progress.queries,
+        "surrogate_spearman": round(held_out_spearman(load_table(table_path(cfg))), 4),
+        "size_penalty": cfg.codebook.size_penalty,
+        **{name: train_for_real(cfg, arch, (found if name == "controller" else searched)[arch]) for name, arch in winners.items()},
+    }
+    checkpoints.save_json(run.report, report)
+    writer = SummaryWriter(run.tensorboard)
+    for name in winners:
+        writer.add_scalar(f"evaluate/{name}_val_acc", report[name]["val_acc"], saved["generation"])
+    writer.close()
+    return report
+
+
+def pipeline(cfg: Config, run: Run) -> dict:
+    """train-vision, train-controller, evaluate; each skipping itself when complete."""
+    train_vision(cfg, run)
+    evolution.train_controller(cfg, run)
+    if run.report.is_file():
+        report = json.loads(run.report.read_text())
+        generation = checkpoints.load(run.controller, "controller")["generation"]
+        if report.get("controller_generation") == generation and report.get("episodes") == cfg.evaluate.episodes:
+            tqdm.write(f"evaluate: {run.report} is up to date, skipping")
+            return report
+    return evaluate(cfg, run)

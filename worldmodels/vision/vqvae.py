@@ -1,0 +1,101 @@
+"""A conv VQ-VAE: Ha's conv encoder down to a grid of codes, one codebook vector per grid position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .base import Latent, VisionModel
+from .quantize import VectorQuantizer
+
+
+@dataclass
+class VQVAEConfig:
+    """Sizes of the VQ-VAE; stored in its checkpoint so it loads without the recipe."""
+
+    frame_size: int = 64
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    embed_dim: int = 8
+    num_embeddings: int = 64
+    commitment: float = 0.25
+    ema_decay: float = 0.99
+    dead_after: int = 20  # restart a code unused for this many training steps; 0: never
+    codebook_init: str = "kmeans"  # kmeans (centres of the first batch) | random
+
+
+class VQVAE(VisionModel):
+    """Four stride-2 convs to a (frame/16)^2 grid of embed_dim vectors, each snapped to a code; four deconvs back.
+
+    z, as M and C see it, is the grid's codebook vectors flattened position by position: latent_dim =
+    positions x embed_dim. `codes` are the integers behind it, what a categorical M predicts.
+    """
+
+    latent_kind = "discrete"
+
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.channels
+        self.grid = cfg.frame_size // 16
+        self.positions = self.grid**2
+        self.num_embeddings = cfg.num_embeddings
+        self.latent_dim = self.positions * cfg.embed_dim
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, c[0], 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c[0], c[1], 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c[1], c[2], 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c[2], c[3], 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c[3], cfg.embed_dim, 1),
+        )
+        self.quantizer = VectorQuantizer(cfg.num_embeddings, cfg.embed_dim, cfg.commitment, cfg.ema_decay,
+                                         cfg.dead_after, cfg.codebook_init)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(cfg.embed_dim, c[3], 1),
+            nn.ConvTranspose2d(c[3], c[2], 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c[2], c[1], 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c[1], c[0], 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c[0], 3, 4, 2, 1),  # linear, as van den Oord et al.: a sigmoid here saturated early on
+        )
+        nn.init.constant_(self.decoder[-1].bias, 0.5)  # start mid-grey, where a sigmoid would
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(num_embeddings, embed_dim)."""
+        return self.quantizer.embedding
+
+    def _quantise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        h = self.encoder(x)  # (B, D, g, g)
+        vectors = h.permute(0, 2, 3, 1).reshape(-1, self.cfg.embed_dim)  # one row per grid position
+        quantised, codes, stats = self.quantizer(vectors)
+        return quantised.reshape(len(x), self.latent_dim), codes.reshape(len(x), self.positions), stats
+
+    def encode(self, x: torch.Tensor) -> Latent:
+        z, codes, _ = self._quantise(x)
+        return Latent(z, codes=codes)
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, positions) -> z (B, latent_dim)."""
+        return self.quantizer.lookup(codes).flatten(-2)
+
+    def _pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's raw output: trained against the frame unclamped, so no gradient is ever cut."""
+        return self.decoder(z.reshape(-1, self.grid, self.grid, self.cfg.embed_dim).permute(0, 3, 1, 2))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._pixels(z).clamp(0, 1)
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Summed squared error per frame (as the conv VAE) + commitment; codebook perplexity and usage to log."""
+        z, _, stats = self._quantise(x)
+        mse = (self._pixels(z) - x).pow(2).flatten(1).sum(1).mean()
+        return {"loss": mse + stats["commitment"], "recon": mse, **stats}
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """Codes drawn independently per position from the codebook's usage (EMA counts, sharpened by 1/temperature)."""
+        log_usage = self.quantizer.cluster_size.clamp(min=1e-8).log()
+        probs = torch.softmax(log_usage / max(temperature, 1e-3), dim=0)  # usage^(1/T), normalised without overflow
+        codes = torch.multinomial(probs, n * self.positions, replacement=True)
+        return self.decode(self.embed(codes.reshape(n, self.positions)))
