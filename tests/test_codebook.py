@@ -223,3 +223,9 @@ def test_controller_acts_in_the_codebook_world():
     c = Controller.from_flat(np.random.default_rng(0).standard_normal((4, 7 * (3 + 1))), 3, env.action_space)
     actions = c.act(torch.randn(4, 2), torch.randn(4, 1))
     assert all(env.action_space.contains(a) for a in actions)
+
+
+def test_step_before_reset_is_a_clear_error():
+    env = make()
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.array([0, 0]))

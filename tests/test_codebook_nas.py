@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TESTS, run_cli
+from conftest import TESTS, TINY, run_cli
 
 from worldmodels import checkpoints
 from worldmodels import config as config_lib
@@ -269,7 +269,7 @@ def test_codebook_pipeline_report(nas_run, overrides):
     cfg = recipe(overrides)
     found = {Architecture.parse(a): s for a, s in progress.archive.items()}
     searched = search.random_search(cfg, search.fit_surrogate(cfg), report["surrogate_queries"], cfg.nas.seed)
-    for name, scored in (("controller", found), ("random_search", searched)):
+    for name, scored in (("controller_search", found), ("random_search", searched)):
         entry = report[name]
         arch = Architecture.parse(entry["arch"])
         assert arch == search.best_of(cfg, scored)  # the best objective of what each search saw
@@ -339,3 +339,48 @@ def test_codebook_stages_out_of_order(tmp_path, overrides, capsys):
     assert not (tmp_path / NAME / "cmaes.pkl").exists()
     assert nas_stage("evaluate", tmp_path, overrides) == 2
     assert "run `worldmodels train-controller` first" in one_error_line(capsys, "evaluate")
+
+
+def test_pipeline_remakes_a_report_made_under_other_settings(nas_run, overrides, tmp_path, capsys):
+    root = tmp_path / "ck"
+    shutil.copytree(nas_run["root"], root)
+    before = json.loads((root / NAME / "report.json").read_text())
+    assert nas_stage("pipeline", root, [*overrides, "nas.seed=7", "evaluate.seed=99"]) == 0, capsys.readouterr().err
+    after = json.loads((root / NAME / "report.json").read_text())
+    assert after["seeds"][0] == 99 and before["seeds"][0] != 99
+    assert after["settings"]["nas"]["seed"] == 7
+
+
+@pytest.mark.parametrize("change", ["codebook.size_penalty=5.0", "codebook.max_allowed_actions=2"])
+def test_search_under_other_codebook_rules_is_refused(nas_run, overrides, tmp_path, capsys, change):
+    root = tmp_path / "ck"
+    shutil.copytree(nas_run["root"], root)
+    assert nas_stage("train-controller", root, [*overrides, change, "controller.generations=5"]) == 2
+    assert "other codebook-world settings" in one_error_line(capsys, "train-controller")
+
+
+def test_codebook_recipe_is_not_evaluated_in_another_world(nas_run, overrides, tmp_path, capsys):
+    assert nas_stage("evaluate", nas_run["root"], overrides, "--world", "dream") == 2
+    assert "codebook world" in one_error_line(capsys, "evaluate")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("nas.samples=0", "nas.samples, nas.slots, nas.hidden and nas.final_seeds must be at least 1"),
+    ("nas.final_seeds=0", "nas.samples, nas.slots, nas.hidden and nas.final_seeds must be at least 1"),
+    ("vision.ema_decay=1.0", "vision.ema_decay must be in [0, 1)"),
+])
+def test_bad_nas_values_exit_2(tmp_path, overrides, capsys, override, message):
+    assert nas_stage("train-vision", tmp_path, [*overrides, override]) == 2
+    assert message in one_error_line(capsys, "train-vision")
+
+
+def test_a_table_too_small_for_a_surrogate_is_refused(tmp_path, capsys):
+    small = tmp_path / "small.csv"
+    nas_table.write_table(small, load_table(DEFAULT_TABLE)[:5])
+    assert nas_stage("pipeline", tmp_path, [f'nas.table="{small}"', *BUDGET]) == 2
+    assert "fewer than 10 architectures" in one_error_line(capsys, "pipeline")
+
+
+def test_the_codebook_env_id_is_not_a_pixel_world(tmp_path, capsys):
+    assert run_cli("collect", TINY, "--rollouts", tmp_path, "--set", 'env.id="worldmodels/Codebook-v0"') == 2
+    assert "is not a pixel world" in one_error_line(capsys, "collect")

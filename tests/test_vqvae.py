@@ -589,7 +589,7 @@ def test_vq_dream_z_is_always_codebook_rows(vq_run, start):
 @pytest.mark.parametrize("override, message", [
     ('vision.model="vqgan"', "vision.model must be 'vae' or 'vqvae'"),
     ('vision.codebook_init="zeros"', "vision.codebook_init must be 'kmeans' or 'random'"),
-    ("vision.num_embeddings=1", "vision.num_embeddings must be at least 2"),
+    ("vision.num_embeddings=1", "vision.num_embeddings must be 2..32767"),
     ("vision.dead_after=-1", "vision.dead_after not negative"),
     ('controller.world="codebook"', "the codebook world needs vision.model = 'vqvae'"),
 ])
@@ -600,3 +600,17 @@ def test_bad_vq_recipe_values_exit_2_with_one_line(tmp_path, capsys, override, m
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("worldmodels train-vision: error: ") and message in lines[0], lines[0]
     assert not (tmp_path / "ck").exists()
+
+
+def test_memory_with_another_codebook_than_vision_is_refused(vq_run, tmp_path):
+    from worldmodels import checkpoints
+    from worldmodels.agent import WorldModel
+    from worldmodels.errors import WorldModelsError
+
+    run = vq_run["dir"]
+    saved = checkpoints.load(run / "vision.pt", "vision")
+    saved["state_dict"]["quantizer.embedding"] = saved["state_dict"]["quantizer.embedding"] + 0.01  # V trained on
+    checkpoints.save(tmp_path / "vision.pt", saved)
+    WorldModel.load(run / "vision.pt", run / "memory.pt")  # the pair as trained loads
+    with pytest.raises(WorldModelsError, match="another codebook"):
+        WorldModel.load(tmp_path / "vision.pt", run / "memory.pt")

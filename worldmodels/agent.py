@@ -53,6 +53,10 @@ class WorldModel:
                 f"'{memory_path}' expects latents of size {world_model.memory.cfg.latent_dim} "
                 f"but '{vision_path}' makes {world_model.vision.latent_dim}; retrain memory"
             )
+        memory = world_model.memory
+        if memory.categorical and not torch.equal(memory.codebook, world_model.vision.codebook.to(memory.codebook.device)):
+            raise WorldModelsError(f"'{memory_path}' dreams with another codebook than '{vision_path}' has (V trained on since); "
+                                   "retrain memory")
         return world_model
 
     @property

@@ -65,6 +65,8 @@ def run_stage(args: argparse.Namespace) -> object:
     codebook = cfg.controller.world == "codebook"
     if codebook and args.stage not in CODEBOOK_STAGES:
         raise WorldModelsError(f"a codebook-world recipe has no '{args.stage}' stage; its stages are {', '.join(CODEBOOK_STAGES)}")
+    if codebook and getattr(args, "world", None) not in (None, "codebook"):
+        raise WorldModelsError(f"a codebook-world recipe is evaluated in the codebook world, not '{args.world}'")
     if args.stage in ("collect", "train-vision", "train-memory", "train-controller", "pipeline"):
         stages.check_run(cfg, run)  # before recording the recipe, so a refused recipe leaves the old one
         run.dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,7 @@ def run_stage(args: argparse.Namespace) -> object:
 
 
 def summary(report: dict) -> dict:
-    keys = ("world", "env", "episodes", "mean", "std", "real_steps", "surrogate_queries", "controller", "random_search")
+    keys = ("world", "env", "episodes", "mean", "std", "real_steps", "surrogate_queries", "controller_search", "random_search")
     return {k: report[k] for k in keys if k in report}
 
 

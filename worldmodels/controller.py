@@ -1,4 +1,4 @@
-"""C: a linear controller a = tanh(W [z, h] + b), seen by CMA-ES as one flat vector."""
+"""C: a linear controller a = tanh(W [z, h] + b) (the argmax of W [z, h] + b for choices), seen by CMA-ES as one flat vector."""
 
 from __future__ import annotations
 

@@ -162,7 +162,8 @@ class Progress:
     round_start: int = 0  # the generation the round began at
     world: str = "real"  # where the search scores candidates
     archive: dict | None = None  # codebook world: every architecture queried -> surrogate score
-    queries: int = 0  # codebook world: surrogate queries so far
+    queries: int = 0  # codebook world: surrogate queries so far, repeats included
+    rules: dict | None = None  # codebook world: what scores mean (objective, episode length, table)
 
 
 def generation_seeds(seed: int, generation: int, count: int) -> list[int]:
@@ -211,11 +212,11 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
         from .nas.search import CodebookEvaluator  # imported here: it imports this module
 
         world = CodebookEvaluator(cfg, run)
-        input_dim, space = world.input_dim, world.space
+        input_dim, space, rules = world.input_dim, world.space, world.rules
     else:
         device = pick_device(cfg.device) if dreaming else "cpu"
         model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device)
-        input_dim, space = model.controller_input, action_space(cfg.env)
+        input_dim, space, rules = model.controller_input, action_space(cfg.env), None
     dim = Controller(input_dim, space).num_params
     if run.cmaes.exists():
         es, progress, np_state = checkpoints.load_pickle(run.cmaes)
@@ -225,9 +226,12 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
         if progress.world != c.world:  # scores from the two worlds do not compare
             raise WorldModelsError(f"'{run.cmaes}' holds a search in the {progress.world} world, not the {c.world} one; "
                                    "delete it and controller.pt, or use another --run")
+        if progress.rules != rules:  # another objective or episode length: the scores so far mean something else
+            raise WorldModelsError(f"'{run.cmaes}' holds a search under other codebook-world settings ({progress.rules}); "
+                                   "delete it and controller.pt, or use another --run")
     else:
         es = cma.CMAEvolutionStrategy(np.zeros(dim), c.sigma0, {"popsize": c.population, "seed": c.seed + 1, "verbose": -9})
-        progress = Progress(world=c.world)
+        progress = Progress(world=c.world, rules=rules)
     new_round = progress.round < round
 
     def until() -> int:

@@ -281,7 +281,7 @@ class LatentEpisode:
     """One encoded episode: latent mean and log-std per frame (codes for a discrete V), actions, rewards, dones."""
 
     mu: np.ndarray  # (T+1, Z)
-    logstd: np.ndarray  # (T+1, Z), zeros for a discrete V
+    logstd: np.ndarray  # (T+1, Z); zeros for a discrete V, unused: its M trains on codes, sample_latents off
     action: np.ndarray  # (T, A) float
     reward: np.ndarray  # (T,)
     done: np.ndarray  # (T,) terminated (not truncated)

@@ -1,6 +1,6 @@
 """The codebook NAS task end to end: V on architecture encodings, C searching the codebook world, the report.
 
-The architecture the controller finds is the best, by the surrogate's objective, of every architecture its
+The architecture the controller's search finds (`controller_search` in the report) is the best, by the surrogate's objective, of every architecture its
 CMA-ES search queried; random search gets as many surrogate queries as the search made of distinct
 architectures (a repeated query is a memo lookup, not a surrogate evaluation). Both winners are then
 trained for real on digits.
@@ -8,6 +8,7 @@ trained for real on digits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -114,8 +115,11 @@ def make_world(cfg: Config, model: ArchitectureVQVAE, surrogate: Surrogate) -> C
 
 
 def fit_surrogate(cfg: Config) -> Surrogate:
-    """The surrogate fitted on every row of the recipe's table."""
-    return from_table(table_path(cfg))
+    """The surrogate fitted on every row of the recipe's table (at least 10: a held-out rank correlation needs some)."""
+    path = table_path(cfg)
+    if len(load_table(path)) < 10:
+        raise WorldModelsError(f"NAS table '{path}' has fewer than 10 architectures; measure more with `python -m worldmodels.nas.table`")
+    return from_table(path)
 
 
 class CodebookEvaluator:
@@ -128,6 +132,7 @@ class CodebookEvaluator:
         self.space = self.env.action_space
         self.input_dim = self.world.observation_space.shape[0]
         self.steps = 0
+        self.rules = {**dataclasses.asdict(cfg.codebook), "table": str(table_path(cfg))}  # what a return means
 
     def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
         """(P, N) candidates x seeds -> (P, len(seeds)) returns: f(final) - f(start) of each episode."""
@@ -190,6 +195,12 @@ def train_for_real(cfg: Config, arch: Architecture, score: float) -> dict:
             "test_acc_std": round(float(test.std()), 4)}
 
 
+def settings(cfg: Config) -> dict:
+    """Everything a codebook report depends on besides the controller: a report made under others is stale."""
+    return {"evaluate": dataclasses.asdict(cfg.evaluate), "nas": dataclasses.asdict(cfg.nas),
+            "codebook": dataclasses.asdict(cfg.codebook), "table": str(table_path(cfg))}
+
+
 def evaluate(cfg: Config, run: Run) -> dict:
     """The kept controller's return in the codebook world, and the search's winner vs random search's, trained for real."""
     e = cfg.evaluate
@@ -204,7 +215,7 @@ def evaluate(cfg: Config, run: Run) -> dict:
         surrogate = evaluator.surrogate
     found = {Architecture.parse(a): s for a, s in progress.archive.items()}
     searched = random_search(cfg, surrogate, len(found), cfg.nas.seed)
-    winners = {"controller": best_of(cfg, found), "random_search": best_of(cfg, searched)}
+    winners = {"controller_search": best_of(cfg, found), "random_search": best_of(cfg, searched)}
     tqdm.write(f"evaluate: training the winners for real ({cfg.nas.final_seeds} seeds each)")
     report = {
         "world": "codebook",
@@ -213,7 +224,8 @@ def evaluate(cfg: Config, run: Run) -> dict:
         "queries_with_repeats": progress.queries,
         "surrogate_spearman": round(held_out_spearman(load_table(table_path(cfg))), 4),
         "size_penalty": cfg.codebook.size_penalty,
-        **{name: train_for_real(cfg, arch, (found if name == "controller" else searched)[arch]) for name, arch in winners.items()},
+        "settings": settings(cfg),
+        **{name: train_for_real(cfg, arch, (found if name == "controller_search" else searched)[arch]) for name, arch in winners.items()},
     }
     checkpoints.save_json(run.report, report)
     writer = SummaryWriter(run.tensorboard)
@@ -230,7 +242,7 @@ def pipeline(cfg: Config, run: Run) -> dict:
     if run.report.is_file():
         report = json.loads(run.report.read_text())
         generation = checkpoints.load(run.controller, "controller")["generation"]
-        if report.get("controller_generation") == generation and report.get("episodes") == cfg.evaluate.episodes:
+        if report.get("controller_generation") == generation and report.get("settings") == settings(cfg):
             tqdm.write(f"evaluate: {run.report} is up to date, skipping")
             return report
     return evaluate(cfg, run)

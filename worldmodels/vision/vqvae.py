@@ -87,9 +87,10 @@ class VQVAE(VisionModel):
         return self._pixels(z).clamp(0, 1)
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Summed squared error per frame (as the conv VAE) + commitment; codebook perplexity and usage to log."""
+        """Summed squared error per frame (as the conv VAE) + commitment summed over the grid; codebook perplexity and usage."""
         z, _, stats = self._quantise(x)
         mse = (self._pixels(z) - x).pow(2).flatten(1).sum(1).mean()
+        stats["commitment"] = stats["commitment"] * self.positions  # per frame, summed over the grid, as the error is
         return {"loss": mse + stats["commitment"], "recon": mse, **stats}
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Worlds the controller acts in: the real (pixel) world."""
+"""Worlds the controller acts in: the real (pixel) world, M's dream, and seed 000's codebook world."""
 
 from .codebook import CodebookEnv
 from .real import PixelObservation, make_world

@@ -74,6 +74,8 @@ class CodebookEnv(gym.Env):
         return self._observation(), dict(self.evaluation)
 
     def step(self, action):
+        if self.codes is None:
+            raise RuntimeError("call reset() before step()")
         code, slot = self._check_action(action)
         if code == self.num_embeddings:
             return self._observation(), 0.0, True, False, dict(self.evaluation)

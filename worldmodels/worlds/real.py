@@ -68,7 +68,10 @@ def make_world(cfg: EnvConfig, max_steps: int = 0) -> gym.Env:
         raise WorldModelsError(f"unknown env id '{cfg.id}': {exc}") from None
     steps = max_steps or cfg.max_steps or None
     kwargs = dict(cfg.kwargs)
-    probe = gym.make(spec, **kwargs)
+    try:
+        probe = gym.make(spec, **kwargs)
+    except TypeError as exc:  # an env that needs arguments a recipe cannot give, e.g. the codebook world
+        raise WorldModelsError(f"env id '{cfg.id}' cannot be made from env.kwargs ({exc}); it is not a pixel world") from None
     needs_render = not is_image_space(probe.observation_space)
     probe.close()
     if needs_render:
