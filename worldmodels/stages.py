@@ -169,7 +169,8 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
                 for key, value in zip(parts, (latent.mean, latent.logstd, latent.codes)):
                     if value is not None:  # a VAE has no codes, a VQ-VAE no log-std
                         parts[key].append(value.cpu())
-        dtypes = {"mu": np.float16, "logstd": np.float16, "codes": np.int16}
+        # a discrete V's z is codebook rows, kept exact (float32) so M learns and dreams the very vectors C sees
+        dtypes = {"mu": np.float32 if parts["codes"] else np.float16, "logstd": np.float16, "codes": np.int16}
         rollouts.save_episode(run.latents / path.name, {
             **{key: torch.cat(values).numpy().astype(dtypes[key]) for key, values in parts.items() if values},
             "action": encode_actions(episode["action"], space),
