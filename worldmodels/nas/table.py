@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     """Sample, train and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", type=int, default=400, help="number of distinct architectures")
-    parser.add_argument("--seeds", type=int, default=2, help="trainings per architecture, seeds 0..S-1")
+    parser.add_argument("--seeds", type=int, default=3, help="trainings per architecture, seeds 0..S-1")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the architecture sampler")
     parser.add_argument("--out", type=Path, default=DEFAULT_TABLE)
     args = parser.parse_args(argv)
