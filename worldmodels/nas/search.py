@@ -27,8 +27,8 @@ from ..worlds.codebook import CodebookEnv, flat_world
 from . import space
 from .autoencoder import ArchitectureVQVAE, ArchitectureVQVAEConfig, encodings
 from .space import Architecture
-from .surrogate import Surrogate, from_table, held_out_spearman
-from .table import DEFAULT_TABLE, load_table, sample_distinct
+from .surrogate import Surrogate, from_rows, held_out_spearman
+from .table import DEFAULT_TABLE, Row, load_table, sample_distinct
 
 LARGEST = space.num_params(Architecture(((space.WIDTHS[-1], "relu"),) * space.MAX_LAYERS))
 
@@ -50,13 +50,18 @@ def vision_config(cfg: Config) -> dict:
     return {"model": "architecture_vqvae", **vars(config)}
 
 
-def load_vision(path: Path) -> ArchitectureVQVAE:
-    """V from its checkpoint, in eval mode; a checkpoint of a frame model is refused."""
-    saved = checkpoints.load(path, "vision")
-    config = dict(saved["config"])
+def build_vision(model_config: dict, path: Path | None = None) -> ArchitectureVQVAE:
+    """V from a stored model config; a frame model's config (from the checkpoint at `path`) is refused."""
+    config = dict(model_config)
     if config.pop("model", None) != "architecture_vqvae":
         raise WorldModelsError(f"'{path}' is not a VQ-VAE of architectures; use another --run")
-    model = ArchitectureVQVAE(ArchitectureVQVAEConfig(**config))
+    return ArchitectureVQVAE(ArchitectureVQVAEConfig(**config))
+
+
+def load_vision(path: Path) -> ArchitectureVQVAE:
+    """V from its checkpoint, in eval mode."""
+    saved = checkpoints.load(path, "vision")
+    model = build_vision(saved["config"], path)
     model.load_state_dict(saved["state_dict"])
     return model.eval()
 
@@ -66,7 +71,7 @@ def train_vision(cfg: Config, run: Run) -> dict:
     v = cfg.vision
     torch.manual_seed(v.seed)
     model_config = vision_config(cfg)
-    model = ArchitectureVQVAE(ArchitectureVQVAEConfig(**{k: x for k, x in model_config.items() if k != "model"}))
+    model = build_vision(model_config)
     data = encodings(cfg.nas.samples, v.seed)
     held_out = torch.from_numpy(np.stack([space.encode(row.arch) for row in load_table(table_path(cfg))]))
     generator = torch.Generator()
@@ -114,19 +119,26 @@ def make_world(cfg: Config, model: ArchitectureVQVAE, surrogate: Surrogate) -> C
                        model.codebook.numpy(), b.num_previous_actions, b.size_penalty, size, num_slots=model.cfg.slots)
 
 
-def fit_surrogate(cfg: Config) -> Surrogate:
-    """The surrogate fitted on every row of the recipe's table (at least 10: a held-out rank correlation needs some)."""
+def table(cfg: Config) -> list[Row]:
+    """The recipe's table of measured architectures (at least 10: a held-out rank correlation needs some)."""
     path = table_path(cfg)
-    if len(load_table(path)) < 10:
+    rows = load_table(path)
+    if len(rows) < 10:
         raise WorldModelsError(f"NAS table '{path}' has fewer than 10 architectures; measure more with `python -m worldmodels.nas.table`")
-    return from_table(path)
+    return rows
+
+
+def fit_surrogate(cfg: Config) -> Surrogate:
+    """The surrogate fitted on every row of the recipe's table."""
+    return from_rows(table(cfg))
 
 
 class CodebookEvaluator:
     """Scores controllers by their episodes' returns in the codebook world (in-process: a step is a memoised lookup)."""
 
     def __init__(self, cfg: Config, run: Run):
-        self.surrogate = fit_surrogate(cfg)
+        self.table = table(cfg)
+        self.surrogate = from_rows(self.table)
         self.env = make_world(cfg, load_vision(run.require(run.vision, "train-vision")), self.surrogate)
         self.world = flat_world(self.env)
         self.space = self.env.action_space
@@ -212,7 +224,7 @@ def evaluate(cfg: Config, run: Run) -> dict:
                                    f"but this codebook world gives {evaluator.input_dim}; retrain the controller")
         seeds = [e.seed + i for i in range(e.episodes)]
         returns = evaluator.returns(saved["params"].numpy()[None], seeds)[0]
-        surrogate = evaluator.surrogate
+        surrogate, rows = evaluator.surrogate, evaluator.table
     found = {Architecture.parse(a): s for a, s in progress.archive.items()}
     searched = random_search(cfg, surrogate, len(found), cfg.nas.seed)
     winners = {"controller_search": best_of(cfg, found), "random_search": best_of(cfg, searched)}
@@ -222,7 +234,7 @@ def evaluate(cfg: Config, run: Run) -> dict:
         **evolution.returns_report(returns, seeds, saved["generation"]),
         "surrogate_queries": len(found),  # distinct architectures: what random search gets
         "queries_with_repeats": progress.queries,
-        "surrogate_spearman": round(held_out_spearman(load_table(table_path(cfg))), 4),
+        "surrogate_spearman": round(held_out_spearman(rows), 4),
         "size_penalty": cfg.codebook.size_penalty,
         "settings": settings(cfg),
         **{name: train_for_real(cfg, arch, (found if name == "controller_search" else searched)[arch]) for name, arch in winners.items()},

@@ -65,9 +65,8 @@ class Surrogate:
         return self.memo[arch]
 
 
-def from_table(path: Path = DEFAULT_TABLE) -> Surrogate:
+def from_rows(rows: Sequence[Row]) -> Surrogate:
     """A surrogate fitted on every row of a table."""
-    rows = load_table(path)
     return Surrogate().fit([r.arch for r in rows], [r.val_acc for r in rows])
 
 
