@@ -99,7 +99,7 @@ def run_stage(args: argparse.Namespace) -> object:
 
 
 def summary(report: dict) -> dict:
-    keys = ("world", "env", "episodes", "mean", "std", "real_steps", "surrogate_queries", "controller_search", "random_search")
+    keys = ("world", "env", "episodes", "mean", "std", "success_rate", "real_steps", "surrogate_queries", "controller_search", "random_search")
     return {k: report[k] for k in keys if k in report}
 
 

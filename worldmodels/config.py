@@ -53,19 +53,28 @@ class CollectConfig:
 
 @dataclass
 class VisionConfig:
-    """V: the conv VAE of Ha & Schmidhuber, or a conv VQ-VAE."""
+    """V: the conv VAE of Ha & Schmidhuber, a conv VQ-VAE, or NVAE."""
 
-    model: str = "vae"  # vae | vqvae
-    latent_dim: int = 32  # vae; a VQ-VAE's z is (frame_size / 16)^2 positions x embed_dim
+    model: str = "vae"  # vae | vqvae | nvae
+    latent_dim: int = 32  # vae and nvae; a VQ-VAE's z is (frame_size / 16)^2 positions x embed_dim
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     free_bits: float = 0.5  # KL floor per latent dimension, in nats (Ha's kl_tolerance)
-    kl_weight: float = 1.0
+    kl_weight: float = 1.0  # vae and nvae: beta, the KL's weight
     num_embeddings: int = 64  # vqvae: codes in the codebook
     embed_dim: int = 8  # vqvae: size of a code
     commitment: float = 0.25  # vqvae: weight of the encoder's commitment loss
     ema_decay: float = 0.99  # vqvae: the codebook follows its assigned vectors by EMA
     dead_after: int = 20  # vqvae: re-seed a code unused for this many steps from the batch; 0: never
     codebook_init: str = "kmeans"  # vqvae: kmeans (centres of the first batch) | random
+    base_channels: int = 16  # nvae: channels at full resolution, doubled at every halving (seed 004: 20)
+    scales: list[int] = field(default_factory=lambda: [4, 8])  # nvae: side of each scale's latent grid, top first
+    groups_per_scale: int = 2  # nvae: latent groups per scale
+    latent_channels: int = 2  # nvae: channels of a latent group
+    top_groups: int = 1  # nvae: top groups that make z; latent_dim must equal top_groups x latent_channels x scales[0]^2
+    cells_per_group: int = 1  # nvae: residual cells per group in the encoder and the decoder
+    kl_warmup: float = 0.3  # nvae: the KL weight rises linearly from 1e-4 to 1 over this fraction of training
+    spectral_lambda: float = 0.1  # nvae: weight of the spectral and batch-norm regularisation (seed 004: 0.1)
+    lower_temperature: float = 0.0  # nvae: prior temperature of the groups below z when decoding z; 0: their means
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -238,7 +247,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def validate(cfg: Config) -> Config:
     """Check values that types alone cannot: ranges and choices."""
     checks = [
-        (cfg.vision.model in ("vae", "vqvae"), f"vision.model must be 'vae' or 'vqvae', got '{cfg.vision.model}'"),
+        (cfg.vision.model in ("vae", "vqvae", "nvae"), f"vision.model must be 'vae', 'vqvae' or 'nvae', got '{cfg.vision.model}'"),
+        *[(getattr(cfg.vision, key) >= 1, f"vision.{key} must be at least 1, got {getattr(cfg.vision, key)}")
+          for key in ("base_channels", "groups_per_scale", "latent_channels", "cells_per_group")],
+        (0 <= cfg.vision.kl_warmup <= 1, f"vision.kl_warmup must be a fraction of training in [0, 1], got {cfg.vision.kl_warmup}"),
+        *[(getattr(cfg.vision, key) >= 0, f"vision.{key} must not be negative, got {getattr(cfg.vision, key)}")
+          for key in ("spectral_lambda", "lower_temperature", "kl_weight")],
         (cfg.vision.codebook_init in ("kmeans", "random"), f"vision.codebook_init must be 'kmeans' or 'random', got '{cfg.vision.codebook_init}'"),
         (2 <= cfg.vision.num_embeddings <= 32767 and cfg.vision.embed_dim >= 1 and cfg.vision.dead_after >= 0,
          "vision.num_embeddings must be 2..32767 (codes are stored as int16), vision.embed_dim at least 1, "
@@ -271,7 +285,29 @@ def validate(cfg: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise WorldModelsError(message)
+    if cfg.vision.model == "nvae":
+        v = cfg.vision
+        nvae_latent_dim(cfg.env.frame_size, v.scales, v.groups_per_scale, v.top_groups, v.latent_channels, v.latent_dim)
     return cfg
+
+
+def nvae_latent_dim(frame_size: int, scales: list[int], groups_per_scale: int, top_groups: int,
+                    latent_channels: int, latent_dim: int) -> int:
+    """The size of NVAE's z for these sizes, or one clear error saying which recipe value to change."""
+    if not scales or min(scales) < 2 or any(b != 2 * a for a, b in zip(scales, scales[1:])):
+        # a 1x1 grid would leave batch norm a single value per channel on a one-frame batch
+        raise WorldModelsError(f"vision.scales must start at 2 or more and double from one scale to the next, top first, "
+                               f"e.g. [4, 8]; got {scales}")
+    ratio = frame_size // scales[-1]
+    if frame_size % scales[-1] or ratio & (ratio - 1):
+        raise WorldModelsError(f"env.frame_size {frame_size} must be the finest scale {scales[-1]} times a power of two")
+    if not 1 <= top_groups <= groups_per_scale:
+        raise WorldModelsError(f"vision.top_groups must be between 1 and groups_per_scale ({groups_per_scale}), got {top_groups}")
+    flat = top_groups * latent_channels * scales[0] ** 2
+    if latent_dim != flat:
+        raise WorldModelsError(f"vision.latent_dim is {latent_dim} but NVAE's z is top_groups x latent_channels x "
+                               f"scales[0]^2 = {flat}; make them equal")
+    return flat
 
 
 def from_dict(data: dict) -> Config:

@@ -52,12 +52,13 @@ def _worker_worlds(n: int) -> list:
     return _worlds[:n]
 
 
-def _play_chunk(job: tuple[np.ndarray, list[int]]) -> list[tuple[float, int]]:
-    """Play one episode per (candidate row, seed), batched."""
+def _play_chunk(job: tuple[np.ndarray, list[int]]) -> list[tuple[float, int, bool | None]]:
+    """Play one episode per (candidate row, seed), batched: [(return, steps, the last step's is_success or None)]."""
     flats, seeds = job
     worlds = _worker_worlds(len(seeds))
     controller = Controller.from_flat(flats, _model.controller_input, worlds[0].action_space)
-    return play(worlds, _model, controller, seeds)
+    results = play(worlds, _model, controller, seeds)
+    return [(ret, steps, world.success) for (ret, steps), world in zip(results, worlds)]
 
 
 def _collect_chunk(job: tuple[np.ndarray, list[int], float, list[str]]) -> list[tuple[float, int]]:
@@ -84,6 +85,7 @@ class Evaluator:
             self.pool = None
             _init_worker(*args)
         self.steps = 0  # real env steps spent, for the logs
+        self.success: np.ndarray | None = None  # the last returns()' (P, N) is_success flags; None if the env reports none
 
     def _chunk(self, episodes: int) -> int:
         """Episodes per job: small enough that every worker gets several, as episodes differ in length."""
@@ -96,8 +98,10 @@ class Evaluator:
         jobs = [(np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]]) for i in range(0, len(pairs), size)]
         chunks = self.pool.map(_play_chunk, jobs, chunksize=1) if self.pool else [_play_chunk(j) for j in jobs]
         results = [r for chunk in chunks for r in chunk]
-        self.steps += sum(steps for _, steps in results)
-        return np.array([r for r, _ in results], dtype=np.float64).reshape(len(candidates), len(seeds))
+        self.steps += sum(steps for _, steps, _ in results)
+        flags = [success for _, _, success in results]
+        self.success = None if None in flags else np.array(flags, dtype=bool).reshape(len(candidates), len(seeds))
+        return np.array([r for r, _, _ in results], dtype=np.float64).reshape(len(candidates), len(seeds))
 
     def collect(self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]) -> list[tuple[float, int]]:
         """Play and save one episode per seed with controller `flat` and noise on its outputs: [(return, steps)]."""
@@ -343,8 +347,13 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     report = {"world": world, "env": cfg.env.id, **returns_report(returns, seeds, saved["generation"])}
     if world == "dream":
         report["tau"] = cfg.dream.tau
+    elif evaluator.success is not None:  # goal-reaching envs: did each episode's last step reach the goal
+        report["success_rate"] = float(evaluator.success[0].mean())
+        report["successes"] = [bool(s) for s in evaluator.success[0]]
     checkpoints.save_json(run.report if world == "real" else run.dream_report, report)
     writer = SummaryWriter(run.tensorboard)
     writer.add_scalar(f"evaluate/{world}_mean_return", report["mean"], saved["generation"])
+    if "success_rate" in report:
+        writer.add_scalar("evaluate/real_success_rate", report["success_rate"], saved["generation"])
     writer.close()
     return report

@@ -79,7 +79,7 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     v = cfg.vision
     device = pick_device(cfg.device)
     store = EpisodeStore(episodes_dir(rollouts_root, cfg))
-    store.manifest()  # fails clearly when nothing was collected
+    frames = max(store.manifest().get("frames", 1), 1)  # fails clearly when nothing was collected
     model_config = vision_config(cfg)
     torch.manual_seed(v.seed)  # the same initial weights whatever ran before in this process
     model = build_vision(model_config).to(device)
@@ -89,7 +89,9 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
 
     def batches(epoch: int):
         stream.set_epoch(epoch)
-        return DataLoader(stream, batch_size=v.batch_size)
+        for i, batch in enumerate(DataLoader(stream, batch_size=v.batch_size)):
+            model.progress = (epoch + i * v.batch_size / frames) / v.epochs  # NVAE's KL warm-up reads it
+            yield batch
 
     def on_epoch_end(epoch: int) -> None:
         model.eval()
@@ -123,12 +125,14 @@ def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature:
     torch.manual_seed(cfg.vision.seed)
     originals = frames_to_float(fixed_frames(store, n), "cpu")
     with torch.no_grad():
-        recon = model.decode(model.encode(originals).mean)
+        recon = model.decode(model.encode(originals).mean)  # through z, as M and the dream see frames
+        full = model.reconstruct(originals)  # a hierarchical V's own, from all its latents: a third row when it differs
         prior = model.sample(n, temperature)
     out = run.dir / "samples"
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "reconstructions.png", out / "prior.png"]
-    pictures = [image_grid(two_rows(originals, recon)), image_grid(two_rows(prior))]
+    rows = two_rows(originals, recon) if torch.equal(full, recon) else two_rows(originals, recon, full)
+    pictures = [image_grid(rows), image_grid(two_rows(prior))]
     writer = SummaryWriter(run.tensorboard)
     for path, picture in zip(paths, pictures):
         checkpoints.atomic_write(path, lambda f: Image.fromarray(picture).save(f, format="PNG"))

@@ -45,6 +45,19 @@ class Fit:
     grad_clip: float = 1.0
 
 
+def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> bool:
+    """Backpropagate, clip, and step unless the gradient is not finite (as NVAE does); True if it stepped.
+
+    A skipped step cannot undo what the forward pass changed (batch-norm statistics, a VQ codebook's averages).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if not torch.isfinite(nn.utils.clip_grad_norm_(model.parameters(), clip)):
+        return False
+    optimizer.step()
+    return True
+
+
 def fit(job: Fit) -> dict:
     """Train `job.model`, resuming from `job.path` if an earlier run stopped part-way."""
     optimizer = torch.optim.Adam(job.model.parameters(), lr=job.lr)
@@ -63,20 +76,21 @@ def fit(job: Fit) -> dict:
     for epoch in range(start, job.epochs):
         torch.manual_seed(job.seed * 10_007 + epoch)  # the same noise whether or not the run was resumed
         totals: dict[str, float] = {}
-        count = 0
+        count = skipped = 0
         for batch in bar(job.batches(epoch), desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", leave=False):
             losses = job.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            nn.utils.clip_grad_norm_(job.model.parameters(), job.grad_clip)
-            optimizer.step()
+            if not apply_gradients(job.model, optimizer, losses["loss"], job.grad_clip):
+                skipped += 1
+                job.writer.add_scalar(f"{job.name}/skipped_steps", skipped, step)
+                continue
             step += 1
             count += 1
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.item()
                 job.writer.add_scalar(f"{job.name}/{key}", value.item(), step)
         means = {k: v / max(count, 1) for k, v in totals.items()}
-        tqdm.write(f"{job.name} epoch {epoch + 1}/{job.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+        tqdm.write(f"{job.name} epoch {epoch + 1}/{job.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+                   + (f" ({skipped} steps skipped: non-finite gradient)" if skipped else ""))
         for key, value in means.items():
             job.writer.add_scalar(f"{job.name}/epoch_{key}", value, epoch + 1)
         payload = {

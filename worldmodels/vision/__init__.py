@@ -7,10 +7,11 @@ import dataclasses
 from ..config import Config
 from ..errors import WorldModelsError
 from .base import Latent, VisionModel
+from .nvae import NVAE, NVAEConfig
 from .vae import ConvVAE, VAEConfig
 from .vqvae import VQVAE, VQVAEConfig
 
-MODELS = {"vae": (ConvVAE, VAEConfig), "vqvae": (VQVAE, VQVAEConfig)}
+MODELS = {"vae": (ConvVAE, VAEConfig), "vqvae": (VQVAE, VQVAEConfig), "nvae": (NVAE, NVAEConfig)}
 
 
 def vision_config(cfg: Config) -> dict:
@@ -31,4 +32,4 @@ def build_vision(model_config: dict) -> VisionModel:
     return model_cls(config_cls(**config))
 
 
-__all__ = ["Latent", "VisionModel", "ConvVAE", "VAEConfig", "VQVAE", "VQVAEConfig", "MODELS", "build_vision", "vision_config"]
+__all__ = ["Latent", "VisionModel", "ConvVAE", "VAEConfig", "VQVAE", "VQVAEConfig", "NVAE", "NVAEConfig", "MODELS", "build_vision", "vision_config"]

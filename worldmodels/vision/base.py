@@ -28,6 +28,7 @@ class VisionModel(nn.Module):
 
     latent_dim: int
     latent_kind: str  # "continuous" | "discrete"
+    progress: float = 1.0  # fraction of training done, set by trainers that warm up NVAE's KL; 1: warmed up
 
     def encode(self, x: torch.Tensor) -> Latent:
         """(B, 3, H, W) in [0, 1] -> Latent."""
@@ -36,6 +37,10 @@ class VisionModel(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, Z) -> (B, 3, H, W) in [0, 1]."""
         raise NotImplementedError
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """V's own best reconstruction of frames; for a flat z this is decode(encode(x).mean)."""
+        return self.decode(self.encode(x).mean)
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named loss terms for a batch; 'loss' is the one to minimise."""

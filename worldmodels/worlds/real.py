@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 # Renderers built on pygame start SDL: without a screen it needs the dummy video driver, and by default it
@@ -25,7 +26,8 @@ def is_image_space(space: gym.Space) -> bool:
 class PixelObservation(gym.ObservationWrapper):
     """Replace observations by a cropped, resized uint8 RGB frame; the underlying state goes to info['state'].
 
-    Written by hand rather than with gymnasium's ResizeObservation, which needs OpenCV.
+    Written by hand rather than with gymnasium's ResizeObservation, which needs OpenCV. `success` is the
+    latest info's `is_success` (goal-reaching envs such as panda-gym's), None for envs that do not report it.
     """
 
     def __init__(self, env: gym.Env, frame_size: int, crop: list[float]):
@@ -34,6 +36,7 @@ class PixelObservation(gym.ObservationWrapper):
         self.crop = crop
         self.from_render = not is_image_space(env.observation_space)
         self.observation_space = gym.spaces.Box(0, 255, (frame_size, frame_size, 3), np.uint8)
+        self.success: bool | None = None
 
     def frame(self, image: np.ndarray) -> np.ndarray:
         """Crop and resize one RGB image to (frame_size, frame_size, 3) uint8."""
@@ -49,23 +52,39 @@ class PixelObservation(gym.ObservationWrapper):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
+        self.success = bool(info["is_success"]) if "is_success" in info else None
         if self.from_render:
             info["state"] = np.asarray(obs)
         return self.observation(obs), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self.success = bool(info["is_success"]) if "is_success" in info else None
         if self.from_render:
             info["state"] = np.asarray(obs)
         return self.observation(obs), reward, terminated, truncated, info
 
 
+def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The spec of an env id; a "module:EnvId" id (e.g. "panda_gym:PandaReach-v3") imports the module that registers it.
+
+    gymnasium.make accepts such ids but gymnasium.spec does not, so the import is done here.
+    """
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise WorldModelsError(f"env id '{env_id}' needs the module '{module}', which cannot be imported ({exc})") from None
+    try:
+        return gym.spec(name)
+    except gym.error.Error as exc:
+        raise WorldModelsError(f"unknown env id '{env_id}': {exc}") from None
+
+
 def make_world(cfg: EnvConfig, max_steps: int = 0) -> gym.Env:
     """Make the pixel world of a recipe; an unknown env id is a clear error."""
-    try:
-        spec = gym.spec(cfg.id)
-    except gym.error.Error as exc:
-        raise WorldModelsError(f"unknown env id '{cfg.id}': {exc}") from None
+    spec = find_spec(cfg.id)
     steps = max_steps or cfg.max_steps or None
     kwargs = dict(cfg.kwargs)
     try:
