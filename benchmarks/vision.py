@@ -105,13 +105,9 @@ def train(model: VisionModel, frames: torch.Tensor, cfg: config.Config, seconds:
 @torch.no_grad()
 def evaluate(model: VisionModel, frames: torch.Tensor, batch_size: int, device: torch.device,
              keep: bool) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Held-out mse and psnr of `reconstruct` and of decode(encode(x).mean); the reconstructions too if `keep`."""
+    """Held-out mse and psnr of `reconstruct` and of `through_z`; the reconstructions too if `keep`."""
     model.eval()
-
-    def through_z(x: torch.Tensor) -> torch.Tensor:
-        return model.decode(model.encode(x).mean)
-
-    ways = {"": model.reconstruct, "_z": through_z}
+    ways = {"": model.reconstruct, "_z": model.through_z}
     squared = dict.fromkeys(ways, 0.0)
     kept: dict[str, list[torch.Tensor]] = {suffix: [] for suffix in ways}
     for start in range(0, len(frames), batch_size):

@@ -96,7 +96,7 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     def on_epoch_end(epoch: int) -> None:
         model.eval()
         with torch.no_grad():
-            recon = model.decode(model.encode(preview).mean)
+            recon = model.through_z(preview)
         model.train()
         writer.add_image("vision/reconstruction", image_grid([preview.cpu(), recon.cpu()]), epoch, dataformats="HWC")
 
@@ -125,7 +125,7 @@ def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature:
     torch.manual_seed(cfg.vision.seed)
     originals = frames_to_float(fixed_frames(store, n), "cpu")
     with torch.no_grad():
-        recon = model.decode(model.encode(originals).mean)  # through z, as M and the dream see frames
+        recon = model.through_z(originals)
         full = model.reconstruct(originals)  # a hierarchical V's own, from all its latents: a third row when it differs
         prior = model.sample(n, temperature)
     out = run.dir / "samples"

@@ -38,9 +38,13 @@ class VisionModel(nn.Module):
         """(B, Z) -> (B, 3, H, W) in [0, 1]."""
         raise NotImplementedError
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """V's own best reconstruction of frames; for a flat z this is decode(encode(x).mean)."""
+    def through_z(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x).mean): frames as M, C and the dream see them."""
         return self.decode(self.encode(x).mean)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """V's own best reconstruction of frames; for a V whose z is all its latent, the same as through_z."""
+        return self.through_z(x)
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named loss terms for a batch; 'loss' is the one to minimise."""

@@ -50,18 +50,20 @@ class PixelObservation(gym.ObservationWrapper):
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return self.frame(self.env.render() if self.from_render else observation)
 
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
+    def _read(self, obs, info: dict) -> None:
+        """Keep the step's success flag; put a rendered world's state observation into info['state']."""
         self.success = bool(info["is_success"]) if "is_success" in info else None
         if self.from_render:
             info["state"] = np.asarray(obs)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._read(obs, info)
         return self.observation(obs), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        self.success = bool(info["is_success"]) if "is_success" in info else None
-        if self.from_render:
-            info["state"] = np.asarray(obs)
+        self._read(obs, info)
         return self.observation(obs), reward, terminated, truncated, info
 
 
