@@ -20,7 +20,7 @@ from worldmodels.agent import WorldModel
 from worldmodels.checkpoints import Run
 from worldmodels.controller import Controller
 from worldmodels.errors import WorldModelsError
-from worldmodels.evolution import Evaluator
+from worldmodels.backends import real_evaluator
 from worldmodels.memory import MDNRNN, MemoryModelConfig
 from worldmodels.worlds.real import find_spec, make_world
 
@@ -104,12 +104,12 @@ def test_evaluator_keeps_success_flags_per_candidate_and_seed(tiny_run):
     model = WorldModel.load(run.vision, run.memory)
     dim = Controller(model.controller_input, gym.spaces.Discrete(2)).num_params
     candidates = np.random.default_rng(0).normal(0, 0.1, (2, dim))
-    with Evaluator(cfg, run.vision, run.memory, workers=1) as evaluator:
+    with real_evaluator(cfg, run.vision, run.memory, workers=1) as evaluator:
         returns = evaluator.returns(candidates, [4, 5, 6])
         np.testing.assert_array_equal(evaluator.success, [[True, False, True]] * 2)
         np.testing.assert_array_equal(returns, [[-2.0, -6.0, -2.0]] * 2)
     cartpole = config_lib.load(TINY)
-    with Evaluator(cartpole, run.vision, run.memory, workers=1) as evaluator:
+    with real_evaluator(cartpole, run.vision, run.memory, workers=1) as evaluator:
         evaluator.returns(candidates[:1], [0])
         assert evaluator.success is None
 
@@ -183,7 +183,7 @@ def test_panda_evaluator_returns_success_flags(panda, tiny_run, tmp_path):
     model = WorldModel.load(run.vision, tmp_path / "memory.pt")
     space = make_world(cfg.env).action_space
     flat = np.random.default_rng(0).normal(0, 0.1, (1, Controller(model.controller_input, space).num_params))
-    with Evaluator(cfg, run.vision, tmp_path / "memory.pt", workers=1, max_steps=5) as evaluator:
+    with real_evaluator(cfg, run.vision, tmp_path / "memory.pt", workers=1, max_steps=5) as evaluator:
         returns = evaluator.returns(flat, [0, 1])
     assert returns.shape == (1, 2) and np.all(returns <= 0)
     assert evaluator.success.shape == (1, 2) and evaluator.success.dtype == bool

@@ -32,7 +32,11 @@ def load_vision(path: Path, device: torch.device | str = "cpu") -> VisionModel:
 
 def load_memory(path: Path, device: torch.device | str = "cpu") -> MDNRNN:
     """M from its checkpoint alone."""
-    saved = checkpoints.load(path, "memory")
+    return memory_from_checkpoint(checkpoints.load(path, "memory"), device)
+
+
+def memory_from_checkpoint(saved: dict, device: torch.device | str = "cpu") -> MDNRNN:
+    """M from a loaded memory checkpoint, in eval mode."""
     model = MDNRNN(MemoryModelConfig(**saved["config"]))
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()
@@ -47,7 +51,15 @@ class WorldModel:
 
     @classmethod
     def load(cls, vision_path: Path, memory_path: Path, device: torch.device | str = "cpu") -> "WorldModel":
-        world_model = cls(load_vision(vision_path, device), load_memory(memory_path, device))
+        saved = checkpoints.load(vision_path, "vision"), checkpoints.load(memory_path, "memory")
+        return cls.from_checkpoints(*saved, device, names=(vision_path, memory_path))
+
+    @classmethod
+    def from_checkpoints(cls, vision: dict, memory: dict, device: torch.device | str = "cpu",
+                         names: tuple = ("V's checkpoint", "M's checkpoint")) -> "WorldModel":
+        """V and M from their loaded checkpoints (what remote workers receive), checked against each other."""
+        vision_path, memory_path = names
+        world_model = cls(vision_from_checkpoint(vision, device), memory_from_checkpoint(memory, device))
         if world_model.memory.cfg.latent_dim != world_model.vision.latent_dim:
             raise WorldModelsError(
                 f"'{memory_path}' expects latents of size {world_model.memory.cfg.latent_dim} "
@@ -62,6 +74,42 @@ class WorldModel:
     @property
     def controller_input(self) -> int:
         return self.vision.latent_dim + self.memory.cfg.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.memory.parameters()).device
+
+    def see(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (B, H, W, 3) -> z (B, Z), V's posterior mean: what C and M read."""
+        return self.vision.encode(frames_to_float(torch.from_numpy(frames), self.device)).mean
+
+    def remember(self, z: torch.Tensor, actions: list, space: gym.Space, state: tuple) -> tuple:
+        """M's next state after seeing z and taking `actions` (one per row)."""
+        a = torch.from_numpy(encode_actions(np.asarray(actions), space)).to(self.device)
+        return self.memory.step(z, a, state)[1]
+
+
+class EpisodeRecord:
+    """One episode being played, kept in the episode store's format."""
+
+    def __init__(self, obs: np.ndarray, seed: int):
+        self.seed = seed
+        self.steps: dict[str, list] = {"obs": [obs], "action": [], "reward": [], "terminated": [], "truncated": []}
+
+    def add(self, obs: np.ndarray, action, reward: float, terminated: bool, truncated: bool) -> None:
+        for key, value in zip(("obs", "action", "reward", "terminated", "truncated"), (obs, action, reward, terminated, truncated)):
+            self.steps[key].append(value)
+
+    def arrays(self) -> dict:
+        s = self.steps
+        return {
+            "obs": np.stack(s["obs"]).astype(np.uint8),
+            "action": np.asarray(s["action"]),
+            "reward": np.asarray(s["reward"], dtype=np.float32),
+            "terminated": np.asarray(s["terminated"], dtype=bool),
+            "truncated": np.asarray(s["truncated"], dtype=bool),
+            "seed": np.asarray(self.seed),
+        }
 
 
 @torch.inference_mode()
@@ -79,18 +127,16 @@ def play(
     `exploration` adds Gaussian noise of that std to C's outputs (seeded by the episode's seed); with a
     `record` list, each episode is appended to it in the episode store's format.
     """
-    device = next(model.memory.parameters()).device
     n = len(seeds)
     obs = [world.reset(seed=seed)[0] for world, seed in zip(worlds, seeds)]
     rngs = [np.random.default_rng(seed) for seed in seeds]
-    episodes = [{"obs": [o], "action": [], "reward": [], "terminated": [], "truncated": []} for o in obs]
-    state = model.memory.initial_state(n, device)
+    episodes = [EpisodeRecord(o, seed) for o, seed in zip(obs, seeds)] if record is not None else None
+    state = model.memory.initial_state(n, model.device)
     totals, steps = [0.0] * n, [0] * n
     alive = list(range(n))
     space = worlds[0].action_space
     while alive:
-        frames = frames_to_float(torch.from_numpy(np.stack([obs[k] for k in alive])), device)
-        z = model.vision.encode(frames).mean  # (B, Z)
+        z = model.see(np.stack([obs[k] for k in alive]))  # (B, Z)
         noise = exploration * np.stack([rngs[k].standard_normal(controller.out) for k in alive]) if exploration else None
         actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=alive, noise=noise)
         still = []
@@ -98,25 +144,80 @@ def play(
             obs[k], reward, terminated, truncated, _ = worlds[k].step(action)
             totals[k] += float(reward)
             steps[k] += 1
-            if record is not None:
-                step = (obs[k], action, reward, terminated, truncated)
-                for key, value in zip(("obs", "action", "reward", "terminated", "truncated"), step):
-                    episodes[k][key].append(value)
+            if episodes:
+                episodes[k].add(obs[k], action, reward, terminated, truncated)
             if not (terminated or truncated):  # step caps are the worlds' own TimeLimit
                 still.append(row)
-        a = torch.from_numpy(encode_actions(np.asarray(actions), space)).to(device)
-        _, state = model.memory.step(z, a, state)
-        keep = torch.tensor(still, dtype=torch.long, device=device)
+        state = model.remember(z, actions, space, state)
+        keep = torch.tensor(still, dtype=torch.long, device=model.device)
         state = (state[0][:, keep], state[1][:, keep])
         alive = [alive[row] for row in still]
     if record is not None:
-        for episode, seed in zip(episodes, seeds):
-            record.append({
-                "obs": np.stack(episode["obs"]).astype(np.uint8),
-                "action": np.asarray(episode["action"]),
-                "reward": np.asarray(episode["reward"], dtype=np.float32),
-                "terminated": np.asarray(episode["terminated"], dtype=bool),
-                "truncated": np.asarray(episode["truncated"], dtype=bool),
-                "seed": np.asarray(seed),
-            })
+        record.extend(episode.arrays() for episode in episodes)
     return list(zip(totals, steps))
+
+
+@torch.inference_mode()
+def play_vector(
+    envs: gym.vector.VectorEnv,
+    model: WorldModel,
+    controller: Controller,
+    seeds: list[int],
+    exploration: float = 0.0,
+    record: list[dict] | None = None,
+) -> list[tuple[float, int, bool | None]]:
+    """Real episodes on the copies of a vector env (autoreset off): episode k with controller k and seeds[k].
+
+    Every step runs V, M and C once, batched across the copies; a copy that finishes an episode is reset
+    with the next episode's seed. Returns [(return, steps, the last step's is_success or None)]; `exploration`
+    and `record` as in `play`.
+    """
+    copies, space = envs.num_envs, envs.single_action_space
+    queue = list(range(len(seeds)))[::-1]  # episodes not started yet, next last
+    playing = [-1] * copies  # the episode each copy plays; -1: idle, stepped only because a vector env steps all
+    obs = np.zeros((copies, *envs.single_observation_space.shape), dtype=np.uint8)
+    state = model.memory.initial_state(copies, model.device)
+    rngs: dict[int, np.random.Generator] = {}
+    episodes: dict[int, EpisodeRecord] = {}
+    totals, steps, success = [0.0] * len(seeds), [0] * len(seeds), [None] * len(seeds)
+
+    def start(mask: np.ndarray) -> None:
+        """Reset the copies in `mask`, each with the next episode's seed (idle once none is left)."""
+        for i in np.flatnonzero(mask):
+            playing[i] = queue.pop() if queue else -1
+        seed = [seeds[playing[i]] if mask[i] and playing[i] >= 0 else None for i in range(copies)]
+        fresh, _ = envs.reset(seed=seed, options={"reset_mask": mask})
+        obs[mask] = fresh[mask]
+        for i in np.flatnonzero(mask):
+            state[0][:, i] = state[1][:, i] = 0  # M starts each episode from its initial (zero) state
+            if (k := playing[i]) >= 0:
+                rngs[k] = np.random.default_rng(seeds[k])
+                if record is not None:
+                    episodes[k] = EpisodeRecord(obs[i].copy(), seeds[k])
+
+    start(np.ones(copies, dtype=bool))
+    while any(k >= 0 for k in playing):
+        z = model.see(obs)
+        rows = [max(k, 0) for k in playing]  # idle copies act with any controller; their steps are dropped
+        noise = None
+        if exploration:
+            noise = np.stack([exploration * rngs[k].standard_normal(controller.out) if k >= 0 else np.zeros(controller.out)
+                              for k in playing])
+        actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=rows, noise=noise)
+        obs[:], reward, terminated, truncated, info = envs.step(np.asarray(actions))
+        state = model.remember(z, actions, space, state)
+        for i, k in enumerate(playing):
+            if k < 0:
+                continue
+            totals[k] += float(reward[i])
+            steps[k] += 1
+            if record is not None:
+                episodes[k].add(obs[i].copy(), actions[i], reward[i], terminated[i], truncated[i])
+            if "is_success" in info and info["_is_success"][i]:
+                success[k] = bool(info["is_success"][i])
+        done = terminated | truncated
+        if done.any():
+            start(done)
+    if record is not None:
+        record.extend(episodes[k].arrays() for k in range(len(seeds)))
+    return list(zip(totals, steps, success))

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from . import config as config_lib
-from . import evolution, stages, sweep, watch
+from . import distributed, evolution, stages, sweep, watch
 from .checkpoints import Run
 from .errors import WorldModelsError
 from .pipeline import pipeline
+from .training import pick_device
 
 CODEBOOK_STAGES = ["train-vision", "train-controller", "evaluate", "pipeline"]
+DATA_PARALLEL_STAGES = ["train-vision", "train-memory"]  # the stages torchrun can spread over processes
 STAGES = ["collect", "train-vision", "sample", "encode", "train-memory", "train-controller", "evaluate", "pipeline", "dream", "tau-sweep"]
 
 
@@ -36,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
         if stage in ("train-controller", "evaluate"):
             s.add_argument("--world", choices=["real", "dream", "codebook"] if stage == "train-controller" else ["real", "dream"],
                            help="where C acts (default: the recipe's controller.world for training, real for evaluate)")
+        if stage in ("train-controller", "evaluate", "pipeline", "tau-sweep"):
+            s.add_argument("--backend", choices=["pool", "vector", "ray"],
+                           help="where real episodes run (default: the recipe's controller.backend)")
+            s.add_argument("--address", help="ray: 'auto' or HOST:PORT of a running Ray cluster (default: a local one)")
         if stage in ("evaluate", "tau-sweep"):
             s.add_argument("--episodes", type=int, help="episodes (default: the recipe's evaluate.episodes)")
         if stage == "tau-sweep":
@@ -55,6 +62,10 @@ def run_stage(args: argparse.Namespace) -> object:
         overrides.append(f'device="{args.device}"')
     if getattr(args, "episodes", None):
         overrides.append(f"evaluate.episodes={args.episodes}")
+    if getattr(args, "backend", None):
+        overrides.append(f'controller.backend="{args.backend}"')
+    if getattr(args, "address", None):
+        overrides.append(f'controller.address="{args.address}"')
     if args.stage == "train-controller" and args.world:
         overrides.append(f'controller.world="{args.world}"')
     if args.stage == "dream" and args.tau is not None:
@@ -63,14 +74,20 @@ def run_stage(args: argparse.Namespace) -> object:
     run = Run(args.checkpoints, cfg)
     rollouts_root = Path(args.rollouts)
     codebook = cfg.controller.world == "codebook"
+    if distributed.launched():
+        if args.stage not in DATA_PARALLEL_STAGES or codebook:
+            raise WorldModelsError(f"'{args.stage}' runs in one process; under torchrun only "
+                                   f"{' and '.join(DATA_PARALLEL_STAGES)} of frame recipes do")
+        cfg.device = str(distributed.init(pick_device(cfg.device)))  # cuda:LOCAL_RANK, or cpu
     if codebook and args.stage not in CODEBOOK_STAGES:
         raise WorldModelsError(f"a codebook-world recipe has no '{args.stage}' stage; its stages are {', '.join(CODEBOOK_STAGES)}")
     if codebook and getattr(args, "world", None) not in (None, "codebook"):
         raise WorldModelsError(f"a codebook-world recipe is evaluated in the codebook world, not '{args.world}'")
     if args.stage in ("collect", "train-vision", "train-memory", "train-controller", "pipeline"):
         stages.check_run(cfg, run)  # before recording the recipe, so a refused recipe leaves the old one
-        run.dir.mkdir(parents=True, exist_ok=True)
-        run.write_recipe()
+        if distributed.is_main():
+            run.dir.mkdir(parents=True, exist_ok=True)
+            run.write_recipe()
     if args.stage == "collect":
         return {k: v for k, v in stages.collect(cfg, rollouts_root).items() if k != "episodes"}
     if codebook and args.stage in ("train-vision", "evaluate"):
@@ -106,15 +123,20 @@ def summary(report: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     start = time.time()
+    rank = int(os.environ.get("RANK", "0")) if distributed.launched() else 0
+    where = f" (rank {rank})" if distributed.launched() else ""
     try:
         result = run_stage(args)
     except WorldModelsError as exc:
-        print(f"worldmodels {args.stage}: error: {exc}", file=sys.stderr)
+        print(f"worldmodels {args.stage}{where}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"worldmodels {args.stage}: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"worldmodels {args.stage}{where}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    print(json.dumps({"stage": args.stage, "seconds": round(time.time() - start, 1), "result": result}))
+    finally:
+        distributed.shutdown()
+    if rank == 0:
+        print(json.dumps({"stage": args.stage, "seconds": round(time.time() - start, 1), "result": result}))
     return 0
 
 

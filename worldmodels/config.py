@@ -105,11 +105,13 @@ class ControllerConfig:
     """C and its CMA-ES search, in the real world or in M's dream."""
 
     world: str = "real"  # real | dream | codebook: where candidates are scored
+    backend: str = "pool"  # real-world episodes: pool (local processes) | vector (one vector env, V/M/C batched) | ray
+    address: str = ""  # ray: "auto" or HOST:PORT of a running cluster; "": start a local Ray instance
     population: int = 16
     sigma0: float = 0.1
     rollouts: int = 2  # episodes per candidate, seeds shared by the generation
     generations: int = 20
-    workers: int = 2
+    workers: int = 2  # worker processes (pool), Ray actors (ray) or vector-env copies (vector)
     eval_every: int = 5  # re-evaluate the best and the mean solution every N generations
     eval_rollouts: int = 8
     target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
@@ -170,7 +172,9 @@ class Config:
     """A whole recipe: one section per stage."""
 
     name: str = "run"
-    device: str = "auto"
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    precision: str = "auto"  # V's and M's training: auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+    compile: bool = False  # torch.compile V and M for training (worth it on a GPU for long runs)
     env: EnvConfig = field(default_factory=EnvConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -257,6 +261,9 @@ def validate(cfg: Config) -> Config:
         (2 <= cfg.vision.num_embeddings <= 32767 and cfg.vision.embed_dim >= 1 and cfg.vision.dead_after >= 0,
          "vision.num_embeddings must be 2..32767 (codes are stored as int16), vision.embed_dim at least 1, "
          "vision.dead_after not negative"),
+        (cfg.controller.backend in ("pool", "vector", "ray"),
+         f"controller.backend must be 'pool', 'vector' or 'ray', got '{cfg.controller.backend}'"),
+        (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be 'auto', 'bf16' or 'fp32', got '{cfg.precision}'"),
         (cfg.collect.policy in ("random", "brownian"), f"collect.policy must be 'random' or 'brownian', got '{cfg.collect.policy}'"),
         (cfg.env.frame_size % 16 == 0 and cfg.env.frame_size > 0, f"env.frame_size must be a positive multiple of 16, got {cfg.env.frame_size}"),
         (len(cfg.env.crop) == 4 and 0 <= cfg.env.crop[0] < cfg.env.crop[1] <= 1 and 0 <= cfg.env.crop[2] < cfg.env.crop[3] <= 1,

@@ -14,114 +14,22 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from . import checkpoints
-from .agent import WorldModel, play
+from .agent import WorldModel
+from .backends import real_evaluator
 from .config import Config, DreamConfig
 from .controller import Controller
 from .errors import WorldModelsError
-from .pool import worker_pool
 from .progress import bar
-from .rollouts import load_latents, save_episode, start_latents
+from .rollouts import load_latents, start_latents
 from .training import pick_device
 from .worlds.dream import Dream, dream_rollout, filmstrip, play_dream
-from .worlds.real import action_space, make_world
+from .worlds.real import action_space
 
 with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent
     warnings.simplefilter("ignore", UserWarning)
     import cma
 
-# ---------------------------------------------------------------- evaluators
-
-_worlds: list = []
-_model: WorldModel | None = None
-_env_cfg = None
-_max_steps = 0
-
-
-def _init_worker(cfg: Config, vision_path: str, memory_path: str, max_steps: int) -> None:
-    """Load V and M once per worker process."""
-    global _model, _env_cfg, _max_steps
-    _model = WorldModel.load(Path(vision_path), Path(memory_path))
-    _env_cfg, _max_steps = cfg.env, max_steps
-    _worlds.clear()
-
-
-def _worker_worlds(n: int) -> list:
-    """n real worlds, made once per worker and reused."""
-    while len(_worlds) < n:
-        _worlds.append(make_world(_env_cfg, _max_steps))
-    return _worlds[:n]
-
-
-def _play_chunk(job: tuple[np.ndarray, list[int]]) -> list[tuple[float, int, bool | None]]:
-    """Play one episode per (candidate row, seed), batched: [(return, steps, the last step's is_success or None)]."""
-    flats, seeds = job
-    worlds = _worker_worlds(len(seeds))
-    controller = Controller.from_flat(flats, _model.controller_input, worlds[0].action_space)
-    results = play(worlds, _model, controller, seeds)
-    return [(ret, steps, world.success) for (ret, steps), world in zip(results, worlds)]
-
-
-def _collect_chunk(job: tuple[np.ndarray, list[int], float, list[str]]) -> list[tuple[float, int]]:
-    """Play one episode per seed with one controller plus exploration noise, and save each to its path."""
-    flat, seeds, exploration, paths = job
-    worlds = _worker_worlds(len(seeds))
-    controller = Controller.from_flat(np.repeat(flat[None], len(seeds), 0), _model.controller_input, worlds[0].action_space)
-    episodes: list[dict] = []
-    results = play(worlds, _model, controller, seeds, exploration, record=episodes)
-    for path, episode in zip(paths, episodes):
-        save_episode(Path(path), episode)
-    return results
-
-
-class Evaluator:
-    """Scores controllers in the real world with a pool of worker processes that hold V and M."""
-
-    def __init__(self, cfg: Config, vision_path: Path, memory_path: Path, workers: int, max_steps: int = 0, batch: int = 8):
-        args = (cfg, str(vision_path), str(memory_path), max_steps)
-        self.workers, self.batch = workers, batch
-        if workers > 1:
-            self.pool = worker_pool(workers, _init_worker, args)
-        else:
-            self.pool = None
-            _init_worker(*args)
-        self.steps = 0  # real env steps spent, for the logs
-        self.success: np.ndarray | None = None  # the last returns()' (P, N) is_success flags; None if the env reports none
-
-    def _chunk(self, episodes: int) -> int:
-        """Episodes per job: small enough that every worker gets several, as episodes differ in length."""
-        return max(1, min(self.batch, -(-episodes // (2 * self.workers))))
-
-    def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
-        """(P, N) candidates x seeds -> (P, len(seeds)) returns; every candidate sees the same seeds."""
-        pairs = [(x, s) for x in candidates for s in seeds]
-        size = self._chunk(len(pairs))
-        jobs = [(np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]]) for i in range(0, len(pairs), size)]
-        chunks = self.pool.map(_play_chunk, jobs, chunksize=1) if self.pool else [_play_chunk(j) for j in jobs]
-        results = [r for chunk in chunks for r in chunk]
-        self.steps += sum(steps for _, steps, _ in results)
-        flags = [success for _, _, success in results]
-        self.success = None if None in flags else np.array(flags, dtype=bool).reshape(len(candidates), len(seeds))
-        return np.array([r for r, _, _ in results], dtype=np.float64).reshape(len(candidates), len(seeds))
-
-    def collect(self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]) -> list[tuple[float, int]]:
-        """Play and save one episode per seed with controller `flat` and noise on its outputs: [(return, steps)]."""
-        size = self._chunk(len(seeds))
-        jobs = [(flat, seeds[i : i + size], exploration, [str(p) for p in paths[i : i + size]]) for i in range(0, len(seeds), size)]
-        chunks = self.pool.imap(_collect_chunk, jobs) if self.pool else (_collect_chunk(j) for j in jobs)
-        results = [r for chunk in bar(chunks, total=len(jobs), desc="collect (controller)", unit="chunk") for r in chunk]
-        self.steps += sum(steps for _, steps in results)
-        return results
-
-    def close(self, graceful: bool = True) -> None:
-        if self.pool:
-            self.pool.close() if graceful else self.pool.terminate()
-            self.pool.join()
-
-    def __enter__(self) -> "Evaluator":
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        self.close(graceful=exc_type is None)
+# ---------------------------------------------------------------- the dream's evaluator
 
 
 class DreamEvaluator:
@@ -261,10 +169,10 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
         elif dreaming:
             evaluator = stack.enter_context(DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space))
         else:
-            evaluator = stack.enter_context(Evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
+            evaluator = stack.enter_context(real_evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
         watcher = None  # real episodes that only watch a dream-trained controller
         if dreaming and c.real_rollouts:
-            watcher = stack.enter_context(Evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
+            watcher = stack.enter_context(real_evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
         if new_round:  # M changed: the kept controller's score is re-measured in the new dream
             progress.round, progress.round_start = round, progress.generation
             if progress.best is not None:
@@ -341,7 +249,7 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     if world == "dream":
         evaluator = DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), action_space(cfg.env))
     else:
-        evaluator = Evaluator(cfg, run.vision, run.memory, e.workers)
+        evaluator = real_evaluator(cfg, run.vision, run.memory, e.workers)
     with evaluator:
         returns = evaluator.returns(flat[None], seeds)[0]
     report = {"world": world, "env": cfg.env.id, **returns_report(returns, seeds, saved["generation"])}

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
+
 State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (1, B, H)
 
 
@@ -158,8 +160,12 @@ def memory_loss(
     next_codes: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Masked mean of: NLL of z_{t+1} (per latent dimension, or per position of `next_codes` for a categorical
-    head), reward MSE, done BCE with positives up-weighted."""
-    steps = mask.sum().clamp(min=1)
+    head), reward MSE, done BCE with positives up-weighted.
+
+    Under torchrun the mean is over the global batch's steps: a process divides its sum by the processes'
+    mean step count, so DDP's averaging of gradients gives the global mean, however the padding fell.
+    """
+    steps = distributed.process_mean(mask.sum()).clamp(min=1)
     if prediction.code_logits is not None:
         logits = prediction.code_logits
         ce = F.cross_entropy(logits.flatten(0, -2), next_codes.flatten().long(), reduction="none").view(next_codes.shape)

@@ -13,14 +13,14 @@ from typing import Iterator
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from . import distributed
 from .checkpoints import Run, atomic_write, save_json
 from .config import CollectConfig, Config
 from .controller import to_action
 from .errors import WorldModelsError
 from .pool import worker_pool
-from .progress import bar
+from .progress import bar, say
 from .worlds.real import action_dim, action_space, make_world
 
 EPISODE_KEYS = ("obs", "action", "reward", "terminated", "truncated", "seed")
@@ -139,7 +139,7 @@ class EpisodeStore:
             except CorruptEpisode as exc:
                 if path.name not in self.skipped:
                     self.skipped.add(path.name)
-                    tqdm.write(f"skipping corrupt episode {exc} ({len(self.skipped)} skipped so far)")
+                    say(f"skipping corrupt episode {exc} ({len(self.skipped)} skipped so far)")
 
 
 # ---------------------------------------------------------------- collection
@@ -247,7 +247,9 @@ def collect(cfg: Config, root: Path) -> dict:
 class FrameStream(torch.utils.data.IterableDataset):
     """Shuffled uint8 frames streamed from the episode store, `buffer_episodes` episodes in memory at a time.
 
-    Never loads the whole set: a 10,000-episode CarRacing store is ~120 GB as uint8.
+    Never loads the whole set: a 10,000-episode CarRacing store is ~120 GB as uint8. Under torchrun every
+    process streams the same shuffled order and keeps its interleaved share of it (`distributed.interleave`),
+    so the processes' batches together are exactly one process's batches.
     """
 
     def __init__(self, store: EpisodeStore, buffer_episodes: int, seed: int = 0):
@@ -259,6 +261,9 @@ class FrameStream(torch.utils.data.IterableDataset):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        return distributed.interleave(self._frames())
+
+    def _frames(self) -> Iterator[torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch])
         paths = self.store.listed()
         paths = [paths[i] for i in rng.permutation(len(paths))]
@@ -291,14 +296,18 @@ class LatentEpisode:
 class SequenceDataset(torch.utils.data.Dataset):
     """Fixed-length windows over encoded episodes for M, padded with a mask.
 
-    With `random_starts`, each window starts at a random step of its episode (drawn from torch's global
-    generator, which training seeds per epoch): M then cannot learn "episodes end about t steps after my
-    state was reset", a shortcut random-policy data invites and a dream-trained controller cannot beat.
+    With `random_starts`, each window starts at a random step of its episode, a function of (seed, epoch,
+    window): M then cannot learn "episodes end about t steps after my state was reset", a shortcut
+    random-policy data invites and a dream-trained controller cannot beat.
     """
 
-    def __init__(self, episodes: list[LatentEpisode], seq_len: int, random_starts: bool = False):
-        self.episodes, self.seq_len, self.random_starts = episodes, seq_len, random_starts
+    def __init__(self, episodes: list[LatentEpisode], seq_len: int, random_starts: bool = False, seed: int = 0):
+        self.episodes, self.seq_len, self.random_starts, self.seed = episodes, seq_len, random_starts, seed
         self.index = [(e, s) for e, ep in enumerate(episodes) for s in range(0, len(ep.action), seq_len)]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.index)
@@ -307,7 +316,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         e, s = self.index[i]
         ep, L = self.episodes[e], self.seq_len
         if self.random_starts:
-            s = int(torch.randint(len(ep.action), ()))
+            s = int(np.random.default_rng([self.seed, self.epoch, i]).integers(len(ep.action)))
         n = min(L, len(ep.action) - s)
 
         def window(x: np.ndarray, offset: int = 0) -> torch.Tensor:

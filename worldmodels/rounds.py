@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from . import checkpoints, evolution, stages
 from .agent import WorldModel
+from .backends import real_evaluator
 from .checkpoints import Run
 from .config import Config
 from .rollouts import EpisodeStore
@@ -35,7 +36,7 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
     if todo:
         model = WorldModel.load(run.vision, run.memory)
         flat = evolution.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
-        with evolution.Evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
+        with real_evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
             collector.collect(flat, [seeds[k] for k in todo], cfg.dream.exploration, [paths[k] for k in todo])
     entries, returns = [], []
     for path, episode in store.iter_episodes(paths):

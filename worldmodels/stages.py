@@ -8,17 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
-from . import checkpoints, rollouts
+from . import checkpoints, distributed, rollouts
 from .agent import load_vision, vision_from_checkpoint
 from .checkpoints import Run
 from .config import Config
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig, memory_loss
-from .progress import bar
+from .progress import bar, say
 from .rollouts import (
     EpisodeStore,
     FrameStream,
@@ -26,7 +25,7 @@ from .rollouts import (
     frames_to_float,
     load_latents,
 )
-from .training import Fit, fit, pick_device
+from .training import Fit, fit, fit_options, main_writer, pick_device
 from .vision import VisionModel, build_vision, vision_config
 from .worlds.real import action_dim, action_space, encode_actions
 
@@ -43,10 +42,10 @@ def collect(cfg: Config, rollouts_root: Path) -> dict:
     root = episodes_dir(rollouts_root, cfg)
     store = EpisodeStore(root)
     if store.manifest_path.is_file() and sum(not e.get("round") for e in store.manifest()["episodes"]) >= cfg.collect.episodes:
-        tqdm.write(f"collect: {root} already holds {cfg.collect.episodes} episodes, skipping")
+        say(f"collect: {root} already holds {cfg.collect.episodes} episodes, skipping")
         return store.manifest()
     manifest = rollouts.collect(cfg, root)
-    tqdm.write(f"collect: {len(manifest['episodes'])} episodes, {manifest['frames']} frames in {root}")
+    say(f"collect: {len(manifest['episodes'])} episodes, {manifest['frames']} frames in {root}")
     return manifest
 
 
@@ -78,18 +77,22 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     """Train V on streamed frames; a reconstruction grid goes to TensorBoard every epoch."""
     v = cfg.vision
     device = pick_device(cfg.device)
+    batch_size = distributed.local_batch(v.batch_size, "vision.batch_size")  # the recipe's is the global batch
     store = EpisodeStore(episodes_dir(rollouts_root, cfg))
     frames = max(store.manifest().get("frames", 1), 1)  # fails clearly when nothing was collected
     model_config = vision_config(cfg)
     torch.manual_seed(v.seed)  # the same initial weights whatever ran before in this process
     model = build_vision(model_config).to(device)
+    if device.type == "cuda":  # cuDNN's fast convolutions want NHWC; frames_to_float already makes NHWC batches
+        model = model.to(memory_format=torch.channels_last)
     stream = FrameStream(store, v.buffer_episodes, seed=v.seed)
-    writer = SummaryWriter(run.tensorboard)
+    writer = main_writer(run.tensorboard)
     preview = frames_to_float(fixed_frames(store, 8), device)
 
     def batches(epoch: int):
         stream.set_epoch(epoch)
-        for i, batch in enumerate(DataLoader(stream, batch_size=v.batch_size)):
+        loader = DataLoader(stream, batch_size=batch_size, pin_memory=device.type == "cuda")
+        for i, batch in enumerate(loader):
             model.progress = (epoch + i * v.batch_size / frames) / v.epochs  # NVAE's KL warm-up reads it
             yield batch
 
@@ -101,11 +104,11 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
         writer.add_image("vision/reconstruction", image_grid([preview.cpu(), recon.cpu()]), epoch, dataformats="HWC")
 
     job = Fit("vision", model, model_config, batches, lambda b: model.loss(frames_to_float(b, device)),
-              v.epochs, v.lr, v.seed, run.vision, writer, on_epoch_end)
+              v.epochs, v.lr, v.seed, run.vision, writer, on_epoch_end, **fit_options(cfg, device))
     result = fit(job)
     writer.close()
     if store.skipped:
-        tqdm.write(f"train-vision: skipped {len(store.skipped)} corrupt episode(s)")
+        say(f"train-vision: skipped {len(store.skipped)} corrupt episode(s)")
     return result
 
 
@@ -184,7 +187,7 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     encoded = sorted({p.name for p in wanted} & {p.name for p in run.latents.glob("*.npz")})
     checkpoints.save_json(manifest_path, {"vision_id": made_by, "episodes": encoded})
     if store.skipped:
-        tqdm.write(f"encode: skipped {len(store.skipped)} corrupt episode(s)")
+        say(f"encode: skipped {len(store.skipped)} corrupt episode(s)")
     return {"episodes": len(encoded), "skipped": sorted(store.skipped)}
 
 
@@ -213,25 +216,30 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
     model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
     if model.categorical:
         model.codebook.copy_(vision.codebook)
-    dataset = SequenceDataset(episodes, m.seq_len, m.random_starts)
-    generator = torch.Generator()
-    writer = SummaryWriter(run.tensorboard)
+    dataset = SequenceDataset(episodes, m.seq_len, m.random_starts, m.seed)
+    rank, processes = distributed.world()
+    # one process draws the same permutation as W would; process r takes its rows r, r + W, ... of each global batch
+    sampler = DistributedSampler(dataset, processes, rank, shuffle=True, seed=m.seed)
+    batch_size = distributed.local_batch(m.batch_size, "memory.batch_size")
+    writer = main_writer(run.tensorboard)
 
     def batches(epoch: int):
-        generator.manual_seed(m.seed * 10_007 + epoch)
-        return DataLoader(dataset, batch_size=m.batch_size, shuffle=True, generator=generator)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, pin_memory=device.type == "cuda")
 
     def loss(batch: dict) -> dict:
         b = {k: t.to(device) for k, t in batch.items()}
         z, next_z = b["mu"], b["next_mu"]
         if model.cfg.sample_latents:
-            z = z + b["logstd"].exp() * torch.randn_like(z)
-            next_z = next_z + b["next_logstd"].exp() * torch.randn_like(next_z)
+            z = z + b["logstd"].exp() * distributed.randn_like(z)
+            next_z = next_z + b["next_logstd"].exp() * distributed.randn_like(next_z)
         prediction, _ = model(z, b["action"])
         return memory_loss(prediction, next_z, b["reward"], b["done"], b["mask"], m.done_weight, m.reward_weight,
                            m.done_loss_weight, b.get("next_codes"))
 
-    result = fit(Fit("memory", model, model_config, batches, loss, epochs or m.epochs, m.lr, m.seed, run.memory, writer))
+    result = fit(Fit("memory", model, model_config, batches, loss, epochs or m.epochs, m.lr, m.seed, run.memory, writer,
+                     **fit_options(cfg, device)))
     writer.close()
     return result
 

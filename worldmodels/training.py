@@ -1,30 +1,58 @@
-"""One training loop for V and M: epochs, TensorBoard, a checkpoint per epoch, resume."""
+"""One training loop for V and M: epochs, TensorBoard, a checkpoint per epoch, resume; data-parallel under torchrun."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
-from . import checkpoints
-from .progress import bar
+from . import checkpoints, distributed
+from .progress import bar, say
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu, unless the recipe names one."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """cuda, then mps, then cpu, unless the recipe names one; CUDA with its index (this process's GPU under torchrun)."""
+    if name == "auto":
+        mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def fit_options(cfg, device: torch.device) -> dict:
+    """The recipe's precision and compile settings as `Fit` fields; bf16 autocast by default only on CUDA."""
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return {"device": device, "bf16": bf16, "compile": cfg.compile}
+
+
+class SilentWriter:
+    """What processes other than rank 0 log to: nothing."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def main_writer(logdir: Path) -> SummaryWriter | SilentWriter:
+    """A TensorBoard writer on rank 0, a silent one elsewhere."""
+    return SummaryWriter(logdir) if distributed.is_main() else SilentWriter()
+
+
+class Objective(nn.Module):
+    """A model and its loss as one module, so that DistributedDataParallel sees the loss computed in its forward."""
+
+    def __init__(self, model: nn.Module, loss: Callable[[object], dict[str, torch.Tensor]]):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, batch: object) -> dict[str, torch.Tensor]:
+        return self.loss(batch)
 
 
 @dataclass
@@ -43,6 +71,9 @@ class Fit:
     writer: SummaryWriter
     on_epoch_end: Callable[[int], None] | None = None
     grad_clip: float = 1.0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    bf16: bool = False  # autocast the forward pass to bfloat16 (CUDA); the weights and the optimizer stay float32
+    compile: bool = False  # torch.compile the model and its loss
 
 
 def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> bool:
@@ -58,27 +89,60 @@ def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, loss: to
     return True
 
 
+def resume_state(job: Fit) -> dict | None:
+    """The checkpoint to resume from, checked against the job's model, or None to start afresh."""
+    if not job.path.exists():
+        return None
+    saved = checkpoints.load(job.path, job.name)
+    checkpoints.check_same_config(job.path, saved["config"], job.model_config, job.name)
+    return saved
+
+
+def trainable(job: Fit) -> nn.Module:
+    """The model and its loss as the module to call: wrapped in DDP across processes, compiled if asked."""
+    net: nn.Module = Objective(job.model, job.loss)
+    if distributed.world()[1] > 1:
+        if job.device.type == "cuda":  # batch statistics over the global batch; SyncBatchNorm needs CUDA
+            nn.SyncBatchNorm.convert_sync_batchnorm(job.model)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[job.device.index] if job.device.type == "cuda" else None)
+    return torch.compile(net) if job.compile else net
+
+
+def global_means(totals: dict[str, float], count: int, device: torch.device) -> dict[str, float]:
+    """Epoch means of the logged terms over every process's batches."""
+    if distributed.world()[1] == 1 or not totals:
+        return {k: v / max(count, 1) for k, v in totals.items()}
+    sums = torch.tensor([*totals.values(), count], dtype=torch.float64, device=device)  # NCCL reduces GPU tensors only
+    torch.distributed.all_reduce(sums)
+    return {k: v / max(sums[-1].item(), 1) for k, v in zip(totals, sums[:-1].tolist())}
+
+
 def fit(job: Fit) -> dict:
-    """Train `job.model`, resuming from `job.path` if an earlier run stopped part-way."""
+    """Train `job.model`, resuming from `job.path` if an earlier run stopped part-way.
+
+    Under torchrun every process runs this on its share of each global batch; rank 0 reads the checkpoint
+    for all of them and alone writes checkpoints and logs.
+    """
     optimizer = torch.optim.Adam(job.model.parameters(), lr=job.lr)
     start, step = 0, 0
-    if job.path.exists():
-        saved = checkpoints.load(job.path, job.name)
-        checkpoints.check_same_config(job.path, saved["config"], job.model_config, job.name)
+    saved = distributed.from_main(lambda: resume_state(job))
+    if saved is not None:
         job.model.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
         start, step = saved["epoch"], saved["step"]
         if start >= job.epochs:
-            tqdm.write(f"{job.name}: already trained for {start} epochs, skipping")
+            say(f"{job.name}: already trained for {start} epochs, skipping")
             return saved
-        tqdm.write(f"{job.name}: resuming after epoch {start}")
+        say(f"{job.name}: resuming after epoch {start}")
+    net = trainable(job)
     job.model.train()
     for epoch in range(start, job.epochs):
         torch.manual_seed(job.seed * 10_007 + epoch)  # the same noise whether or not the run was resumed
         totals: dict[str, float] = {}
         count = skipped = 0
         for batch in bar(job.batches(epoch), desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", leave=False):
-            losses = job.loss(batch)
+            with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.bf16):
+                losses = net(batch)
             if not apply_gradients(job.model, optimizer, losses["loss"], job.grad_clip):
                 skipped += 1
                 job.writer.add_scalar(f"{job.name}/skipped_steps", skipped, step)
@@ -88,9 +152,9 @@ def fit(job: Fit) -> dict:
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.item()
                 job.writer.add_scalar(f"{job.name}/{key}", value.item(), step)
-        means = {k: v / max(count, 1) for k, v in totals.items()}
-        tqdm.write(f"{job.name} epoch {epoch + 1}/{job.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-                   + (f" ({skipped} steps skipped: non-finite gradient)" if skipped else ""))
+        means = global_means(totals, count, job.device)
+        say(f"{job.name} epoch {epoch + 1}/{job.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+            + (f" ({skipped} steps skipped: non-finite gradient)" if skipped else ""))
         for key, value in means.items():
             job.writer.add_scalar(f"{job.name}/epoch_{key}", value, epoch + 1)
         payload = {
@@ -103,8 +167,10 @@ def fit(job: Fit) -> dict:
             "losses": means,
             "id": uuid.uuid4().hex,  # what derived data (latents) was made from, even if a retrain repeats the step count
         }
-        checkpoints.save(job.path, payload)
-        if job.on_epoch_end:
-            job.on_epoch_end(epoch + 1)
+        if distributed.is_main():
+            checkpoints.save(job.path, payload)
+            if job.on_epoch_end:
+                job.on_epoch_end(epoch + 1)
         job.writer.flush()
+    distributed.barrier()  # the last checkpoint is on disk before any process moves on
     return payload

@@ -47,7 +47,7 @@ class ArchitectureVQVAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Encodings (B, ENCODING_DIM) -> latents (B, slots, embed_dim), codes (B, slots), and the quantiser's terms."""
-        vectors = self.encoder(x).reshape(-1, self.cfg.embed_dim)
+        vectors = self.encoder(x).reshape(len(x), self.cfg.slots, self.cfg.embed_dim)
         quantised, codes, stats = self.quantizer(vectors)
         return quantised.reshape(len(x), self.cfg.slots, -1), codes.reshape(len(x), self.cfg.slots), stats
 

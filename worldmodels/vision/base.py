@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import distributed
+
 
 @dataclass
 class Latent:
@@ -20,7 +22,7 @@ class Latent:
         """Draw z with the reparameterisation trick (the mean when there is no spread)."""
         if self.logstd is None:
             return self.mean
-        return self.mean + self.logstd.exp() * torch.randn_like(self.mean)
+        return self.mean + self.logstd.exp() * distributed.randn_like(self.mean)
 
 
 class VisionModel(nn.Module):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..config import nvae_latent_dim
 from .base import Latent, VisionModel
 
@@ -127,6 +128,10 @@ class SpectralNorms(nn.Module):
 
     def forward(self, iterations: int = 1) -> torch.Tensor:
         """Sum of the estimates; gradients flow to the weights through u^T W v, the vectors stay fixed."""
+        with torch.autocast(self.convs[0].weight.device.type, enabled=False):  # float32, also under bf16 autocast
+            return self._estimate(iterations)
+
+    def _estimate(self, iterations: int) -> torch.Tensor:
         total = self.convs[0].weight.new_zeros(())
         for i, conv in enumerate(self.convs):
             weight = conv.weight.flatten(1)
@@ -234,7 +239,7 @@ class NVAE(VisionModel):
                 delta_mean, delta_logstd = soft_clamp(self.posterior_heads[k](h)).chunk(2, dim=1)
                 mean, logstd, kl = residual_normal(prior_mean, prior_logstd, delta_mean, delta_logstd)
                 posteriors.append((mean, logstd, kl.flatten(1).sum(1)))
-                z = mean + logstd.exp() * torch.randn_like(mean) if sample_posterior else mean
+                z = mean + logstd.exp() * distributed.randn_like(mean) if sample_posterior else mean
             else:
                 z = prior_mean + temperature * prior_logstd.exp() * torch.randn_like(prior_mean)
             state = self.decoder_combiners[k](torch.cat([state, z], dim=1))
@@ -285,7 +290,7 @@ class NVAE(VisionModel):
         """
         if coefficient >= 1.0:
             return kl.sum(1)
-        weights = kl.abs().mean(0) + 0.01
+        weights = distributed.process_mean(kl.detach().abs().mean(0)) + 0.01  # the global batch's, under torchrun
         weights = weights / self.kl_alpha * weights.sum()
         weights = weights / weights.mean()
         return (kl * weights.detach()).sum(1)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
+
 
 def nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the closest codebook row for each row of x: (N, D), (K, D) -> (N,)."""
@@ -76,22 +78,35 @@ class VectorQuantizer(nn.Module):
                 self.cluster_size[dead], self.unused[dead] = 1.0, 0
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """x (N, D) -> quantised x with straight-through gradients, codes (N,), and the loss terms and usage."""
-        flat = x.detach().float()
-        if self.training and not bool(self.initialised):
-            centres = kmeans(flat, self.num_embeddings)
-            self.embedding.copy_(centres)
-            self.embed_sum.copy_(centres)
-            self.cluster_size.fill_(1.0)
-            self.initialised.fill_(True)
-        codes = nearest(flat, self.embedding)
-        quantised = self.embedding[codes].to(x.dtype)  # a copy: the update below moves the codebook in place
-        if self.training:
-            self._update(flat, codes)
-        commitment = self.commitment * (x - quantised).pow(2).sum(1).mean()  # the encoder commits to its code
+        """x (B, ..., D) -> quantised x with straight-through gradients, codes (B, ...), and the loss terms and usage.
+
+        Under torchrun the codebook learns from the global batch (every process's x, in one process's order),
+        so each process keeps the same codebook as a single process would.
+        """
+        with torch.autocast(x.device.type, enabled=False):  # distances and averages in float32, even under bf16 autocast
+            codes, quantised = self._assign(x)
+        commitment = self.commitment * (x - quantised).pow(2).sum(-1).mean()  # the encoder commits to its code
         perplexity, usage = code_statistics(codes, self.num_embeddings)
         out = x + (quantised - x).detach()  # straight-through: the decoder's gradient flows to the encoder
-        return out, codes, {"commitment": commitment, "perplexity": perplexity, "usage": usage}
+        return out, codes.reshape(x.shape[:-1]), {"commitment": commitment, "perplexity": perplexity, "usage": usage}
+
+    @torch.no_grad()
+    def _assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (N,) and codebook vectors shaped as x; in training, first start and update the codebook."""
+        flat = x.float().reshape(-1, self.embed_dim)
+        if self.training:
+            batch = distributed.gather_batch(x.float()).reshape(-1, self.embed_dim) if distributed.world()[1] > 1 else flat
+            if not bool(self.initialised):
+                centres = kmeans(batch, self.num_embeddings)
+                self.embedding.copy_(centres)
+                self.embed_sum.copy_(centres)
+                self.cluster_size.fill_(1.0)
+                self.initialised.fill_(True)
+        codes = nearest(flat, self.embedding)
+        quantised = self.embedding[codes].to(x.dtype).reshape(x.shape)  # a copy: the update below moves the codebook
+        if self.training:
+            self._update(batch, codes if batch is flat else nearest(batch, self.embedding))
+        return codes, quantised
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """The codebook vectors of integer codes: (...,) -> (..., D)."""

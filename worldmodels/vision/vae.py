@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import distributed
+
 from .base import Latent, VisionModel
 
 
@@ -65,6 +67,8 @@ class ConvVAE(VisionModel):
         mse = (recon - x).pow(2).flatten(1).sum(1).mean()
         mean, logstd = latent.mean, latent.logstd
         kl = 0.5 * (mean.pow(2) + (2 * logstd).exp() - 1 - 2 * logstd).sum(1).mean()
-        # Ha's kl_tolerance: no pressure on the KL below the floor, so the latent keeps some information
-        kl_floored = torch.clamp(kl, min=self.cfg.free_bits * self.latent_dim)
+        # Ha's kl_tolerance: no pressure on the KL below the floor, so the latent keeps some information; under
+        # torchrun the floor applies to the global batch's KL, as in one process
+        floor = self.cfg.free_bits * self.latent_dim
+        kl_floored = torch.where(distributed.process_mean(kl) > floor, kl, kl.new_full((), floor))
         return {"loss": mse + self.cfg.kl_weight * kl_floored, "recon": mse, "kl": kl}

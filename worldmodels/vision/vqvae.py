@@ -67,7 +67,7 @@ class VQVAE(VisionModel):
 
     def _quantise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         h = self.encoder(x)  # (B, D, g, g)
-        vectors = h.permute(0, 2, 3, 1).reshape(-1, self.cfg.embed_dim)  # one row per grid position
+        vectors = h.permute(0, 2, 3, 1).reshape(len(x), -1, self.cfg.embed_dim)  # a frame's grid positions
         quantised, codes, stats = self.quantizer(vectors)
         return quantised.reshape(len(x), self.latent_dim), codes.reshape(len(x), self.positions), stats
 

@@ -1,0 +1,285 @@
+"""Where real-world episodes run: a local process pool (default), Ray actors on a cluster, or one process
+stepping a gymnasium vector env with V, M and C batched across its copies."""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from . import checkpoints
+from .agent import WorldModel, play, play_vector
+from .config import Config
+from .controller import Controller
+from .errors import WorldModelsError
+from .pool import worker_pool
+from .progress import bar, say
+from .rollouts import save_episode
+from .training import pick_device
+from .worlds.real import make_world
+
+BACKENDS = ("pool", "vector", "ray")
+
+# ---------------------------------------------------------------- what every worker holds
+
+_worlds: list = []
+_model: WorldModel | None = None
+_env_cfg = None
+_max_steps = 0
+
+
+def _init_worker(cfg: Config, vision: dict, memory: dict, max_steps: int) -> None:
+    """Build V and M once per worker, from their checkpoints' contents (no shared filesystem needed)."""
+    global _model, _env_cfg, _max_steps
+    _model = WorldModel.from_checkpoints(vision, memory)
+    _env_cfg, _max_steps = cfg.env, max_steps
+    _worlds.clear()
+
+
+def _worker_worlds(n: int) -> list:
+    """n real worlds, made once per worker and reused."""
+    while len(_worlds) < n:
+        _worlds.append(make_world(_env_cfg, _max_steps))
+    return _worlds[:n]
+
+
+def _play_chunk(job: tuple[np.ndarray, list[int]]) -> list[tuple[float, int, bool | None]]:
+    """Play one episode per (candidate row, seed), batched: [(return, steps, the last step's is_success or None)]."""
+    flats, seeds = job
+    worlds = _worker_worlds(len(seeds))
+    controller = Controller.from_flat(flats, _model.controller_input, worlds[0].action_space)
+    results = play(worlds, _model, controller, seeds)
+    return [(ret, steps, world.success) for (ret, steps), world in zip(results, worlds)]
+
+
+def _collect_chunk(job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, dict]]:
+    """Play one episode per seed with one controller plus exploration noise: [(return, steps, episode)]."""
+    flat, seeds, exploration = job
+    worlds = _worker_worlds(len(seeds))
+    controller = Controller.from_flat(np.repeat(flat[None], len(seeds), 0), _model.controller_input, worlds[0].action_space)
+    episodes: list[dict] = []
+    results = play(worlds, _model, controller, seeds, exploration, record=episodes)
+    return [(ret, steps, episode) for (ret, steps), episode in zip(results, episodes)]
+
+
+# ---------------------------------------------------------------- runners: map jobs over workers, in order
+
+
+class InProcess:
+    """One worker: this process."""
+
+    def __init__(self, init_args: tuple):
+        _init_worker(*init_args)
+
+    def imap(self, fn: Callable, jobs: Iterable) -> Iterator:
+        return map(fn, jobs)
+
+    def close(self, graceful: bool = True) -> None:
+        pass
+
+
+class LocalPool:
+    """Spawned worker processes on this machine, each holding V and M."""
+
+    def __init__(self, workers: int, init_args: tuple):
+        self.pool = worker_pool(workers, _init_worker, init_args)
+
+    def imap(self, fn: Callable, jobs: Iterable) -> Iterator:
+        return self.pool.imap(fn, jobs)
+
+    def close(self, graceful: bool = True) -> None:
+        self.pool.close() if graceful else self.pool.terminate()
+        self.pool.join()
+
+
+class _RayWorker:
+    """A Ray actor: builds V and M once, then plays the jobs it is sent."""
+
+    def __init__(self, init_args: tuple):
+        import torch
+
+        torch.set_num_threads(1)  # one core per actor: the actors are the parallelism
+        _init_worker(*init_args)
+
+    def run(self, fn: Callable, job: tuple) -> list:
+        return fn(job)
+
+
+class RayPool:
+    """Ray actors on a local or remote Ray cluster; a job whose actor dies goes to a fresh actor.
+
+    Ray's own actor restarts would re-run a task only on an actor that can be restarted; replacing the
+    actor here also covers one killed for good (its node gone), and says so.
+    """
+
+    MAX_DEATHS = 3  # actors lost on one job before the run gives up
+
+    def __init__(self, workers: int, init_args: tuple, address: str = ""):
+        try:
+            import ray
+        except ImportError:
+            raise WorldModelsError("the Ray backend needs Ray: pip install -e '.[ray]'") from None
+        self.ray, self.started = ray, not ray.is_initialized()
+        if self.started:
+            try:
+                ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise WorldModelsError(f"cannot reach a Ray cluster at '{address}': {exc}") from None
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        if workers > cpus:  # an actor that never gets a CPU would hold its jobs forever
+            say(f"ray: the cluster has {cpus} CPUs; using {cpus} workers, not {workers}")
+            workers = cpus
+        self.worker = ray.remote(num_cpus=1)(_RayWorker)
+        self.init_args = ray.put(init_args)  # V and M go to the object store once, not once per actor
+        self.actors = [self.worker.remote(self.init_args) for _ in range(workers)]
+        self.replaced = 0
+
+    def imap(self, fn: Callable, jobs: Iterable) -> Iterator:
+        ray = self.ray
+        queue, idle = deque(enumerate(jobs)), list(self.actors)
+        pending: dict = {}  # future -> (job index, job, actor)
+        results: dict[int, list] = {}
+        deaths: dict[int, int] = {}  # job index -> actors lost while playing it
+        next_out = 0
+        while queue or pending:
+            while queue and idle:
+                index, job = queue.popleft()
+                actor = idle.pop()
+                pending[actor.run.remote(fn, job)] = (index, job, actor)
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            index, job, actor = pending.pop(ready)
+            try:
+                results[index] = ray.get(ready)
+                idle.append(actor)
+            except ray.exceptions.RayActorError as exc:  # the actor (or its node) died: never drop its episodes
+                deaths[index] = deaths.get(index, 0) + 1
+                if deaths[index] > self.MAX_DEATHS:  # not bad luck: the workers cannot run (e.g. a node lacks worldmodels)
+                    raise WorldModelsError(f"ray: {deaths[index]} workers died on the same episodes; the last: {exc}") from None
+                ray.kill(actor, no_restart=True)
+                self.actors.remove(actor)
+                fresh = self.worker.remote(self.init_args)
+                self.actors.append(fresh)
+                idle.append(fresh)
+                queue.appendleft((index, job))
+                self.replaced += 1
+                say("ray: a worker died; replaced it, and its episodes are played again")
+            while next_out in results:
+                yield results.pop(next_out)
+                next_out += 1
+
+    def close(self, graceful: bool = True) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        if self.started:
+            self.ray.shutdown()
+
+
+# ---------------------------------------------------------------- evaluators
+
+
+class Evaluator:
+    """Scores controllers in the real world: chunks of episodes sent to workers that hold V and M.
+
+    Each worker plays its chunk in lock-step, V, M and C batched over the chunk's episodes.
+    """
+
+    def __init__(self, runner, workers: int, batch: int = 8):
+        self.runner, self.workers, self.batch = runner, workers, batch
+        self.steps = 0  # real env steps spent, for the logs
+        self.success: np.ndarray | None = None  # the last returns()' (P, N) is_success flags; None if the env reports none
+
+    def _chunk(self, episodes: int) -> int:
+        """Episodes per job: small enough that every worker gets several, as episodes differ in length."""
+        return max(1, min(self.batch, -(-episodes // (2 * self.workers))))
+
+    def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
+        """(P, N) candidates x seeds -> (P, len(seeds)) returns; every candidate sees the same seeds."""
+        pairs = [(x, s) for x in candidates for s in seeds]
+        size = self._chunk(len(pairs))
+        jobs = [(np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]]) for i in range(0, len(pairs), size)]
+        results = [r for chunk in self.runner.imap(_play_chunk, jobs) for r in chunk]
+        return self._tally(results, len(candidates), len(seeds))
+
+    def _tally(self, results: list[tuple[float, int, bool | None]], candidates: int, seeds: int) -> np.ndarray:
+        self.steps += sum(steps for _, steps, _ in results)
+        flags = [success for _, _, success in results]
+        self.success = None if None in flags else np.array(flags, dtype=bool).reshape(candidates, seeds)
+        return np.array([r for r, _, _ in results], dtype=np.float64).reshape(candidates, seeds)
+
+    def collect(self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]) -> list[tuple[float, int]]:
+        """Play and save one episode per seed with controller `flat` and noise on its outputs: [(return, steps)]."""
+        size = self._chunk(len(seeds))
+        jobs = [(flat, seeds[i : i + size], exploration) for i in range(0, len(seeds), size)]
+        chunks = self.runner.imap(_collect_chunk, jobs)
+        played = [r for chunk in bar(chunks, total=len(jobs), desc="collect (controller)", unit="chunk") for r in chunk]
+        return self._save(played, paths)
+
+    def _save(self, played: list[tuple[float, int, dict]], paths: list[Path]) -> list[tuple[float, int]]:
+        """Save collected episodes here, where the episode store is: [(return, steps)]."""
+        for (_, _, episode), path in zip(played, paths):
+            save_episode(Path(path), episode)
+        self.steps += sum(steps for _, steps, _ in played)
+        return [(ret, steps) for ret, steps, _ in played]
+
+    def close(self, graceful: bool = True) -> None:
+        self.runner.close(graceful)
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(graceful=exc_type is None)
+
+
+class VectorEvaluator(Evaluator):
+    """Scores controllers in one process: a gymnasium AsyncVectorEnv of `copies` worlds (a subprocess each)
+    steps every episode, and V, M and C run once per step, batched across the copies."""
+
+    def __init__(self, cfg: Config, vision: dict, memory: dict, copies: int, max_steps: int = 0):
+        super().__init__(None, copies)
+        self.model = WorldModel.from_checkpoints(vision, memory, pick_device(cfg.device))  # a GPU serves every copy
+        make = functools.partial(make_world, cfg.env, max_steps)
+        # spawned, not forked: this process has started torch's thread pools; autoreset off: play_vector resets
+        self.envs = gym.vector.AsyncVectorEnv([make] * copies, context="spawn",
+                                              autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+    def _play(self, controller: Controller, seeds: list[int], exploration: float = 0.0, record: list | None = None) -> list:
+        return play_vector(self.envs, self.model, controller, seeds, exploration, record)
+
+    def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
+        population = Controller.from_flat(candidates, self.model.controller_input, self.envs.single_action_space)
+        every = population.select(torch.arange(len(candidates)).repeat_interleave(len(seeds)))
+        return self._tally(self._play(every, seeds * len(candidates)), len(candidates), len(seeds))
+
+    def collect(self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]) -> list[tuple[float, int]]:
+        controller = Controller.from_flat(np.repeat(flat[None], len(seeds), 0), self.model.controller_input,
+                                          self.envs.single_action_space)
+        episodes: list[dict] = []
+        results = self._play(controller, seeds, exploration, episodes)
+        return self._save([(ret, steps, episode) for (ret, steps, _), episode in zip(results, episodes)], paths)
+
+    def close(self, graceful: bool = True) -> None:
+        self.envs.close(terminate=not graceful)
+
+
+def weights(saved: dict) -> dict:
+    """What a worker needs of a checkpoint to build its model: not the optimizer's state."""
+    return {key: saved[key] for key in ("kind", "config", "state_dict")}
+
+
+def real_evaluator(cfg: Config, vision_path: Path, memory_path: Path, workers: int, max_steps: int = 0) -> Evaluator:
+    """The recipe's backend (controller.backend) scoring controllers in the real world with `workers` workers."""
+    vision, memory = (weights(checkpoints.load(path, kind)) for path, kind in ((vision_path, "vision"), (memory_path, "memory")))
+    WorldModel.from_checkpoints(vision, memory, names=(vision_path, memory_path))  # mismatches fail here, in one line
+    backend = cfg.controller.backend
+    if backend == "vector":
+        return VectorEvaluator(cfg, vision, memory, workers, max_steps)
+    init_args = (cfg, vision, memory, max_steps)
+    if backend == "ray":
+        return Evaluator(RayPool(workers, init_args, cfg.controller.address), workers)
+    return Evaluator(LocalPool(workers, init_args) if workers > 1 else InProcess(init_args), workers)
