@@ -13,7 +13,7 @@ from conftest import RUN_NAME, TINY, cli_stage
 from worldmodels import checkpoints
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
-from worldmodels.backends import RayPool, real_evaluator, weights
+from worldmodels.backends import RayPool, check_reachable, real_evaluator, weights
 from worldmodels.checkpoints import Run
 from worldmodels.controller import Controller
 from worldmodels.errors import WorldModelsError
@@ -122,3 +122,11 @@ def test_ray_gives_up_when_every_worker_dies_on_a_job(generation, local_ray):
         assert pool.replaced == RayPool.MAX_DEATHS
     finally:
         pool.close()
+
+
+def test_an_unreachable_ray_head_is_one_line_within_seconds():
+    """Ray itself retries an unreachable head for minutes; the address is checked first."""
+    with pytest.raises(WorldModelsError, match=r"^cannot reach a Ray cluster at '127.0.0.1:1': .*refused"):
+        check_reachable("127.0.0.1:1")
+    with pytest.raises(WorldModelsError, match=r"^controller.address must be 'auto' or HOST:PORT of a Ray head node, got 'head'$"):
+        check_reachable("head")

@@ -4,6 +4,7 @@ stepping a gymnasium vector env with V, M and C batched across its copies."""
 from __future__ import annotations
 
 import functools
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -110,6 +111,17 @@ class _RayWorker:
         return fn(job)
 
 
+def check_reachable(address: str) -> None:
+    """Fail in one line, within seconds, when a Ray head's HOST:PORT (or ray://HOST:PORT) takes no connection."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise WorldModelsError(f"controller.address must be 'auto' or HOST:PORT of a Ray head node, got '{address}'")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise WorldModelsError(f"cannot reach a Ray cluster at '{address}': {exc}") from None
+
+
 class RayPool:
     """Ray actors on a local or remote Ray cluster; a job whose actor dies goes to a fresh actor.
 
@@ -126,6 +138,8 @@ class RayPool:
             raise WorldModelsError("the Ray backend needs Ray: pip install -e '.[ray]'") from None
         self.ray, self.started = ray, not ray.is_initialized()
         if self.started:
+            if address not in ("", "auto"):
+                check_reachable(address)  # Ray itself retries an unreachable head for minutes
             try:
                 ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError) as exc:
