@@ -84,13 +84,13 @@ def test_collected_episodes_do_not_depend_on_the_backend(generation, tmp_path, r
     run, candidates, _, _, _ = generation
     seeds = [3, 4, 5]
     episodes = {}
-    for backend in ("pool", backend):
-        cfg = config_lib.load(TINY, [f'controller.backend="{backend}"'])
-        paths = [tmp_path / backend / f"ep_{i}.npz" for i in range(len(seeds))]
+    for kind in ("pool", backend):
+        cfg = config_lib.load(TINY, [f'controller.backend="{kind}"'])
+        paths = [tmp_path / kind / f"ep_{i}.npz" for i in range(len(seeds))]
         with real_evaluator(cfg, run.vision, run.memory, 2) as evaluator:
             results = evaluator.collect(candidates[0], seeds, 0.5, paths)
-        episodes[backend] = [load_episode(p) for p in paths]
-        assert [steps for _, steps in results] == [len(e["action"]) for e in episodes[backend]]
+        episodes[kind] = [load_episode(p) for p in paths]
+        assert [steps for _, steps in results] == [len(e["action"]) for e in episodes[kind]]
     for pool, other in zip(episodes["pool"], episodes[backend]):
         for key in pool:
             np.testing.assert_array_equal(pool[key], other[key], err_msg=key)

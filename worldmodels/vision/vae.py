@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from .. import distributed
-
 from .base import Latent, VisionModel
 
 
