@@ -382,5 +382,5 @@ def test_a_table_too_small_for_a_surrogate_is_refused(tmp_path, capsys):
 
 
 def test_the_codebook_env_id_is_not_a_pixel_world(tmp_path, capsys):
-    assert run_cli("collect", TINY, "--rollouts", tmp_path, "--set", 'env.id="worldmodels/Codebook-v0"') == 2
+    assert run_cli("collect", TINY, "--checkpoints", tmp_path, "--rollouts", tmp_path, "--set", 'env.id="worldmodels/Codebook-v0"') == 2
     assert "is not a pixel world" in one_error_line(capsys, "collect")
