@@ -599,11 +599,14 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
     report = json.loads((run / "report.json").read_text())
     assert report["controller_generation"] == checkpoints.load(run / "controller.pt", "controller")["generation"]
     steps = report["real_steps"]
-    assert report["controller_world"] == "dream" and set(steps) == {"collect", "round_1", "total"}
+    assert report["controller_world"] == "dream" and set(steps) == {"collect", "round_1", "fidelity", "total"}
     assert steps["round_1"] == new_steps and steps["collect"] == sum(e["steps"] for e in before)
-    assert steps["collect"] + steps["round_1"] == steps["total"]
+    fidelity = json.loads((run / "controller_fidelity.json").read_text())  # controllers of the history, watched
+    assert steps["fidelity"] == fidelity["real_steps"] > 0
+    assert steps["collect"] + steps["round_1"] + steps["fidelity"] == steps["total"]
     # the same command again finds everything done
-    watched = [store / "manifest.json", run / "report.json", run / "rounds.json", run / "memory.pt", run / "controller.pt", run / "cmaes.pkl"]
+    watched = [store / "manifest.json", run / "report.json", run / "rounds.json", run / "memory.pt", run / "controller.pt",
+               run / "cmaes.pkl", run / "controller_fidelity.json"]
     contents = {p: p.read_bytes() for p in watched}
     files = sorted(p.name for p in store.glob("ep_*.npz"))
     assert cli_stage("pipeline", ck, ro, *args) == 0

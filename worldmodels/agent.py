@@ -93,12 +93,13 @@ class EpisodeRecord:
     """One episode being played, kept in the episode store's format."""
 
     def __init__(self, obs: np.ndarray, seed: int):
-        self.seed = seed
+        self.seed, self.frames = seed, 0
         self.steps: dict[str, list] = {"obs": [obs], "action": [], "reward": [], "terminated": [], "truncated": []}
 
-    def add(self, obs: np.ndarray, action, reward: float, terminated: bool, truncated: bool) -> None:
+    def add(self, obs: np.ndarray, action, reward: float, terminated: bool, truncated: bool, frames: int = 1) -> None:
         for key, value in zip(("obs", "action", "reward", "terminated", "truncated"), (obs, action, reward, terminated, truncated)):
             self.steps[key].append(value)
+        self.frames += frames
 
     def arrays(self) -> dict:
         s = self.steps
@@ -109,6 +110,7 @@ class EpisodeRecord:
             "terminated": np.asarray(s["terminated"], dtype=bool),
             "truncated": np.asarray(s["truncated"], dtype=bool),
             "seed": np.asarray(self.seed),
+            "frames": np.asarray(self.frames),
         }
 
 
@@ -121,8 +123,9 @@ def play(
     exploration: float = 0.0,
     record: list[dict] | None = None,
 ) -> list[tuple[float, int]]:
-    """Real episodes in lock-step, episode k in worlds[k] with controller k and seeds[k]: [(return, steps)].
+    """Real episodes in lock-step, episode k in worlds[k] with controller k and seeds[k]: [(return, frames)].
 
+    Frames are the world's steps: more than C's decisions under an action repeat.
     V, M and C run batched over the episodes still going, which is what makes a worker fast on a CPU.
     `exploration` adds Gaussian noise of that std to C's outputs (seeded by the episode's seed); with a
     `record` list, each episode is appended to it in the episode store's format.
@@ -141,11 +144,11 @@ def play(
         actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=alive, noise=noise)
         still = []
         for row, (k, action) in enumerate(zip(alive, actions)):
-            obs[k], reward, terminated, truncated, _ = worlds[k].step(action)
+            obs[k], reward, terminated, truncated, info = worlds[k].step(action)
             totals[k] += float(reward)
-            steps[k] += 1
+            steps[k] += info.get("frames", 1)
             if episodes:
-                episodes[k].add(obs[k], action, reward, terminated, truncated)
+                episodes[k].add(obs[k], action, reward, terminated, truncated, info.get("frames", 1))
             if not (terminated or truncated):  # step caps are the worlds' own TimeLimit
                 still.append(row)
         state = model.remember(z, actions, space, state)
@@ -169,7 +172,7 @@ def play_vector(
     """Real episodes on the copies of a vector env (autoreset off): episode k with controller k and seeds[k].
 
     Every step runs V, M and C once, batched across the copies; a copy that finishes an episode is reset
-    with the next episode's seed. Returns [(return, steps, the last step's is_success or None)]; `exploration`
+    with the next episode's seed. Returns [(return, frames, the last step's is_success or None)]; `exploration`
     and `record` as in `play`.
     """
     copies, space = envs.num_envs, envs.single_action_space
@@ -209,10 +212,11 @@ def play_vector(
         for i, k in enumerate(playing):
             if k < 0:
                 continue
+            frames = int(info["frames"][i]) if "frames" in info else 1
             totals[k] += float(reward[i])
-            steps[k] += 1
+            steps[k] += frames
             if record is not None:
-                episodes[k].add(obs[i].copy(), actions[i], reward[i], terminated[i], truncated[i])
+                episodes[k].add(obs[i].copy(), actions[i], reward[i], terminated[i], truncated[i], frames)
             if "is_success" in info and info["_is_success"][i]:
                 success[k] = bool(info["is_success"][i])
         done = terminated | truncated

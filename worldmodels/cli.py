@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import config as config_lib
-from . import distributed, evolution, stages, sweep, watch
+from . import distributed, evolution, fidelity, stages, sweep, watch
 from .checkpoints import Run
 from .errors import WorldModelsError
 from .pipeline import pipeline
@@ -105,7 +105,9 @@ def run_stage(args: argparse.Namespace) -> object:
     if args.stage == "train-memory":
         return stages.train_memory(cfg, run)["losses"]
     if args.stage == "train-controller":
-        return evolution.train_controller(cfg, run)
+        result = evolution.train_controller(cfg, run)
+        report = fidelity.controller_report(cfg, run)
+        return result if report is None else result | {"dream_real_spearman": report["spearman"]}
     if args.stage == "evaluate":
         return summary(evolution.evaluate(cfg, run, args.world or "real"))
     if args.stage == "dream":

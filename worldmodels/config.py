@@ -34,7 +34,10 @@ class EnvConfig:
     id: str = "CartPole-v1"
     frame_size: int = 64  # frames are resized to frame_size x frame_size, uint8 RGB
     crop: list[float] = field(default_factory=lambda: [0.0, 1.0, 0.0, 1.0])  # top, bottom, left, right (fractions)
-    max_steps: int = 0  # 0: the environment's own time limit
+    max_steps: int = 0  # 0: the environment's own time limit (counted in frames, whatever the action repeat)
+    action_repeat: int = 1  # each action of C (and of the collection policy) is played for this many frames
+    action_low: list[float] = field(default_factory=list)  # with action_high: the box C's outputs and the collection
+    action_high: list[float] = field(default_factory=list)  # policy span, clipped to the world's own; []: the world's
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
 
 
@@ -97,6 +100,8 @@ class MemoryConfig:
     done_weight: float = 10.0  # up-weights the rare done positives
     reward_weight: float = 1.0
     done_loss_weight: float = 1.0
+    dropout: float = 0.0  # on the LSTM's output before the heads, in training (and in the dream with dream.dropout)
+    holdout: float = 0.0  # fraction of episodes kept out of M's training for its fidelity report; 0: report on training data
     seed: int = 0
 
 
@@ -117,6 +122,8 @@ class ControllerConfig:
     target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
     max_steps: int = 0  # 0: the environment's own time limit
     real_rollouts: int = 0  # dream training only: real episodes played at each re-evaluation, to log dream vs real
+    fidelity_controllers: int = 6  # dream training: controllers from the search's history scored in dream and real; 0: none
+    fidelity_episodes: int = 4  # real episodes for each of them (they only watch; nothing feeds the search)
     seed: int = 0
 
 
@@ -129,6 +136,7 @@ class DreamConfig:
     done: str = "sample"  # sample: Bernoulli from M's done head | threshold | never
     done_threshold: float = 0.5
     start: str = "data"  # data: first frames of real episodes | prior: V's N(0, I)
+    dropout: bool = False  # keep M's dropout (memory.dropout) on while dreaming, a fresh mask every step ("Dropout's Dream Land")
     batch: int = 0  # episodes dreamt at once; 0: the whole population x rollouts
     rounds: int = 0  # iterations after the first: collect with C, retrain M, retrain C in the dream
     round_episodes: int = 100  # real episodes collected per round
@@ -270,11 +278,19 @@ def validate(cfg: Config) -> Config:
          f"env.crop must be [top, bottom, left, right] fractions with top < bottom and left < right, got {cfg.env.crop}"),
         (len(cfg.vision.channels) == 4, "vision.channels must list 4 conv widths"),
         (cfg.collect.episodes > 0, "collect.episodes must be positive"),
+        (cfg.env.action_repeat >= 1, f"env.action_repeat must be at least 1, got {cfg.env.action_repeat}"),
+        (len(cfg.env.action_low) == len(cfg.env.action_high)
+         and all(lo < hi for lo, hi in zip(cfg.env.action_low, cfg.env.action_high)),
+         "env.action_low and env.action_high must have the same length, each low below its high"),
         (cfg.controller.population >= 2, "controller.population must be at least 2"),
         (cfg.controller.rollouts >= 1, "controller.rollouts must be at least 1"),
         (cfg.evaluate.episodes >= 1, "evaluate.episodes must be at least 1"),
         (cfg.vision.epochs >= 1 and cfg.memory.epochs >= 1, "vision.epochs and memory.epochs must be at least 1"),
         (cfg.controller.eval_every >= 1, "controller.eval_every must be at least 1"),
+        (0 <= cfg.memory.dropout < 1, f"memory.dropout must be in [0, 1), got {cfg.memory.dropout}"),
+        (0 <= cfg.memory.holdout < 1, f"memory.holdout must be a fraction in [0, 1), got {cfg.memory.holdout}"),
+        (cfg.controller.fidelity_controllers >= 0 and cfg.controller.fidelity_episodes >= 1,
+         "controller.fidelity_controllers must not be negative, controller.fidelity_episodes at least 1"),
         (cfg.controller.world in ("real", "dream", "codebook"),
          f"controller.world must be 'real', 'dream' or 'codebook', got '{cfg.controller.world}'"),
         ((cfg.controller.world == "codebook") <= (cfg.vision.model == "vqvae"), "the codebook world needs vision.model = 'vqvae'"),

@@ -31,6 +31,7 @@ class MemoryModelConfig:
     sample_latents: bool = True  # trained on z drawn from V's posterior (else on its mean): dreams start the same way
     positions: int = 0  # discrete V: a categorical head over num_codes codes at each of these positions; 0: mixture
     num_codes: int = 0
+    dropout: float = 0.0  # dropout on the LSTM's output before the head while training (and while dreaming, if asked)
 
 
 @dataclass
@@ -67,8 +68,12 @@ class MDNRNN(nn.Module):
         zeros = torch.zeros(1, batch, self.cfg.hidden_size, device=device)
         return zeros, zeros.clone()
 
-    def _predict(self, out: torch.Tensor) -> Prediction:
+    def _predict(self, out: torch.Tensor, keep: torch.Tensor | None = None) -> Prediction:
         z, k = self.cfg.latent_dim, self.cfg.num_gaussians
+        if keep is not None:  # a given dropout mask (the dream's, drawn from its counter-based noise)
+            out = out * keep / (1 - self.cfg.dropout)
+        elif self.training and self.cfg.dropout:
+            out = F.dropout(out, self.cfg.dropout)
         params = self.head(out)
         mixture, reward, done = params[..., :-2], params[..., -2], params[..., -1]
         if self.categorical:
@@ -83,10 +88,10 @@ class MDNRNN(nn.Module):
         out, state = self.lstm(torch.cat([z, action], dim=-1), state)  # (B, T, H)
         return self._predict(out), state
 
-    def step(self, z: torch.Tensor, action: torch.Tensor, state: State) -> tuple[Prediction, State]:
-        """One time step for acting and dreaming: z (B, Z), action (B, A)."""
-        prediction, state = self.forward(z[:, None], action[:, None], state)
-        return prediction.map(lambda t: t.squeeze(1)), state
+    def step(self, z: torch.Tensor, action: torch.Tensor, state: State, keep: torch.Tensor | None = None) -> tuple[Prediction, State]:
+        """One time step for acting and dreaming: z (B, Z), action (B, A); `keep` (B, H) a 0/1 dropout mask for the head."""
+        out, state = self.lstm(torch.cat([z, action], dim=-1)[:, None], state)
+        return self._predict(out[:, 0], keep), state
 
     @staticmethod
     def hidden(state: State) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 _MASK = 0xFFFFFFFF
 
 # streams: independent draws within one step
-START, COMPONENT, GAUSS_A, GAUSS_B, DONE = range(5)
+START, COMPONENT, GAUSS_A, GAUSS_B, DONE, DROPOUT = range(6)
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -7,18 +7,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import checkpoints, evolution, rounds, stages
+from . import checkpoints, evolution, fidelity, rounds, stages
 from .checkpoints import Run
 from .config import Config
 from .rollouts import EpisodeStore
 
 
 def real_steps(cfg: Config, rollouts_root: Path) -> dict:
-    """Real env steps behind the run's data, from the episode store: random collection and each round."""
+    """Real env steps (frames of the world) behind the run's data, from the episode store: random collection and each round."""
     episodes = EpisodeStore(stages.episodes_dir(rollouts_root, cfg)).manifest()["episodes"]
-    steps = {"collect": sum(e["steps"] for e in episodes if not e.get("round"))}
+
+    def frames(entries) -> int:
+        return sum(e.get("frames", e["steps"]) for e in entries)  # manifests from before action repeats lack frames
+
+    steps = {"collect": frames(e for e in episodes if not e.get("round"))}
     for r in sorted({e["round"] for e in episodes if e.get("round")}):
-        steps[f"round_{r}"] = sum(e["steps"] for e in episodes if e.get("round") == r)
+        steps[f"round_{r}"] = frames(e for e in episodes if e.get("round") == r)
     steps["total"] = sum(steps.values())
     return steps
 
@@ -40,6 +44,7 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     evolution.train_controller(cfg, run)
     if cfg.controller.world == "dream":
         rounds.iterate(cfg, run, rollouts_root)
+    controller_fidelity = fidelity.controller_report(cfg, run)
     report = None
     if run.report.is_file():
         report = json.loads(run.report.read_text())
@@ -58,6 +63,8 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
         steps["controller"] = progress.env_steps
     elif progress.real_steps:  # real episodes that watched the dream-trained controller (controller.real_rollouts)
         steps["watching"] = progress.real_steps
+    if controller_fidelity:  # real episodes of controllers from the search's history, for the fidelity report
+        steps["fidelity"] = controller_fidelity["real_steps"]
     steps["total"] = sum(v for k, v in steps.items() if k != "total")
     if report.get("real_steps") != steps or report.get("controller_world") != cfg.controller.world:
         report.update(controller_world=cfg.controller.world, real_steps=steps)

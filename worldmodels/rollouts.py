@@ -142,6 +142,13 @@ class EpisodeStore:
                     say(f"skipping corrupt episode {exc} ({len(self.skipped)} skipped so far)")
 
 
+def episode_entry(path: Path, episode: dict, **extra) -> dict:
+    """An episode's line in the manifest: its file, steps, the world's frames behind them and its seed."""
+    steps = int(len(episode["action"]))
+    frames = int(episode["frames"]) if "frames" in episode else steps  # episodes from before action repeats
+    return {"file": path.name, "steps": steps, "frames": frames, "seed": int(episode["seed"]), **extra}
+
+
 # ---------------------------------------------------------------- collection
 
 
@@ -156,9 +163,11 @@ def collect_episode(env: gym.Env, cfg: CollectConfig, seed: int) -> dict:
     policy = make_policy(cfg, env.action_space, seed)
     obs, info = env.reset(seed=seed)
     frames, actions, rewards, terminated, truncated = [obs], [], [], [], []
+    played = 0  # frames of the world, more than steps under an action repeat
     while True:
         action = policy()
         obs, reward, term, trunc, info = env.step(action)
+        played += info.get("frames", 1)
         out_of_bounds = not _inside(info.get("state"), cfg)
         capped = cfg.max_steps and len(actions) + 1 >= cfg.max_steps
         if out_of_bounds and not term:
@@ -179,6 +188,7 @@ def collect_episode(env: gym.Env, cfg: CollectConfig, seed: int) -> dict:
         "terminated": np.asarray(terminated, dtype=bool),
         "truncated": np.asarray(truncated, dtype=bool),
         "seed": np.asarray(seed),
+        "frames": np.asarray(played),
     }
 
 
@@ -228,7 +238,7 @@ def collect(cfg: Config, root: Path) -> dict:
     for path, episode in store.iter_episodes():
         index = int(path.stem.split("_")[1])
         if index < cfg.collect.episodes:
-            episodes.append({"file": path.name, "steps": int(len(episode["action"])), "seed": int(episode["seed"])})
+            episodes.append(episode_entry(path, episode))
     episodes += rounds  # named roundRR_*, never among the ep_* files above
     manifest = {
         "env": cfg.env.id,
@@ -291,6 +301,7 @@ class LatentEpisode:
     reward: np.ndarray  # (T,)
     done: np.ndarray  # (T,) terminated (not truncated)
     codes: np.ndarray | None = None  # (T+1, P) integers, discrete V
+    name: str = ""  # the episode's file name
 
 
 class SequenceDataset(torch.utils.data.Dataset):
@@ -351,7 +362,7 @@ def load_latents(run: Run) -> list[LatentEpisode]:
             mu = d["mu"].astype(np.float32)
             logstd = d["logstd"].astype(np.float32) if "logstd" in d else np.zeros_like(mu)
             codes = d["codes"].astype(np.int64) if "codes" in d else None
-            episodes.append(LatentEpisode(mu, logstd, d["action"], d["reward"], d["done"], codes))
+            episodes.append(LatentEpisode(mu, logstd, d["action"], d["reward"], d["done"], codes, name))
     if not episodes:
         raise WorldModelsError(f"no encoded episodes in '{run.latents}'")
     return episodes

@@ -18,7 +18,7 @@ from .agent import WorldModel
 from .backends import real_evaluator
 from .checkpoints import Run
 from .config import Config
-from .rollouts import EpisodeStore
+from .rollouts import EpisodeStore, episode_entry
 
 
 def round_episode_name(r: int, index: int) -> str:
@@ -40,10 +40,10 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
             collector.collect(flat, [seeds[k] for k in todo], cfg.dream.exploration, [paths[k] for k in todo])
     entries, returns = [], []
     for path, episode in store.iter_episodes(paths):
-        entries.append({"file": path.name, "steps": int(len(episode["action"])), "seed": int(episode["seed"]), "round": r})
+        entries.append(episode_entry(path, episode, round=r))
         returns.append(float(episode["reward"].sum()))
     store.add(entries)
-    return {"round": r, "episodes": len(entries), "real_steps": sum(e["steps"] for e in entries),
+    return {"round": r, "episodes": len(entries), "real_steps": sum(e["frames"] for e in entries),
             "real_return_explore": float(np.mean(returns)) if returns else float("nan")}
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
-from . import checkpoints, distributed, rollouts
-from .agent import load_vision, vision_from_checkpoint
+from . import checkpoints, distributed, fidelity, rollouts
+from .agent import load_vision, memory_from_checkpoint, vision_from_checkpoint
 from .checkpoints import Run
 from .config import Config
 from .errors import WorldModelsError
@@ -200,7 +200,7 @@ def memory_config(cfg: Config, vision: VisionModel) -> dict:
     space = action_space(cfg.env)
     discrete = vision.latent_kind == "discrete"  # a categorical head over V's codes; codes have no posterior spread
     return vars(MemoryModelConfig(vision.latent_dim, action_dim(space), m.hidden_size, m.num_gaussians,
-                                  done_weight=m.done_weight, sample_latents=m.sample_latents and not discrete,
+                                  done_weight=m.done_weight, sample_latents=m.sample_latents and not discrete, dropout=m.dropout,
                                   positions=vision.positions if discrete else 0,
                                   num_codes=vision.num_embeddings if discrete else 0))
 
@@ -209,7 +209,12 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
     """Train M on latent sequences (z drawn from the cached mean and std, or the mean); `epochs` in all (default: the recipe's)."""
     m = cfg.memory
     device = pick_device(cfg.device)
-    episodes = load_latents(run)
+    everything = load_latents(run)
+    held = [e for e in everything if fidelity.held_out(e.name, m.holdout)]
+    episodes = [e for e in everything if not fidelity.held_out(e.name, m.holdout)]
+    split = "held-out"
+    if not held or not episodes:  # no holdout, or a store too small to split: M trains and reports on everything
+        episodes, held, split = everything, everything, "train"
     vision = load_vision(run.require(run.vision, "train-vision"))
     model_config = memory_config(cfg, vision)
     torch.manual_seed(m.seed)
@@ -241,6 +246,9 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
     result = fit(Fit("memory", model, model_config, batches, loss, epochs or m.epochs, m.lr, m.seed, run.memory, writer,
                      **fit_options(cfg, device)))
     writer.close()
+    if distributed.is_main():
+        trained = memory_from_checkpoint(checkpoints.load(run.memory, "memory"), device)
+        result["fidelity"] = fidelity.write_memory_report(run, trained, held, split, epochs or m.epochs)
     return result
 
 

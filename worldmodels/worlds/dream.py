@@ -79,7 +79,10 @@ class Dream:
     @torch.inference_mode()
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advance every episode by M's action input (B, A): (reward, terminated, truncated), each (B,)."""
-        prediction, self.state = self.memory.step(self.z, action.to(self.device, torch.float32), self.state)
+        keep = None
+        if self.cfg.dropout and self.memory.cfg.dropout:  # M's dropout kept on: every step dreams with another sub-network
+            keep = (noise.uniform(self.seeds, self.t, noise.DROPOUT, self.memory.cfg.hidden_size) >= self.memory.cfg.dropout).float()
+        prediction, self.state = self.memory.step(self.z, action.to(self.device, torch.float32), self.state, keep)
         n = self.latent_dim
         uniform = noise.uniform(self.seeds, self.t, noise.COMPONENT, n)
         self.z = self.memory.draw(prediction, self.cfg.tau, uniform, noise.normal(self.seeds, self.t, n))

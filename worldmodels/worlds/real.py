@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -12,6 +13,7 @@ os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.box2d.car_racing import CarRacing
 from PIL import Image
 
 from ..config import EnvConfig
@@ -67,6 +69,64 @@ class PixelObservation(gym.ObservationWrapper):
         return self.observation(obs), reward, terminated, truncated, info
 
 
+class ActionBounds(gym.ActionWrapper):
+    """Actions span the box [low, high] and reach the world clipped to its own action space.
+
+    With CarRacing's brake in [-1, 1] instead of [0, 1], a controller's tanh output brakes only when
+    positive, as in Ha & Schmidhuber's code, rather than braking at half strength when its output is 0.
+    """
+
+    def __init__(self, env: gym.Env, low: list[float], high: list[float]):
+        super().__init__(env)
+        inner = env.action_space
+        if not isinstance(inner, gym.spaces.Box) or len(low) != inner.shape[0] or len(high) != inner.shape[0]:
+            raise WorldModelsError(f"env.action_low and env.action_high need a 1-D Box action space and one value per "
+                                   f"dimension; '{env.spec.id}' acts in {inner}")
+        self.action_space = gym.spaces.Box(np.asarray(low, inner.dtype), np.asarray(high, inner.dtype), dtype=inner.dtype)
+
+    def action(self, action):
+        return np.clip(action, self.env.action_space.low, self.env.action_space.high)
+
+
+class ActionRepeat(gym.Wrapper):
+    """Play each action for `repeat` frames (stopping early at an episode's end): rewards summed, the last frame seen.
+
+    The number of frames actually played goes to info['frames'], so real steps are counted exactly. Frames
+    nobody sees are not drawn where the world allows it (CarRacing draws its road on every step, 80% of its
+    cost; drawing changes nothing in its physics).
+    """
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        self.repeat = repeat
+
+    def step(self, action):
+        total, world = 0.0, self.env.unwrapped
+        for frame in range(1, self.repeat + 1):
+            with _unseen(world, frame < self.repeat) as skipped:
+                obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        if skipped:  # the episode ended on an undrawn frame: draw the one that is seen
+            obs = world.state = world._render("state_pixels")
+        info["frames"] = frame
+        return obs, total, terminated, truncated, info
+
+
+@contextlib.contextmanager
+def _unseen(env: gym.Env, skip: bool):
+    """While active, a CarRacing world does not draw its observation: its step returns the last one drawn."""
+    skip = skip and isinstance(env, CarRacing) and env.render_mode is None
+    if skip:
+        env._render = lambda mode: env.state.copy()  # an instance attribute shadows the method
+    try:
+        yield skip
+    finally:
+        if skip:
+            del env._render
+
+
 def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     """The spec of an env id; a "module:EnvId" id (e.g. "panda_gym:PandaReach-v3") imports the module that registers it.
 
@@ -97,7 +157,11 @@ def make_world(cfg: EnvConfig, max_steps: int = 0) -> gym.Env:
     probe.close()
     if needs_render:
         kwargs["render_mode"] = "rgb_array"
-    env = gym.make(spec, max_episode_steps=steps, **kwargs)
+    env = gym.make(spec, max_episode_steps=steps, **kwargs)  # the step cap counts frames, inside the repeat
+    if cfg.action_low or cfg.action_high:
+        env = ActionBounds(env, cfg.action_low, cfg.action_high)
+    if cfg.action_repeat > 1:
+        env = ActionRepeat(env, cfg.action_repeat)
     return PixelObservation(env, cfg.frame_size, cfg.crop)
 
 
