@@ -76,7 +76,7 @@ class Progress:
     archive: dict | None = None  # codebook world: every architecture queried -> surrogate score
     queries: int = 0  # codebook world: surrogate queries so far, repeats included
     rules: dict | None = None  # codebook world: what scores mean (objective, episode length, table)
-    history: list | None = None  # every re-evaluated contender: {generation, kind, params, dream or real score}
+    history: list | None = None  # every re-evaluated contender: {generation, kind, params, score in the search's world}
 
 
 def generation_seeds(seed: int, generation: int, count: int) -> list[int]:
@@ -203,7 +203,7 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
                 writer.add_scalar("controller/eval_best", scores[0], progress.generation)
                 writer.add_scalar("controller/eval_mean", scores[1], progress.generation)
                 progress.history = (progress.history or []) + [
-                    {"generation": progress.generation, "kind": kind, "params": flat, "dream": float(score)}
+                    {"generation": progress.generation, "kind": kind, "params": flat, "score": float(score)}
                     for kind, flat, score in zip(("best", "mean"), contenders, scores)]
                 line = f"generation {progress.generation}: re-evaluated best {scores[0]:.4g}, mean {scores[1]:.4g}"
                 if scores.max() > progress.best_score:

@@ -116,13 +116,16 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
     path = run.dir / "controller_fidelity.json"
     picked = [[h["generation"], h["kind"]] for h in history]
     real_seeds = [cfg.evaluate.seed + 500_000 + i for i in range(c.fidelity_episodes)]
+    memory = checkpoints.load(run.memory, "memory")
+    memory_id = str(memory.get("id"))
     if path.is_file():
         old = json.loads(path.read_text())
-        if old.get("picked") == picked and old.get("real_seeds") == real_seeds and old.get("memory_id") == _memory_id(run):
+        if old.get("picked") == picked and old.get("real_seeds") == real_seeds and old.get("memory_id") == memory_id:
             tqdm.write(f"controller fidelity: {path} is up to date, skipping")
             return old
     flat = np.stack([h["params"] for h in history])
-    model = WorldModel.load(run.vision, run.memory, pick_device(cfg.device))
+    model = WorldModel.from_checkpoints(checkpoints.load(run.vision, "vision"), memory, pick_device(cfg.device),
+                                        names=(run.vision, run.memory))
     space = action_space(cfg.env)
     with evolution.DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space) as dream:
         dreamt = dream.returns(flat, evolution.generation_seeds(c.seed + 4, 0, c.eval_rollouts))
@@ -131,8 +134,8 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
         real_steps = world.steps
     rho = rank_correlation(dreamt.mean(1), real.mean(1))
     report = {
-        "picked": picked, "real_seeds": real_seeds, "memory_id": _memory_id(run),
-        "controllers": [{"generation": h["generation"], "kind": h["kind"], "dream_when_searched": h["dream"],
+        "picked": picked, "real_seeds": real_seeds, "memory_id": memory_id,
+        "controllers": [{"generation": h["generation"], "kind": h["kind"], "dream_when_searched": h["score"],
                          "dream": float(d.mean()), "real": float(r.mean()), "real_std": float(r.std())}
                         for h, d, r in zip(history, dreamt, real)],
         "spearman": rho, "dream_rollouts": c.eval_rollouts, "real_episodes": c.fidelity_episodes, "real_steps": int(real_steps),
@@ -149,7 +152,3 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
     tqdm.write(f"controller fidelity: Spearman rank correlation {'n/a' if rho is None else f'{rho:.2f}'} "
                f"over {len(history)} controllers")
     return report
-
-
-def _memory_id(run: checkpoints.Run) -> str:
-    return str(checkpoints.load(run.memory, "memory").get("id"))

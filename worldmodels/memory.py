@@ -83,15 +83,17 @@ class MDNRNN(nn.Module):
         sigma = F.softplus(raw_sigma) + self.cfg.sigma_min
         return Prediction(logit_pi, mu, sigma, reward, done)
 
-    def forward(self, z: torch.Tensor, action: torch.Tensor, state: State | None = None) -> tuple[Prediction, State]:
-        """z (B, T, Z), action (B, T, A) -> prediction for z_{t+1} at every t, final LSTM state."""
+    def forward(self, z: torch.Tensor, action: torch.Tensor, state: State | None = None,
+                keep: torch.Tensor | None = None) -> tuple[Prediction, State]:
+        """z (B, T, Z), action (B, T, A) -> prediction for z_{t+1} at every t, final LSTM state; `keep` (B, T, H) a 0/1
+        dropout mask for the head."""
         out, state = self.lstm(torch.cat([z, action], dim=-1), state)  # (B, T, H)
-        return self._predict(out), state
+        return self._predict(out, keep), state
 
     def step(self, z: torch.Tensor, action: torch.Tensor, state: State, keep: torch.Tensor | None = None) -> tuple[Prediction, State]:
-        """One time step for acting and dreaming: z (B, Z), action (B, A); `keep` (B, H) a 0/1 dropout mask for the head."""
-        out, state = self.lstm(torch.cat([z, action], dim=-1)[:, None], state)
-        return self._predict(out[:, 0], keep), state
+        """One time step for acting and dreaming: z (B, Z), action (B, A), `keep` (B, H)."""
+        prediction, state = self.forward(z[:, None], action[:, None], state, None if keep is None else keep[:, None])
+        return prediction.map(lambda t: t.squeeze(1)), state
 
     @staticmethod
     def hidden(state: State) -> torch.Tensor:

@@ -210,8 +210,9 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
     m = cfg.memory
     device = pick_device(cfg.device)
     everything = load_latents(run)
-    held = [e for e in everything if fidelity.held_out(e.name, m.holdout)]
-    episodes = [e for e in everything if not fidelity.held_out(e.name, m.holdout)]
+    is_held = [fidelity.held_out(e.name, m.holdout) for e in everything]
+    held = [e for e, h in zip(everything, is_held) if h]
+    episodes = [e for e, h in zip(everything, is_held) if not h]
     split = "held-out"
     if not held or not episodes:  # no holdout, or a store too small to split: M trains and reports on everything
         episodes, held, split = everything, everything, "train"
