@@ -51,7 +51,10 @@ def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
     """Rounds 1..`dream.rounds` after the first dream-trained controller; each stage inside resumes by itself."""
     d, history_path = cfg.dream, run.dir / "rounds.json"
     history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    done = {h["round"] for h in history}
     for r in range(1, d.rounds + 1):
+        if r in done:  # a finished round's figures stay as measured; re-running its stages would score today's C
+            continue
         tqdm.write(f"round {r}/{d.rounds}: collect {d.round_episodes} episodes with the controller, retrain M, retrain C in the dream")
         record = collect_round(cfg, run, rollouts_root, r)
         stages.encode(cfg, run, rollouts_root)
