@@ -15,7 +15,7 @@ import os
 import platform
 import time
 
-from worldmodels import checkpoints, cli, config
+from worldmodels import cli, config, search_state
 from worldmodels.checkpoints import Run
 from worldmodels.nas.search import best_of, fit_surrogate, objective, random_search
 from worldmodels.nas.space import Architecture
@@ -40,7 +40,7 @@ def main() -> None:
         cfg = config.load(RECIPE, overrides + [f'name="{name}"'])
         run = Run(args.checkpoints, cfg)
         report = json.loads(run.report.read_text())
-        _, progress, _ = checkpoints.load_pickle(run.cmaes)
+        _, progress, _ = search_state.load(run.cmaes)
         found = [(Architecture.parse(a), s) for a, s in progress.archive.items()]
         surrogate = fit_surrogate(cfg)
         curve = {}

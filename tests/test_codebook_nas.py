@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import TESTS, TINY, run_cli
 
-from worldmodels import checkpoints
+from worldmodels import checkpoints, search_state
 from worldmodels import config as config_lib
 from worldmodels.checkpoints import Run
 from worldmodels.controller import Controller
@@ -90,7 +90,7 @@ def copy_with_vision_only(nas_run, tmp_path, name: str):
     """A copy of the run with only V trained: C's search starts from nothing."""
     root = tmp_path / name
     shutil.copytree(nas_run["root"], root)
-    for stale in ("cmaes.pkl", "controller.pt", "report.json"):
+    for stale in ("cmaes.pt", "controller.pt", "report.json"):
         (root / NAME / stale).unlink()
     return root
 
@@ -256,10 +256,10 @@ def test_controller_picks_the_largest_logit_even_when_tanh_saturates():
 
 def test_codebook_pipeline_report(nas_run, overrides):
     run_dir = nas_run["dir"]
-    assert {p.name for p in run_dir.iterdir()} >= {"vision.pt", "cmaes.pkl", "controller.pt", "report.json", "recipe.toml"}
+    assert {p.name for p in run_dir.iterdir()} >= {"vision.pt", "cmaes.pt", "controller.pt", "report.json", "recipe.toml"}
     assert checkpoints.load(run_dir / "vision.pt", "vision")["config"]["model"] == "architecture_vqvae"
     report = json.loads((run_dir / "report.json").read_text())
-    _, progress, _ = checkpoints.load_pickle(run_dir / "cmaes.pkl")
+    _, progress, _ = search_state.load(run_dir / "cmaes.pt")
     assert report["world"] == "codebook" and progress.world == "codebook" and progress.generation == 2
     assert report["episodes"] == 2 and report["seeds"] == [10_000, 10_001] and len(report["returns"]) == 2
     assert report["mean"] == pytest.approx(np.mean(report["returns"]))
@@ -290,7 +290,7 @@ def test_codebook_pipeline_report(nas_run, overrides):
 def test_codebook_stages_rerun_on_a_finished_run_skip(nas_run, overrides, tmp_path, capsys, stage):
     root = tmp_path / "ck"
     shutil.copytree(nas_run["root"], root)
-    before = {name: (root / NAME / name).read_bytes() for name in ("vision.pt", "cmaes.pkl", "controller.pt", "report.json")}
+    before = {name: (root / NAME / name).read_bytes() for name in ("vision.pt", "cmaes.pt", "controller.pt", "report.json")}
     assert nas_stage(stage, root, overrides) == 0, capsys.readouterr().err
     for name, data in before.items():
         assert (root / NAME / name).read_bytes() == data, name  # nothing was redone
@@ -310,13 +310,13 @@ def test_interrupted_search_resumes_with_its_archive(nas_run, overrides, tmp_pat
     train_controller(cfg2, Run(straight_root, cfg2))
     cfg1 = recipe(overrides, "controller.generations=1")
     train_controller(cfg1, Run(resumed_root, cfg1))  # stopped after one generation
-    _, first, _ = checkpoints.load_pickle(resumed_root / NAME / "cmaes.pkl")
+    _, first, _ = search_state.load(resumed_root / NAME / "cmaes.pt")
     assert first.generation == 1 and first.archive and first.queries >= len(first.archive)
     train_controller(cfg2, Run(resumed_root, cfg2))
-    es, resumed, _ = checkpoints.load_pickle(resumed_root / NAME / "cmaes.pkl")
+    es, resumed, _ = search_state.load(resumed_root / NAME / "cmaes.pt")
     assert resumed.generation == 2 and resumed.queries > first.queries
     assert first.archive.items() <= resumed.archive.items()  # the archive survived, scores unchanged
-    es_straight, straight, _ = checkpoints.load_pickle(straight_root / NAME / "cmaes.pkl")
+    es_straight, straight, _ = search_state.load(straight_root / NAME / "cmaes.pt")
     assert resumed.archive == straight.archive and resumed.queries == straight.queries  # as if never interrupted
     np.testing.assert_array_equal(es.mean, es_straight.mean)
     assert resumed.best_score == straight.best_score
@@ -336,7 +336,7 @@ def test_frame_stages_refused_on_a_codebook_recipe(tmp_path, overrides, capsys, 
 def test_codebook_stages_out_of_order(tmp_path, overrides, capsys):
     assert nas_stage("train-controller", tmp_path, overrides) == 2
     assert "run `worldmodels train-vision` first" in one_error_line(capsys, "train-controller")
-    assert not (tmp_path / NAME / "cmaes.pkl").exists()
+    assert not (tmp_path / NAME / "cmaes.pt").exists()
     assert nas_stage("evaluate", tmp_path, overrides) == 2
     assert "run `worldmodels train-controller` first" in one_error_line(capsys, "evaluate")
 
@@ -365,8 +365,8 @@ def test_codebook_recipe_is_not_evaluated_in_another_world(nas_run, overrides, t
 
 
 @pytest.mark.parametrize("override, message", [
-    ("nas.samples=0", "nas.samples, nas.slots, nas.hidden and nas.final_seeds must be at least 1"),
-    ("nas.final_seeds=0", "nas.samples, nas.slots, nas.hidden and nas.final_seeds must be at least 1"),
+    ("nas.samples=0", "nas.samples must be positive, got 0"),
+    ("nas.final_seeds=0", "nas.final_seeds must be positive, got 0"),
     ("vision.ema_decay=1.0", "vision.ema_decay must be in [0, 1)"),
 ])
 def test_bad_nas_values_exit_2(tmp_path, overrides, capsys, override, message):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import pickle
 
 import gymnasium as gym
 import numpy as np
@@ -16,7 +15,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 from PIL import Image
 
-from worldmodels import checkpoints, noise
+from worldmodels import checkpoints, noise, search_state
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
 from worldmodels.config import DreamConfig
@@ -449,8 +448,7 @@ def test_dream_evaluator_common_random_numbers_and_step_count():
 
 def cmaes_state(run) -> tuple:
     """(CMA-ES object, Progress, numpy state) saved in a run folder."""
-    with open(run / "cmaes.pkl", "rb") as f:
-        return pickle.load(f)
+    return search_state.load(run / "cmaes.pt")
 
 
 def run_dream(ck, cfg) -> DreamEvaluator:
@@ -467,7 +465,7 @@ def last_result(capsys) -> object:
 
 def test_train_controller_in_the_dream(copy_run, capsys):
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
-    for name in ("cmaes.pkl", "controller.pt"):  # the copied run's controller was trained in the real world
+    for name in ("cmaes.pt", "controller.pt"):  # the copied run's controller was trained in the real world
         (run / name).unlink()
     capsys.readouterr()
     assert cli_stage("train-controller", ck, ro, "--world", "dream", "--set", "dream.max_steps=30") == 0
@@ -572,7 +570,7 @@ def test_bad_dream_settings_exit_2(copy_run, capsys, override):
 
 def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, copy_rollouts):
     ck, ro, run = copy_run["checkpoints"], copy_rollouts, copy_run["dir"]
-    for name in ("cmaes.pkl", "controller.pt", "report.json"):  # the copied run searched in the real world
+    for name in ("cmaes.pt", "controller.pt", "report.json"):  # the copied run searched in the real world
         (run / name).unlink()
     store = ro / "tiny" / "episodes"
     before = json.loads((store / "manifest.json").read_text())["episodes"]
@@ -606,7 +604,7 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
     assert steps["collect"] + steps["round_1"] + steps["fidelity"] == steps["total"]
     # the same command again finds everything done
     watched = [store / "manifest.json", run / "report.json", run / "rounds.json", run / "memory.pt", run / "controller.pt",
-               run / "cmaes.pkl", run / "controller_fidelity.json"]
+               run / "cmaes.pt", run / "controller_fidelity.json"]
     contents = {p: p.read_bytes() for p in watched}
     files = sorted(p.name for p in store.glob("ep_*.npz"))
     assert cli_stage("pipeline", ck, ro, *args) == 0
@@ -618,6 +616,6 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
 def test_switching_worlds_on_a_search_is_refused(copy_run):
     """A real-world CMA-ES state cannot silently continue in the dream: one line, exit 2, nothing changed."""
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
-    before = (run / "cmaes.pkl").read_bytes()
+    before = (run / "cmaes.pt").read_bytes()
     assert cli_stage("train-controller", ck, ro, "--world", "dream", "--set", "controller.generations=5") == 2
-    assert (run / "cmaes.pkl").read_bytes() == before
+    assert (run / "cmaes.pt").read_bytes() == before

@@ -125,11 +125,11 @@ def test_truncated_checkpoint(copy_run, capsys, name, stage):
 
 
 def test_truncated_cmaes_state(copy_run, capsys):
-    path = copy_run["dir"] / "cmaes.pkl"
+    path = copy_run["dir"] / "cmaes.pt"
     path.write_bytes(path.read_bytes()[:50])
     assert cli_stage("train-controller", copy_run["checkpoints"], copy_run["rollouts"], "--set", "controller.generations=3") == 2
     line = one_error_line(capsys, "train-controller")
-    assert "unreadable" in line and "cmaes.pkl" in line
+    assert "unreadable" in line and "cmaes.pt" in line
 
 
 def test_checkpoint_of_the_wrong_kind(copy_run, capsys):

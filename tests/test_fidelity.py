@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY, cli_stage
-from worldmodels import checkpoints, evolution, fidelity
+from worldmodels import checkpoints, evolution, fidelity, search_state
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
 from worldmodels.backends import real_evaluator
@@ -107,13 +107,13 @@ def test_train_memory_holds_out_episodes_and_reports_on_them(copy_run, capsys):
 def test_controller_fidelity_after_a_dream_search(copy_run, capsys):
     """Dream and real returns of the search's contenders, each against a re-measurement, and their Spearman."""
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
-    for name in ("cmaes.pkl", "controller.pt"):  # the copied run's controller was trained in the real world
+    for name in ("cmaes.pt", "controller.pt"):  # the copied run's controller was trained in the real world
         (run / name).unlink()
     args = ("--world", "dream", "--set", "dream.max_steps=30", "--set", "controller.fidelity_controllers=3",
             "--set", "controller.fidelity_episodes=2")
     assert cli_stage("train-controller", ck, ro, *args) == 0
     report = json.loads((run / "controller_fidelity.json").read_text())
-    _, progress, _ = checkpoints.load_pickle(run / "cmaes.pkl")
+    _, progress, _ = search_state.load(run / "cmaes.pt")
     # 2 generations re-evaluated every generation: 4 contenders, of which 3 are spread over the history
     assert len(progress.history) == 4 and [c["generation"] for c in report["controllers"]] == [1, 2, 2]
     picked = fidelity.spread(progress.history, 3)

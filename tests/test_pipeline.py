@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import faulthandler
 import json
-import pickle
 import time
 
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worldmodels import checkpoints, config as config_lib
+from worldmodels import checkpoints, search_state
+from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel, play
 from worldmodels.controller import Controller
 from worldmodels.evolution import load_controller
@@ -20,7 +20,7 @@ from worldmodels.worlds.real import make_world
 
 from conftest import RUN_NAME, TINY, cli_stage
 
-RUN_FILES = ("recipe.toml", "vision.pt", "memory.pt", "controller.pt", "cmaes.pkl", "report.json")
+RUN_FILES = ("recipe.toml", "vision.pt", "memory.pt", "controller.pt", "cmaes.pt", "report.json")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_pipeline_run_folder(pipeline):
         with Image.open(png) as image:
             assert image.mode == "RGB" and image.width % 16 == 0 and image.height % 16 == 0
     assert list((run / "tb").glob("events.out.tfevents.*"))
-    es, progress, _ = pickle.load(open(run / "cmaes.pkl", "rb"))
+    es, progress, _ = search_state.load(run / "cmaes.pt")
     assert progress.generation == 2 and es.countiter == 2
     episodes = sorted((pipeline["rollouts"] / RUN_NAME / "episodes").glob("ep_*.npz"))
     assert len(episodes) == 6
@@ -139,9 +139,9 @@ def test_sample_with_more_frames_than_episodes(copy_run):
 def test_process_pools_give_the_same_results(copy_run):
     """controller.workers=2 and evaluate.workers=2 (spawned pools) reproduce the single-process run."""
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
-    es_single, progress_single, _ = pickle.load(open(run / "cmaes.pkl", "rb"))
+    es_single, progress_single, _ = search_state.load(run / "cmaes.pt")
     report_single = json.loads((run / "report.json").read_text())
-    for name in ("cmaes.pkl", "controller.pt", "report.json"):
+    for name in ("cmaes.pt", "controller.pt", "report.json"):
         (run / name).unlink()
     # a deadlocked pool would stall the whole suite: dump the stacks and stop instead (normally ~10 s)
     faulthandler.dump_traceback_later(240, exit=True)
@@ -150,7 +150,7 @@ def test_process_pools_give_the_same_results(copy_run):
         assert cli_stage("evaluate", ck, ro, "--set", "evaluate.workers=2") == 0
     finally:
         faulthandler.cancel_dump_traceback_later()
-    es_pool, progress_pool, _ = pickle.load(open(run / "cmaes.pkl", "rb"))
+    es_pool, progress_pool, _ = search_state.load(run / "cmaes.pt")
     np.testing.assert_array_equal(es_pool.mean, es_single.mean)
     assert progress_pool.best_score == progress_single.best_score
     report_pool = json.loads((run / "report.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels import checkpoints
+from worldmodels import checkpoints, search_state
 from worldmodels.checkpoints import atomic_write
 
 from conftest import RUN_NAME, cli_stage
@@ -84,14 +83,14 @@ def test_cmaes_resume_matches_uninterrupted(tmp_path, tiny_run):
     for name in ("resumed", "straight"):
         ck = tmp_path / name
         shutil.copytree(tiny_run["checkpoints"], ck)
-        for f in ("cmaes.pkl", "controller.pt", "report.json"):
+        for f in ("cmaes.pt", "controller.pt", "report.json"):
             (ck / RUN_NAME / f).unlink()
         runs[name] = ck
     ro = tiny_run["rollouts"]
     # scramble numpy's global generator between calls: the saved state must be what resumes
     np.random.seed(12345)
     assert cli_stage("train-controller", runs["resumed"], ro, "--set", "controller.generations=1") == 0
-    es_one, progress_one, _ = pickle.load(open(runs["resumed"] / RUN_NAME / "cmaes.pkl", "rb"))
+    es_one, progress_one, _ = search_state.load(runs["resumed"] / RUN_NAME / "cmaes.pt")
     mean_one = es_one.mean.copy()
     np.random.seed(999)
     assert cli_stage("train-controller", runs["resumed"], ro, "--set", "controller.generations=2") == 0
@@ -99,7 +98,7 @@ def test_cmaes_resume_matches_uninterrupted(tmp_path, tiny_run):
     assert cli_stage("train-controller", runs["straight"], ro, "--set", "controller.generations=2") == 0
 
     (es_a, progress_a, state_a), (es_b, progress_b, state_b) = (
-        pickle.load(open(ck / RUN_NAME / "cmaes.pkl", "rb")) for ck in runs.values())
+        search_state.load(ck / RUN_NAME / "cmaes.pt") for ck in runs.values())
     assert progress_one.generation == 1 and progress_a.generation == progress_b.generation == 2
     assert es_a.countiter == es_b.countiter == 2
     np.testing.assert_allclose(es_a.mean, es_b.mean, rtol=1e-12, atol=1e-15)
@@ -111,7 +110,7 @@ def test_cmaes_resume_matches_uninterrupted(tmp_path, tiny_run):
 
 def test_finished_stages_skip_without_writing(copy_run, capsys):
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
-    watched = [run / n for n in ("vision.pt", "memory.pt", "cmaes.pkl", "controller.pt")]
+    watched = [run / n for n in ("vision.pt", "memory.pt", "cmaes.pt", "controller.pt")]
     before = {p: p.stat().st_mtime_ns for p in watched}
     for stage in ("train-vision", "train-memory", "train-controller"):
         assert cli_stage(stage, ck, ro) == 0
@@ -189,8 +188,6 @@ def test_interrupt_during_save_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_successful_atomic_write_modes(tmp_path):
     atomic_write(tmp_path / "a.txt", lambda f: f.write("text"), mode="w")
     checkpoints.save_json(tmp_path / "b.json", {"x": [1, 2]})
-    checkpoints.save_pickle(tmp_path / "c.pkl", {"y": 3})
     assert (tmp_path / "a.txt").read_text() == "text"
     assert (tmp_path / "b.json").read_text().replace(" ", "").replace("\n", "") == '{"x":[1,2]}'
-    assert checkpoints.load_pickle(tmp_path / "c.pkl") == {"y": 3}
-    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.json", "c.pkl"]
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.json"]

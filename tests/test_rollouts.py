@@ -12,6 +12,7 @@ import torch
 
 from worldmodels import config as config_lib
 from worldmodels.config import CollectConfig, EnvConfig, StateBound
+from worldmodels.errors import WorldModelsError
 from worldmodels.rollouts import (
     BrownianPolicy,
     CorruptEpisode,
@@ -235,15 +236,26 @@ def test_collect_writes_store_and_manifest_and_resumes(tmp_path):
     assert len({e["seed"] for e in manifest["episodes"]}) == 3
     assert manifest["env"] == "CartPole-v1" and manifest["frame_size"] == 16 and manifest["skipped_corrupt"] == []
 
-    # resuming keeps what is there and only adds what is missing; a corrupt file is reported
+    # resuming keeps what is there and only adds what is missing; a corrupt file is collected again, the same
+    seed_of_1 = manifest["episodes"][1]["seed"]
     mtimes = {p.name: p.stat().st_mtime_ns for p in root.glob("ep_*.npz")}
     (root / episode_name(1)).write_bytes(b"garbage")
     cfg4 = config_lib.load(TINY, ["collect.episodes=4", "collect.workers=1"])
     manifest = collect(cfg4, root)
     assert (root / episode_name(0)).stat().st_mtime_ns == mtimes[episode_name(0)]
     assert (root / episode_name(2)).stat().st_mtime_ns == mtimes[episode_name(2)]
-    assert [e["file"] for e in manifest["episodes"]] == [episode_name(i) for i in (0, 2, 3)]
-    assert manifest["skipped_corrupt"] == [episode_name(1)]
+    assert [e["file"] for e in manifest["episodes"]] == [episode_name(i) for i in range(4)]
+    assert manifest["skipped_corrupt"] == [] and manifest["episodes"][1]["seed"] == seed_of_1
+    assert int(load_episode(root / episode_name(1))["seed"]) == seed_of_1
+
+    # a damaged manifest is rebuilt from the files present, episodes of iterative rounds included
+    save_episode(root / "round01_000000.npz", load_episode(root / episode_name(0)))
+    (root / "manifest.json").write_text("{not json")
+    with pytest.raises(WorldModelsError, match="collect. rebuilds it"):
+        EpisodeStore(root).listed()
+    manifest = collect(cfg4, root)
+    assert [e["file"] for e in manifest["episodes"]] == [episode_name(i) for i in range(4)] + ["round01_000000.npz"]
+    assert manifest["episodes"][-1]["round"] == 1
 
 
 # ---------------------------------------------------------------- datasets

@@ -590,7 +590,7 @@ def test_vq_dream_z_is_always_codebook_rows(vq_run, start):
     ('vision.model="vqgan"', "vision.model must be 'vae', 'vqvae' or 'nvae'"),
     ('vision.codebook_init="zeros"', "vision.codebook_init must be 'kmeans' or 'random'"),
     ("vision.num_embeddings=1", "vision.num_embeddings must be 2..32767"),
-    ("vision.dead_after=-1", "vision.dead_after not negative"),
+    ("vision.dead_after=-1", "vision.dead_after must not be negative, got -1"),
     ('controller.world="codebook"', "the codebook world needs vision.model = 'vqvae'"),
 ])
 def test_bad_vq_recipe_values_exit_2_with_one_line(tmp_path, capsys, override, message):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -58,22 +57,11 @@ def check_same_config(path: Path, saved: dict, wanted: dict, section: str) -> No
 
 
 def save_json(path: Path, data: Any) -> None:
-    """Write JSON atomically."""
-    atomic_write(Path(path), lambda f: f.write(json.dumps(data, indent=2)), mode="w")
-
-
-def save_pickle(path: Path, obj: Any) -> None:
-    """Pickle atomically (CMA-ES state, which pycma only knows how to pickle)."""
-    atomic_write(Path(path), lambda f: pickle.dump(obj, f))
-
-
-def load_pickle(path: Path) -> Any:
-    """Read a pickle this program wrote into its own run folder."""
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except Exception as exc:
-        raise WorldModelsError(f"'{path}' is unreadable ({type(exc).__name__}); delete it to restart that stage") from None
+    """Write JSON atomically; a file that already says the same is left untouched."""
+    path, text = Path(path), json.dumps(data, indent=2)
+    if path.is_file() and path.read_text(errors="replace") == text:
+        return
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 class Run:
@@ -97,7 +85,7 @@ class Run:
 
     @property
     def cmaes(self) -> Path:
-        return self.dir / "cmaes.pkl"
+        return self.dir / "cmaes.pt"
 
     @property
     def latents(self) -> Path:
@@ -124,5 +112,8 @@ class Run:
         return path
 
     def write_recipe(self) -> None:
-        """Record the resolved recipe this run was made with."""
-        atomic_write(self.dir / "recipe.toml", lambda f: f.write(config_lib.dumps(self.cfg)), mode="w")
+        """Record the resolved recipe this run was made with (left untouched when it says the same: a finished run writes nothing)."""
+        path, text = self.dir / "recipe.toml", config_lib.dumps(self.cfg)
+        if path.is_file() and path.read_text() == text:
+            return
+        atomic_write(path, lambda f: f.write(text), mode="w")

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 from . import config as config_lib
-from . import distributed, evolution, fidelity, stages, sweep, watch
+from . import distributed, evolution, fidelity, lock, stages, sweep, watch
 from .checkpoints import Run
 from .errors import WorldModelsError
 from .pipeline import pipeline
 from .training import pick_device
 
 CODEBOOK_STAGES = ["train-vision", "train-controller", "evaluate", "pipeline"]
+WRITING_STAGES = ["collect", "train-vision", "train-memory", "train-controller", "pipeline"]  # these make the run's folders
 DATA_PARALLEL_STAGES = ["train-vision", "train-memory"]  # the stages torchrun can spread over processes
 STAGES = ["collect", "train-vision", "sample", "encode", "train-memory", "train-controller", "evaluate", "pipeline", "dream", "tau-sweep"]
 
@@ -56,11 +58,11 @@ def parser() -> argparse.ArgumentParser:
 
 def run_stage(args: argparse.Namespace) -> object:
     overrides = list(args.overrides)
-    if args.run:
+    if args.run is not None:
         overrides.append(f'name="{args.run}"')
     if args.device:
         overrides.append(f'device="{args.device}"')
-    if getattr(args, "episodes", None):
+    if getattr(args, "episodes", None) is not None:
         overrides.append(f"evaluate.episodes={args.episodes}")
     if getattr(args, "backend", None):
         overrides.append(f'controller.backend="{args.backend}"')
@@ -70,23 +72,51 @@ def run_stage(args: argparse.Namespace) -> object:
         overrides.append(f'controller.world="{args.world}"')
     if args.stage == "dream" and args.tau is not None:
         overrides.append(f"dream.tau={args.tau}")
+    check_arguments(args)
     cfg = config_lib.load(args.recipe, overrides)
     run = Run(args.checkpoints, cfg)
     rollouts_root = Path(args.rollouts)
+    refuse_stage(args, cfg)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank and args.stage in WRITING_STAGES:  # made before locking, so the first of two new runs holds them
+        run.dir.mkdir(parents=True, exist_ok=True)
+        if args.stage in ("collect", "pipeline") and cfg.controller.world != "codebook":
+            (rollouts_root / cfg.name).mkdir(parents=True, exist_ok=True)
+    with lock.hold([run.dir, rollouts_root / cfg.name] if main_rank else []):
+        return run_locked(args, cfg, run, rollouts_root)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers given on the command line, refused like the recipe's own: one line naming the option."""
+    numbers = {"-n": getattr(args, "n", None), "--temperature": getattr(args, "temperature", None),
+               "--scale": getattr(args, "scale", None), "--seed": getattr(args, "seed", None)}
+    numbers |= {"--tau": t for t in (args.tau if isinstance(getattr(args, "tau", None), list) else [getattr(args, "tau", None)])}
+    for option, value in numbers.items():
+        if value is not None and (not math.isfinite(value) or value < 0 or value == 0 and option in ("-n", "--scale")):
+            raise WorldModelsError(f"{option} must be a finite number{' above 0' if option in ('-n', '--scale') else ', 0 or more'}, "
+                                   f"got {value}")
+
+
+def refuse_stage(args: argparse.Namespace, cfg: config_lib.Config) -> None:
+    """Stages a recipe or a launcher does not have, refused before anything is made."""
     codebook = cfg.controller.world == "codebook"
-    if distributed.launched():
-        if args.stage not in DATA_PARALLEL_STAGES or codebook:
-            raise WorldModelsError(f"'{args.stage}' runs in one process; under torchrun only "
-                                   f"{' and '.join(DATA_PARALLEL_STAGES)} of frame recipes do")
-        cfg.device = str(distributed.init(pick_device(cfg.device)))  # cuda:LOCAL_RANK, or cpu
+    if distributed.launched() and (args.stage not in DATA_PARALLEL_STAGES or codebook):
+        raise WorldModelsError(f"'{args.stage}' runs in one process; under torchrun only "
+                               f"{' and '.join(DATA_PARALLEL_STAGES)} of frame recipes do")
     if codebook and args.stage not in CODEBOOK_STAGES:
         raise WorldModelsError(f"a codebook-world recipe has no '{args.stage}' stage; its stages are {', '.join(CODEBOOK_STAGES)}")
     if codebook and getattr(args, "world", None) not in (None, "codebook"):
         raise WorldModelsError(f"a codebook-world recipe is evaluated in the codebook world, not '{args.world}'")
-    if args.stage in ("collect", "train-vision", "train-memory", "train-controller", "pipeline"):
+
+
+def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run: Run, rollouts_root: Path) -> object:
+    """The stage itself, with the run folder's lock held."""
+    codebook = cfg.controller.world == "codebook"
+    if distributed.launched():
+        cfg.device = str(distributed.init(pick_device(cfg.device)))  # cuda:LOCAL_RANK, or cpu
+    if args.stage in WRITING_STAGES:
         stages.check_run(cfg, run)  # before recording the recipe, so a refused recipe leaves the old one
         if distributed.is_main():
-            run.dir.mkdir(parents=True, exist_ok=True)
             run.write_recipe()
     if args.stage == "collect":
         return {k: v for k, v in stages.collect(cfg, rollouts_root).items() if k != "episodes"}
@@ -135,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"worldmodels {args.stage}{where}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # read-only or full disk, a folder where a file belongs, permissions: the path and the reason
+        where_file = f" '{exc.filename}'" if exc.filename else ""
+        print(f"worldmodels {args.stage}{where}: error: {exc.strerror or exc}{where_file}; nothing half-written was left",
+              file=sys.stderr)
+        return 2
     finally:
         distributed.shutdown()
     if rank == 0:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
@@ -256,8 +258,72 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+# Every number in a recipe is finite and not negative, except where these say otherwise.
+SIGNED = {"env.action_low", "env.action_high", "collect.keep.low", "collect.keep.high", "controller.target"}
+INFINITE_OK = {"collect.keep.low", "collect.keep.high", "controller.target"}
+POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that cannot move
+    "env.frame_size", "env.action_repeat", "collect.episodes", "collect.workers", "collect.brownian_sigma",
+    "vision.latent_dim", "vision.channels", "vision.epochs", "vision.batch_size", "vision.lr", "vision.buffer_episodes",
+    "vision.embed_dim", "memory.hidden_size", "memory.num_gaussians", "memory.seq_len", "memory.epochs",
+    "memory.batch_size", "memory.lr", "controller.population", "controller.sigma0", "controller.rollouts",
+    "controller.generations", "controller.workers", "controller.eval_every", "controller.eval_rollouts",
+    "controller.fidelity_episodes", "dream.max_steps", "dream.round_episodes", "evaluate.episodes", "evaluate.workers",
+    "nas.samples", "nas.slots", "nas.hidden", "nas.final_seeds", "codebook.max_allowed_actions",
+}
+MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust memory or budgets that never end
+    "env.frame_size": 1024, "env.action_repeat": 1000, "collect.episodes": 1_000_000, "collect.workers": 1024,
+    "vision.latent_dim": 65_536, "vision.channels": 8192, "vision.batch_size": 65_536, "vision.buffer_episodes": 1_000_000,
+    "vision.embed_dim": 4096, "vision.base_channels": 4096, "memory.hidden_size": 16_384, "memory.num_gaussians": 1024,
+    "memory.seq_len": 100_000, "memory.batch_size": 65_536, "controller.population": 100_000,
+    "controller.rollouts": 100_000, "controller.generations": 10_000_000, "controller.workers": 1024,
+    "controller.eval_rollouts": 100_000, "dream.max_steps": 10_000_000, "dream.batch": 10_000_000,
+    "dream.round_episodes": 1_000_000, "evaluate.episodes": 1_000_000, "evaluate.workers": 1024,
+    "nas.samples": 10_000_000,
+}
+
+
+def _numbers(obj: Any, prefix: str = ""):
+    """(key, value) for every number in a config, list items under their list's key."""
+    for f in fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, key + ".")
+        elif isinstance(value, list):
+            for item in value:
+                if dataclasses.is_dataclass(item):
+                    yield from _numbers(item, key + ".")
+                elif isinstance(item, (int, float)) and not isinstance(item, bool):
+                    yield key, item
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, value
+
+
+def check_numbers(cfg: Config) -> None:
+    """Refuse NaN, infinities, negatives, zeros where a size belongs and sizes no machine holds, naming the key."""
+    for key, value in _numbers(cfg):
+        if value != value:
+            raise WorldModelsError(f"{key} must be a number, got nan")
+        if math.isinf(value) and key not in INFINITE_OK:
+            raise WorldModelsError(f"{key} must be finite, got {value}")
+        if value < 0 and key not in SIGNED:
+            raise WorldModelsError(f"{key} must not be negative, got {value}")
+        if value == 0 and key in POSITIVE:
+            raise WorldModelsError(f"{key} must be positive, got {value}")
+        if key in MAXIMUM and value > MAXIMUM[key]:
+            raise WorldModelsError(f"{key} is {value}, more than the {MAXIMUM[key]:,} a run can use; lower it")
+
+
+def check_name(name: str) -> None:
+    """A run name is one folder name: no path separators, no '..', no quotes or other shell-special characters."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name) or ".." in name:
+        raise WorldModelsError(f"run name {name!r} must be letters, digits, '.', '_' or '-' (starting with a letter or "
+                               "digit, no '..'): it names a folder inside --checkpoints and --rollouts")
+
+
 def validate(cfg: Config) -> Config:
     """Check values that types alone cannot: ranges and choices."""
+    check_name(cfg.name)
+    check_numbers(cfg)
     checks = [
         (cfg.vision.model in ("vae", "vqvae", "nvae"), f"vision.model must be 'vae', 'vqvae' or 'nvae', got '{cfg.vision.model}'"),
         *[(getattr(cfg.vision, key) >= 1, f"vision.{key} must be at least 1, got {getattr(cfg.vision, key)}")
@@ -344,7 +410,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise WorldModelsError(f"recipe '{path}' not found")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise WorldModelsError(f"recipe '{path}' is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise WorldModelsError(f"recipe '{path}' is not valid TOML: {exc}") from None
     data.setdefault("name", path.stem)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -13,7 +11,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import checkpoints
+from . import checkpoints, search_state
 from .agent import WorldModel
 from .backends import real_evaluator
 from .config import Config, DreamConfig
@@ -21,13 +19,10 @@ from .controller import Controller
 from .errors import WorldModelsError
 from .progress import bar
 from .rollouts import load_latents, start_latents
+from .search_state import Progress
 from .training import pick_device
 from .worlds.dream import Dream, dream_rollout, filmstrip, play_dream
 from .worlds.real import action_space
-
-with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent
-    warnings.simplefilter("ignore", UserWarning)
-    import cma
 
 # ---------------------------------------------------------------- the dream's evaluator
 
@@ -59,24 +54,6 @@ class DreamEvaluator:
 
 
 # ---------------------------------------------------------------- the CMA-ES loop
-
-
-@dataclass
-class Progress:
-    """What survives an interruption besides the CMA-ES object."""
-
-    generation: int = 0
-    best_score: float = -np.inf
-    best: np.ndarray | None = None
-    env_steps: int = 0  # steps spent in the world C trains in (real or dream)
-    real_steps: int = 0  # real steps spent watching a dream-trained C (controller.real_rollouts), never for selection
-    round: int = 0  # iterative training round (dream)
-    round_start: int = 0  # the generation the round began at
-    world: str = "real"  # where the search scores candidates
-    archive: dict | None = None  # codebook world: every architecture queried -> surrogate score
-    queries: int = 0  # codebook world: surrogate queries so far, repeats included
-    rules: dict | None = None  # codebook world: what scores mean (objective, episode length, table)
-    history: list | None = None  # every re-evaluated contender: {generation, kind, params, score in the search's world}
 
 
 def generation_seeds(seed: int, generation: int, count: int) -> list[int]:
@@ -131,11 +108,11 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
         model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device)
         input_dim, space, rules = model.controller_input, action_space(cfg.env), None
     dim = Controller(input_dim, space).num_params
+    search = {"dim": dim, "population": c.population, "sigma0": c.sigma0, "seed": c.seed}
+    search_state.refuse_pickle(run.dir)
     if run.cmaes.exists():
-        es, progress, np_state = checkpoints.load_pickle(run.cmaes)
+        es, progress, np_state = search_state.load(run.cmaes, search)
         np.random.set_state(np_state)  # pycma samples from numpy's global generator
-        if es.N != dim:
-            raise WorldModelsError(f"'{run.cmaes}' searches {es.N} parameters but this controller has {dim}; delete it")
         if progress.world != c.world:  # scores from the two worlds do not compare
             raise WorldModelsError(f"'{run.cmaes}' holds a search in the {progress.world} world, not the {c.world} one; "
                                    "delete it and controller.pt, or use another --run")
@@ -143,7 +120,7 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
             raise WorldModelsError(f"'{run.cmaes}' holds a search under other codebook-world settings ({progress.rules}); "
                                    "delete it and controller.pt, or use another --run")
     else:
-        es = cma.CMAEvolutionStrategy(np.zeros(dim), c.sigma0, {"popsize": c.population, "seed": c.seed + 1, "verbose": -9})
+        es = search_state.fresh_search(search)
         progress = Progress(world=c.world, rules=rules)
     new_round = progress.round < round
 
@@ -181,7 +158,7 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
                 progress.best_score = float(evaluator.returns(progress.best[None], seeds).mean())
                 save_controller(run.controller, progress.best, input_dim, progress.best_score, progress.generation)
                 tqdm.write(f"round {round}: the kept controller scores {progress.best_score:.1f} in the new dream")
-            checkpoints.save_pickle(run.cmaes, (es, progress, np.random.get_state()))
+            search_state.save(run.cmaes, es, search, progress)
         generations = bar(range(progress.generation, until()), desc=f"cma-es ({c.world})", unit="gen")
         for generation in generations:
             if finished():
@@ -225,7 +202,7 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
                 writer.add_scalar("codebook/architectures_queried", len(progress.archive), progress.generation)
                 writer.add_scalar("codebook/surrogate_queries", progress.queries, progress.generation)
             writer.add_scalar(f"controller/{c.world}_steps", progress.env_steps, progress.generation)
-            checkpoints.save_pickle(run.cmaes, (es, progress, np.random.get_state()))
+            search_state.save(run.cmaes, es, search, progress)
             if progress.best_score >= c.target:
                 tqdm.write(f"controller: target {c.target} reached, stopping")
         generations.close()

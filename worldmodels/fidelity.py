@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import checkpoints, evolution
+from . import checkpoints, evolution, search_state
 from .agent import WorldModel
 from .backends import real_evaluator
 from .config import Config
@@ -68,12 +68,14 @@ def memory_report(memory: MDNRNN, episodes: list[LatentEpisode], split: str) -> 
 def write_memory_report(run: checkpoints.Run, memory: MDNRNN, episodes: list[LatentEpisode], split: str, epoch: int) -> dict:
     """The memory report, printed, written to memory_fidelity.json and to TensorBoard."""
     report = memory_report(memory, episodes, split) | {"epoch": epoch}
-    checkpoints.save_json(run.dir / "memory_fidelity.json", report)
-    writer = SummaryWriter(run.tensorboard)
-    for key in ("reward_r2", "return_r2", "done_auc"):
-        if report[key] is not None:
-            writer.add_scalar(f"fidelity/{key}", report[key], epoch)
-    writer.close()
+    path = run.dir / "memory_fidelity.json"
+    if not path.is_file() or json.loads(path.read_text()) != report:  # a finished stage, run again, writes nothing
+        checkpoints.save_json(path, report)
+        writer = SummaryWriter(run.tensorboard)
+        for key in ("reward_r2", "return_r2", "done_auc"):
+            if report[key] is not None:
+                writer.add_scalar(f"fidelity/{key}", report[key], epoch)
+        writer.close()
 
     def show(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"
@@ -109,7 +111,7 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
     c = cfg.controller
     if c.world != "dream" or not c.fidelity_controllers or not run.cmaes.is_file():
         return None
-    _, progress, _ = checkpoints.load_pickle(run.cmaes)
+    _, progress, _ = search_state.load(run.cmaes)
     history = spread(progress.history or [], c.fidelity_controllers)
     if not history:
         return None

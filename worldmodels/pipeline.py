@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import checkpoints, evolution, fidelity, rounds, stages
+from . import checkpoints, evolution, fidelity, rounds, search_state, stages
 from .checkpoints import Run
 from .config import Config
 from .rollouts import EpisodeStore
@@ -58,7 +58,7 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
         report = evolution.evaluate(cfg, run)
     # what the score cost in real experience: C's own steps when it trained in the real world
     steps = real_steps(cfg, rollouts_root)
-    _, progress, _ = checkpoints.load_pickle(run.cmaes)
+    _, progress, _ = search_state.load(run.cmaes)
     if cfg.controller.world == "real":
         steps["controller"] = progress.env_steps
     elif progress.real_steps:  # real episodes that watched the dream-trained controller (controller.real_rollouts)

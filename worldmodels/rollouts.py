@@ -90,13 +90,38 @@ def load_episode(path: Path) -> dict:
             episode = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
         raise CorruptEpisode(f"{path.name}: {type(exc).__name__}") from None
-    missing = [k for k in EPISODE_KEYS if k not in episode]
-    if missing:
-        raise CorruptEpisode(f"{path.name}: missing {', '.join(missing)}")
-    steps = len(episode["action"])
-    if len(episode["obs"]) != steps + 1 or any(len(episode[k]) != steps for k in ("reward", "terminated", "truncated")):
-        raise CorruptEpisode(f"{path.name}: array lengths disagree")
+    _check_layout(path.name, {k: (v.shape, v.dtype) for k, v in episode.items()})
     return episode
+
+
+def _check_layout(name: str, arrays: dict[str, tuple[tuple, np.dtype]]) -> None:
+    """Shapes and dtypes of an episode's arrays: frames as uint8 RGB, one step more than actions and rewards."""
+    missing = [k for k in EPISODE_KEYS if k not in arrays]
+    if missing:
+        raise CorruptEpisode(f"{name}: missing {', '.join(missing)}")
+    (obs_shape, obs_dtype), steps = arrays["obs"], arrays["action"][0][0] if arrays["action"][0] else -1
+    if obs_dtype != np.uint8 or len(obs_shape) != 4 or obs_shape[-1] != 3:
+        raise CorruptEpisode(f"{name}: obs must be uint8 frames (steps + 1, H, W, 3), got {obs_dtype} {obs_shape}")
+    if any(len(arrays[k][0]) != 1 for k in ("reward", "terminated", "truncated")) or len(arrays["action"][0]) not in (1, 2):
+        raise CorruptEpisode(f"{name}: reward, terminated and truncated must be one value per step")
+    if obs_shape[0] != steps + 1 or any(arrays[k][0][0] != steps for k in ("reward", "terminated", "truncated")):
+        raise CorruptEpisode(f"{name}: array lengths disagree")
+
+
+def check_episode_file(path: Path) -> None:
+    """The checks of `load_episode` from the arrays' headers alone (a few bytes each), nothing decompressed in full."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays = {}
+            for member in archive.namelist():
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                arrays[member.removesuffix(".npy")] = (shape, dtype)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise CorruptEpisode(f"{path.name}: {type(exc).__name__}") from None
+    _check_layout(path.name, arrays)
 
 
 class EpisodeStore:
@@ -120,7 +145,26 @@ class EpisodeStore:
     def manifest(self) -> dict:
         if not self.manifest_path.is_file():
             raise WorldModelsError(f"no episodes in '{self.root}'; run `worldmodels collect` first")
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+            if not isinstance(manifest, dict) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                                                         and "/" not in e["file"] for e in manifest["episodes"]):
+                raise ValueError("not an episode list")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise WorldModelsError(f"'{self.manifest_path}' is damaged; `worldmodels collect` rebuilds it from the "
+                                   "episodes present") from None
+        return manifest
+
+    def complete(self, episodes: int) -> bool:
+        """The manifest lists `episodes` collected episodes whose files are whole and well formed (checked from
+        the zip's index and the arrays' headers, nothing decompressed); else `collect` has work to do."""
+        try:
+            listed = [e["file"] for e in self.manifest()["episodes"] if not e.get("round")]
+            for name in listed:
+                check_episode_file(self.root / name)
+        except (WorldModelsError, CorruptEpisode):
+            return False
+        return len(listed) >= episodes
 
     def add(self, entries: list[dict]) -> dict:
         """List more episodes in the manifest (those already listed are left as they are)."""
@@ -215,6 +259,36 @@ def collect(cfg: Config, root: Path) -> dict:
     action_space(cfg.env)  # fail fast on a bad env id, in this process
     store = EpisodeStore(root)
     root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(2):  # a corrupt episode is named, deleted and collected again, once
+        _collect_missing(cfg, store, root)
+        entries = [episode_entry(path, episode) for path, episode in store.iter_episodes()
+                   if int(path.stem.split("_")[1]) < cfg.collect.episodes]
+        corrupt = sorted(n for n in store.skipped if int(Path(n).stem.split("_")[1]) < cfg.collect.episodes)
+        if not corrupt or attempt:
+            break
+        say(f"collect: collecting {len(corrupt)} corrupt episode(s) again: {', '.join(corrupt[:5])}{' ...' if len(corrupt) > 5 else ''}")
+        for name in corrupt:
+            (root / name).unlink()
+        store.skipped.clear()
+    # episodes collected by a controller in iterative training rounds stay listed: rebuilt from their files, so a
+    # damaged manifest loses nothing
+    rounds = []
+    for path, episode in store.iter_episodes(sorted(root.glob("round*_*.npz"))):
+        rounds.append(episode_entry(path, episode, round=int(path.name[5:7])))
+    episodes = entries + rounds  # named roundRR_*, never among the ep_* files above
+    manifest = {
+        "env": cfg.env.id,
+        "frame_size": cfg.env.frame_size,
+        "episodes": episodes,
+        "frames": sum(e["steps"] + 1 for e in episodes),
+        "skipped_corrupt": sorted(store.skipped),
+    }
+    save_json(store.manifest_path, manifest)
+    return manifest
+
+
+def _collect_missing(cfg: Config, store: EpisodeStore, root: Path) -> None:
+    """Collect the recipe's episodes that have no file yet."""
     have = {p.name for p in store.paths()}
     todo = [i for i in range(cfg.collect.episodes) if episode_name(i) not in have]
     if todo:
@@ -232,23 +306,6 @@ def collect(cfg: Config, root: Path) -> dict:
                 _collect_one(job)
                 progress.update()
         progress.close()
-    # episodes collected by a controller in iterative training rounds stay listed
-    rounds = [e for e in store.manifest()["episodes"] if e.get("round")] if store.manifest_path.is_file() else []
-    episodes = []
-    for path, episode in store.iter_episodes():
-        index = int(path.stem.split("_")[1])
-        if index < cfg.collect.episodes:
-            episodes.append(episode_entry(path, episode))
-    episodes += rounds  # named roundRR_*, never among the ep_* files above
-    manifest = {
-        "env": cfg.env.id,
-        "frame_size": cfg.env.frame_size,
-        "episodes": episodes,
-        "frames": sum(e["steps"] + 1 for e in episodes),
-        "skipped_corrupt": sorted(store.skipped),
-    }
-    save_json(store.manifest_path, manifest)
-    return manifest
 
 
 # ---------------------------------------------------------------- datasets
@@ -352,17 +409,37 @@ class SequenceDataset(torch.utils.data.Dataset):
         }
 
 
-def load_latents(run: Run) -> list[LatentEpisode]:
-    """Every encoded episode of the run."""
-    manifest_path = run.require(run.latents / "manifest.json", "encode")
-    names = json.loads(manifest_path.read_text())["episodes"]
-    episodes = []
-    for name in names:
-        with np.load(run.latents / name) as d:
+def read_latent(path: Path) -> LatentEpisode:
+    """One encoded episode; CorruptEpisode if it cannot be read or its arrays disagree."""
+    try:
+        with np.load(path) as d:
             mu = d["mu"].astype(np.float32)
             logstd = d["logstd"].astype(np.float32) if "logstd" in d else np.zeros_like(mu)
             codes = d["codes"].astype(np.int64) if "codes" in d else None
-            episodes.append(LatentEpisode(mu, logstd, d["action"], d["reward"], d["done"], codes, name))
+            episode = LatentEpisode(mu, logstd, d["action"], d["reward"], d["done"], codes, path.name)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        raise CorruptEpisode(f"{path.name}: {type(exc).__name__}") from None
+    steps = len(episode.action)
+    if mu.ndim != 2 or len(mu) != steps + 1 or len(episode.reward) != steps or len(episode.done) != steps:
+        raise CorruptEpisode(f"{path.name}: array lengths disagree")
+    return episode
+
+
+def load_latents(run: Run) -> list[LatentEpisode]:
+    """Every encoded episode of the run."""
+    manifest_path = run.require(run.latents / "manifest.json", "encode")
+    try:
+        names = json.loads(manifest_path.read_text())["episodes"]
+        if not all(isinstance(n, str) and "/" not in n for n in names):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise WorldModelsError(f"'{manifest_path}' is damaged; `worldmodels encode` rebuilds it") from None
+    episodes = []
+    for name in names:
+        try:
+            episodes.append(read_latent(run.latents / name))
+        except CorruptEpisode as exc:
+            raise WorldModelsError(f"latent file {exc} is damaged; `worldmodels encode` encodes it again") from None
     if not episodes:
         raise WorldModelsError(f"no encoded episodes in '{run.latents}'")
     return episodes

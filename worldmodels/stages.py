@@ -41,7 +41,7 @@ def collect(cfg: Config, rollouts_root: Path) -> dict:
     """Gather episodes with the collection policy; already collected episodes are kept."""
     root = episodes_dir(rollouts_root, cfg)
     store = EpisodeStore(root)
-    if store.manifest_path.is_file() and sum(not e.get("round") for e in store.manifest()["episodes"]) >= cfg.collect.episodes:
+    if store.complete(cfg.collect.episodes):
         say(f"collect: {root} already holds {cfg.collect.episodes} episodes, skipping")
         return store.manifest()
     manifest = rollouts.collect(cfg, root)
@@ -158,13 +158,24 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     wanted = store.listed()
     manifest_path = run.latents / "manifest.json"
     made_by = vision_ckpt["id"]  # latents are stale once V is trained further or anew
-    fresh = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("vision_id") == made_by
+    try:
+        fresh = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("vision_id") == made_by
+    except (ValueError, AttributeError):  # a damaged manifest: the files are checked one by one below
+        fresh = False
     if not fresh:
         for stale in run.latents.glob("*.npz"):
             stale.unlink()
     run.latents.mkdir(parents=True, exist_ok=True)
-    # each latent file is written atomically, so the files themselves say how far an interrupted encode got
-    done = {p.name for p in run.latents.glob("*.npz")}
+    # each latent file is written atomically, so the files themselves say how far an interrupted encode got;
+    # a damaged one (a disk fault, a copy cut short) is encoded again
+    done = set()
+    for path in run.latents.glob("*.npz"):
+        try:
+            rollouts.read_latent(path)
+            done.add(path.name)
+        except rollouts.CorruptEpisode as exc:
+            say(f"encode: latent file {exc} is damaged, encoding it again")
+            path.unlink()
     checkpoints.save_json(manifest_path, {"vision_id": made_by, "episodes": sorted(done & {p.name for p in wanted})})
     todo = [p for p in wanted if p.name not in done]
     for path, episode in bar(store.iter_episodes(todo), total=len(todo), desc="encode", unit="ep"):

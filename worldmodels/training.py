@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from . import checkpoints, distributed
+from .errors import WorldModelsError
 from .progress import bar, say
 
 
@@ -20,8 +21,15 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
         name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise WorldModelsError(f"device '{name}' is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WorldModelsError(f"device '{name}' asked for, but this machine's PyTorch sees no CUDA GPU; use auto or cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise WorldModelsError(f"device '{name}' asked for, but this machine has no MPS; use auto or cpu")
+    if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
 
@@ -39,9 +47,25 @@ class SilentWriter:
         return lambda *args, **kwargs: None
 
 
-def main_writer(logdir: Path) -> SummaryWriter | SilentWriter:
+class LazyWriter:
+    """A TensorBoard writer whose event file appears with its first record: a stage with nothing to do writes nothing."""
+
+    def __init__(self, logdir: Path):
+        self.logdir, self.writer = logdir, None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if self.writer is None:
+            self.writer = SummaryWriter(self.logdir)
+        return getattr(self.writer, name)
+
+
+def main_writer(logdir: Path) -> LazyWriter | SilentWriter:
     """A TensorBoard writer on rank 0, a silent one elsewhere."""
-    return SummaryWriter(logdir) if distributed.is_main() else SilentWriter()
+    return LazyWriter(logdir) if distributed.is_main() else SilentWriter()
 
 
 class Objective(nn.Module):

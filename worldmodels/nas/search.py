@@ -17,7 +17,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .. import checkpoints, evolution
+from .. import checkpoints, evolution, search_state
 from ..checkpoints import Run
 from ..config import Config
 from ..controller import Controller
@@ -217,7 +217,7 @@ def evaluate(cfg: Config, run: Run) -> dict:
     """The kept controller's return in the codebook world, and the search's winner vs random search's, trained for real."""
     e = cfg.evaluate
     saved = checkpoints.load(run.require(run.controller, "train-controller"), "controller")
-    _, progress, _ = checkpoints.load_pickle(run.cmaes)
+    _, progress, _ = search_state.load(run.cmaes)
     with CodebookEvaluator(cfg, run) as evaluator:
         if saved["config"]["input_dim"] != evaluator.input_dim:
             raise WorldModelsError(f"'{run.controller}' was trained on observations of size {saved['config']['input_dim']}, "

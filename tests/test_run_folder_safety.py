@@ -1,0 +1,157 @@
+"""A run folder has one writer, bad values and names are refused at load time, OS faults are one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from worldmodels import search_state
+
+from conftest import TINY, cli_stage, run_cli
+from test_errors import one_error_line
+
+
+def start_stage(*argv: str) -> subprocess.Popen:
+    """A real `worldmodels` process, as a second terminal would start it."""
+    env = os.environ | {"PYTHONPATH": os.getcwd()}
+    return subprocess.Popen([sys.executable, "-m", "worldmodels", *map(str, argv)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_taken_over(copy_run, capsys):
+    ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
+    for name in ("cmaes.pt", "controller.pt"):
+        (run / name).unlink()
+    first = start_stage("train-controller", TINY, "--checkpoints", ck, "--rollouts", ro, "--set", "controller.generations=100000")
+    try:
+        deadline = time.time() + 120
+        while not (run / "cmaes.pt").exists():  # it holds the lock and has finished a generation
+            assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() is not None else "slow"
+            time.sleep(0.2)
+        assert cli_stage("train-controller", ck, ro) == 2
+        line = one_error_line(capsys, "train-controller")
+        assert "in use by another worldmodels process" in line and f"PID {first.pid}" in line
+        assert cli_stage("pipeline", ck, ro) == 2  # every stage that writes asks for the same lock
+        one_error_line(capsys, "pipeline")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    (run / ".controller.pt.1234.tmp").write_bytes(b"half")  # as a writer killed mid-write leaves it
+    (run / "latents" / ".ep_000000.npz.99.tmp").write_bytes(b"half")
+    done = search_state.load(run / "cmaes.pt")[1].generation
+    # the dead process's lock is free again: the search resumes where kill -9 left it
+    assert cli_stage("train-controller", ck, ro, "--set", f"controller.generations={done + 1}") == 0
+    assert search_state.load(run / "cmaes.pt")[1].generation == done + 1
+    assert not list(run.glob("**/.*.tmp"))  # what a killed writer leaves half-written is removed by the next holder
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("vision.lr=nan", "vision.lr"), ("vision.lr=-0.1", "vision.lr"), ("vision.lr=inf", "vision.lr"),
+    ("vision.batch_size=0", "vision.batch_size"), ("memory.hidden_size=0", "memory.hidden_size"),
+    ("controller.sigma0=nan", "controller.sigma0"), ("controller.workers=0", "controller.workers"),
+    ("env.frame_size=160000", "env.frame_size"), ("vision.latent_dim=0", "vision.latent_dim"),
+    ("vision.free_bits=nan", "vision.free_bits"), ("controller.generations=-1", "controller.generations"),
+    ("controller.eval_rollouts=0", "controller.eval_rollouts"), ("dream.tau=inf", "dream.tau"),
+    ("controller.population=1000000000", "controller.population"), ("collect.episodes=1000000000000", "collect.episodes"),
+    ("env.action_low=[nan]", "env.action_low"), ("collect.seed=-3", "collect.seed"),
+])
+def test_bad_recipe_values_are_refused_at_load_time(tmp_path, capsys, setting, key):
+    assert cli_stage("collect", tmp_path / "ck", tmp_path / "ro", "--set", setting) == 2
+    assert key in one_error_line(capsys, "collect")
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "ro").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", 'a"b', "a/b", "..", ".hidden", ""])
+def test_run_names_are_names(tmp_path, capsys, name):
+    assert cli_stage("collect", tmp_path / "ck", tmp_path / "ro", "--run", name) == 2
+    assert "run name" in one_error_line(capsys, "collect")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, option", [
+    (("evaluate", "--episodes", "0"), "evaluate.episodes"),
+    (("sample", "--temperature", "nan"), "--temperature"),
+    (("sample", "-n", "0"), "-n"),
+    (("tau-sweep", "--tau", "1.0", "inf"), "--tau"),
+    (("dream", "--scale", "0"), "--scale"),
+])
+def test_bad_command_line_values(copy_run, capsys, argv, option):
+    stage, *rest = argv
+    assert cli_stage(stage, copy_run["checkpoints"], copy_run["rollouts"], *rest) == 2
+    assert option in one_error_line(capsys, stage)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_cuda(copy_run, capsys):
+    (copy_run["dir"] / "memory.pt").unlink()
+    assert cli_stage("train-memory", copy_run["checkpoints"], copy_run["rollouts"], "--device", "cuda") == 2
+    assert "no CUDA" in one_error_line(capsys, "train-memory")
+
+
+def test_a_recipe_that_is_not_utf8(tmp_path, capsys):
+    recipe = tmp_path / "latin1.toml"
+    recipe.write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))
+    assert run_cli("collect", recipe, "--checkpoints", tmp_path / "ck", "--rollouts", tmp_path / "ro") == 2
+    assert "not UTF-8" in one_error_line(capsys, "collect")
+
+
+def test_a_folder_where_a_file_belongs(copy_run, capsys):
+    report = copy_run["dir"] / "report.json"
+    report.unlink()
+    report.mkdir()
+    assert cli_stage("evaluate", copy_run["checkpoints"], copy_run["rollouts"]) == 2
+    line = one_error_line(capsys, "evaluate")
+    assert "report.json" in line
+    assert not [p for p in os.listdir(copy_run["dir"]) if p.endswith(".tmp")]
+
+
+def test_a_finished_stage_writes_nothing(copy_run):
+    """Not even the recipe: a finished run on read-only media still answers."""
+    run = copy_run["dir"]
+    def files() -> dict:
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file() and ".worldmodels." not in p.name}
+
+    before = files()
+    for stage in ("train-vision", "train-memory", "train-controller"):
+        assert cli_stage(stage, copy_run["checkpoints"], copy_run["rollouts"]) == 0
+    assert files() == before
+
+
+
+def test_a_damaged_latent_file_is_named_and_encoded_again(copy_run, capsys):
+    ck, ro, latents = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"] / "latents"
+    victim = sorted(latents.glob("*.npz"))[1]
+    intact = victim.read_bytes()
+    victim.write_bytes(intact[: len(intact) // 2])
+    assert cli_stage("train-memory", ck, ro, "--set", "memory.epochs=2") == 2
+    line = one_error_line(capsys, "train-memory")
+    assert victim.name in line and "worldmodels encode" in line
+    assert cli_stage("encode", ck, ro) == 0
+    assert victim.read_bytes() == intact  # the same V encodes the same episode to the same bytes
+    assert cli_stage("train-memory", ck, ro, "--set", "memory.epochs=2") == 0
+
+
+def test_an_episode_of_the_wrong_shape_or_dtype_is_named(copy_rollouts, tmp_path, capsys):
+    import numpy as np
+
+    from worldmodels.rollouts import CorruptEpisode, load_episode, save_episode
+
+    path = copy_rollouts / "tiny" / "episodes" / "ep_000002.npz"
+    episode = load_episode(path)
+    for name, broken in (("float obs", {"obs": episode["obs"].astype(np.float64)}),
+                         ("flat obs", {"obs": episode["obs"].reshape(len(episode["obs"]), -1)}),
+                         ("2-d reward", {"reward": episode["reward"][:, None]})):
+        save_episode(path, episode | broken)
+        with pytest.raises(CorruptEpisode, match="ep_000002"):
+            load_episode(path)
+    # collect names it and collects it again; the rest of the folder is kept
+    assert cli_stage("collect", tmp_path / "ck", copy_rollouts) == 0
+    out = capsys.readouterr().out
+    assert "skipping corrupt episode ep_000002.npz" in out and "collecting 1 corrupt episode(s) again: ep_000002.npz" in out
+    assert load_episode(path)["obs"].dtype == np.uint8

@@ -1,0 +1,277 @@
+"""The CMA-ES search state as plain data: pycma's object saved without pickle and rebuilt exactly.
+
+pycma only knows how to pickle its `CMAEvolutionStrategy`, and unpickling a file runs whatever code the file
+names, so a run folder someone hands you could run code on your machine. Instead the object graph is written
+as numbers, strings, tensors and containers (a file `torch.load(weights_only=True)` reads) and rebuilt over a
+fresh search made from the recipe: attributes are restored into objects of pycma's own classes, while what is
+code, not data (functions, pycma's options, which it evaluates as Python expressions), is always taken from
+the fresh search, never from the file. The resumed search continues bit for bit as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoints
+from .errors import WorldModelsError
+
+with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent
+    warnings.simplefilter("ignore", UserWarning)
+    import cma
+    from cma.options_parameters import CMAOptions
+
+FORMAT = 1
+NUMERIC_KINDS = "biuf"  # numpy dtypes a state may hold: bool, int, uint, float
+
+
+@dataclasses.dataclass
+class Progress:
+    """What survives an interruption besides the CMA-ES object."""
+
+    generation: int = 0
+    best_score: float = -np.inf
+    best: np.ndarray | None = None
+    env_steps: int = 0  # steps spent in the world C trains in (real or dream)
+    real_steps: int = 0  # real steps spent watching a dream-trained C (controller.real_rollouts), never for selection
+    round: int = 0  # iterative training round (dream)
+    round_start: int = 0  # the generation the round began at
+    world: str = "real"  # where the search scores candidates
+    archive: dict | None = None  # codebook world: every architecture queried -> surrogate score
+    queries: int = 0  # codebook world: surrogate queries so far, repeats included
+    rules: dict | None = None  # codebook world: what scores mean (objective, episode length, table)
+    history: list | None = None  # every re-evaluated contender: {generation, kind, params, score in the search's world}
+
+
+def fresh_search(search: dict) -> cma.CMAEvolutionStrategy:
+    """The search a controller run starts from (`search`: dim, population, sigma0, seed); also the template a state is rebuilt over."""
+    return cma.CMAEvolutionStrategy(np.zeros(int(search["dim"])), float(search["sigma0"]),
+                                    {"popsize": int(search["population"]), "seed": int(search["seed"]) + 1, "verbose": -9})
+
+
+def _cma_class(obj: Any) -> bool:
+    """An instance of a class pycma defines."""
+    return type(obj).__module__.split(".")[0] == "cma"
+
+
+def _is_code(obj: Any) -> bool:
+    """Functions, methods and classes (pycma's instances hold data even when callable), and pycma's options."""
+    return isinstance(obj, CMAOptions) or callable(obj) and not _cma_class(obj) and not isinstance(obj, (np.ndarray, np.generic))
+
+
+def _slots(cls: type) -> list[str]:
+    return [s for k in cls.__mro__ for s in getattr(k, "__slots__", ()) if s not in ("__dict__", "__weakref__")]
+
+
+# ---------------------------------------------------------------- writing
+
+
+def encode(obj: Any, seen: dict[int, tuple] | None = None, path: tuple = ()) -> Any:
+    """A plain-data tree for `obj`: containers, numbers, strings, tensors, and markers for shared and code parts.
+
+    `seen` maps id -> (path, object): holding the object keeps its id from being reused while the walk runs.
+    """
+    seen = {} if seen is None else seen
+    if obj is None or isinstance(obj, (bool, int, float, str)) and type(obj) in (bool, int, float, str):
+        return obj
+    if isinstance(obj, np.generic):
+        if obj.dtype.kind not in NUMERIC_KINDS:
+            raise TypeError(f"{path}: numpy scalar of dtype {obj.dtype}")
+        return {"$np": obj.dtype.str, "v": obj.item()}
+    if id(obj) in seen:  # shared object (pycma's logger points back at the search, arrays are shared): a reference
+        return {"$ref": list(seen[id(obj)][0])}
+    seen[id(obj)] = (path, obj)
+    if _is_code(obj):  # functions, bound methods, classes, options: taken from the fresh search when rebuilt
+        return {"$code": True}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in NUMERIC_KINDS:
+            raise TypeError(f"{path}: array of dtype {obj.dtype}")
+        stored = obj.astype(np.float64 if obj.dtype.kind == "f" else np.int64 if obj.dtype.kind in "iu" else bool)
+        fortran = obj.ndim > 1 and obj.flags.f_contiguous and not obj.flags.c_contiguous
+        return {"$array": torch.from_numpy(np.array(stored, order="C")), "dtype": obj.dtype.str, "fortran": fortran}
+    if type(obj) is list:
+        return [encode(v, seen, path + (i,)) for i, v in enumerate(obj)]
+    if type(obj) is range:
+        return {"$range": [obj.start, obj.stop, obj.step]}
+    if type(obj) in (set, frozenset):
+        return {"$set": [encode(v, seen, path + (i,)) for i, v in enumerate(sorted(obj))], "frozen": type(obj) is frozenset}
+    if type(obj) is tuple:
+        return {"$tuple": [encode(v, seen, path + (i,)) for i, v in enumerate(obj)]}
+    if type(obj) is dict:
+        return {"$dict": [[encode(k, seen, path + ("key", i)), encode(v, seen, path + (i,))] for i, (k, v) in enumerate(obj.items())]}
+    if _cma_class(obj):
+        cls = type(obj)
+        node: dict[str, Any] = {"$obj": f"{cls.__module__}:{cls.__qualname__}"}
+        state = dict(getattr(obj, "__dict__", {}))
+        state.update({s: getattr(obj, s) for s in _slots(cls) if hasattr(obj, s)})
+        node["attrs"] = {k: encode(v, seen, path + ("attr", k)) for k, v in state.items()}
+        if isinstance(obj, dict):
+            node["items"] = [[encode(k, seen, path + ("key", i)), encode(v, seen, path + (i,))] for i, (k, v) in enumerate(obj.items())]
+        if isinstance(obj, list):
+            node["list"] = [encode(v, seen, path + (i,)) for i, v in enumerate(obj)]
+        return node
+    raise TypeError(f"{path}: cannot store a {type(obj).__qualname__}")
+
+
+# ---------------------------------------------------------------- reading
+
+
+class _Decoder:
+    """Rebuilds a tree from `encode` over a template object graph, admitting only pycma's classes and plain data."""
+
+    def __init__(self, template: Any, classes: dict[str, type]):
+        self.template, self.classes, self.built = template, classes, {}
+
+    def walk(self, path: tuple) -> Any:
+        """The template's object at `path` (the steps `encode` wrote), or _MISSING."""
+        obj = self.template
+        i = 0
+        while i < len(path):
+            step = path[i]
+            try:
+                if step == "attr":
+                    obj, i = getattr(obj, path[i + 1]), i + 2
+                    continue
+                if step == "key":
+                    obj, i = list(obj.keys())[path[i + 1]], i + 2
+                    continue
+                obj = list(obj.values())[step] if isinstance(obj, dict) else obj[step]
+            except (LookupError, TypeError, AttributeError):
+                return _MISSING
+            i += 1
+        return obj
+
+    def decode(self, node: Any, path: tuple = ()) -> Any:
+        if node is None or type(node) in (bool, int, float, str):
+            return node
+        if type(node) is list:
+            return self._keep(path, [self.decode(v, path + (i,)) for i, v in enumerate(node)])
+        if type(node) is not dict:
+            raise ValueError(f"{path}: unexpected {type(node).__name__}")
+        if "$np" in node:
+            dtype = np.dtype(node["$np"])
+            if dtype.kind not in NUMERIC_KINDS:
+                raise ValueError(f"{path}: dtype {dtype}")
+            return dtype.type(node["v"])
+        if "$ref" in node:
+            ref = tuple(node["$ref"])
+            if ref not in self.built:
+                raise ValueError(f"{path}: reference to {ref} before it exists")
+            return self.built[ref]
+        if "$code" in node:
+            value = self.walk(path)
+            if value is _MISSING or not _is_code(value):
+                raise ValueError(f"{path}: code the fresh search does not have")
+            return self._keep(path, value)
+        if "$array" in node:
+            dtype, tensor = np.dtype(node["dtype"]), node["$array"]
+            if dtype.kind not in NUMERIC_KINDS or not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"{path}: array of dtype {dtype}")
+            array = tensor.numpy().astype(dtype)
+            return self._keep(path, np.asfortranarray(array) if node.get("fortran") else array)
+        if "$range" in node:
+            return self._keep(path, range(*(int(v) for v in node["$range"])))
+        if "$set" in node:
+            items = [self._hashable(self.decode(v, path + (i,)), path) for i, v in enumerate(node["$set"])]
+            return self._keep(path, frozenset(items) if node.get("frozen") else set(items))
+        if "$tuple" in node:
+            return self._keep(path, tuple(self.decode(v, path + (i,)) for i, v in enumerate(node["$tuple"])))
+        if "$dict" in node:
+            out = self._keep(path, {})
+            for i, (k, v) in enumerate(node["$dict"]):
+                out[self._hashable(self.decode(k, path + ("key", i)), path)] = self.decode(v, path + (i,))
+            return out
+        if "$obj" in node:
+            cls = self.classes.get(node["$obj"])
+            if cls is None:
+                raise ValueError(f"{path}: class {node['$obj']!r} is not one a search holds")
+            obj = self._keep(path, cls.__new__(cls))
+            for name, v in node["attrs"].items():
+                object.__setattr__(obj, name, self.decode(v, path + ("attr", name)))
+            for i, (k, v) in enumerate(node.get("items", [])):
+                dict.__setitem__(obj, self._hashable(self.decode(k, path + ("key", i)), path), self.decode(v, path + (i,)))
+            for i, v in enumerate(node.get("list", [])):
+                list.append(obj, self.decode(v, path + (i,)))
+            return obj
+        raise ValueError(f"{path}: unknown node {sorted(node)[:3]}")
+
+    def _keep(self, path: tuple, obj: Any) -> Any:
+        self.built[path] = obj
+        return obj
+
+    @staticmethod
+    def _hashable(key: Any, path: tuple) -> Any:
+        if isinstance(key, (list, dict, np.ndarray)):
+            raise ValueError(f"{path}: unhashable key")
+        return key
+
+
+_MISSING = object()
+
+
+def _cma_classes() -> dict[str, type]:
+    """Every class pycma defines (its options excepted), by the name `encode` writes."""
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] != "cma" or module is None:
+            continue
+        for value in vars(module).values():
+            if isinstance(value, type) and value.__module__ == name and not issubclass(value, CMAOptions):
+                found[f"{name}:{value.__qualname__}"] = value
+                for inner in vars(value).values():  # nested classes
+                    if isinstance(inner, type) and inner.__module__ == name:
+                        found[f"{name}:{inner.__qualname__}"] = inner
+    return found
+
+
+# ---------------------------------------------------------------- the file
+
+
+def save(path: Path, es: cma.CMAEvolutionStrategy, search: dict, progress: Progress) -> None:
+    """Write the search (pycma's object, the recipe's search settings, our progress, numpy's generator) atomically."""
+    checkpoints.save(path, {
+        "kind": "cmaes", "format": FORMAT, "search": dict(search), "es": encode(es),
+        "progress": encode(dataclasses.asdict(progress)), "numpy_random": encode(np.random.get_state()),
+    })
+
+
+def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrategy, Progress, tuple]:
+    """(es, progress, numpy's generator state) from `save`'s file; with `search`, refused in one line if the recipe's differs."""
+    refuse_pickle(Path(path).parent)
+    saved = checkpoints.load(path, "cmaes")
+    if saved.get("format") != FORMAT:
+        raise WorldModelsError(f"'{path}' is a search state of format {saved.get('format')!r}; delete it to restart the search")
+    for key, value in (search or {}).items():
+        if key == "dim" and saved["search"].get(key) != value:
+            raise WorldModelsError(f"'{path}' searches {saved['search'].get(key)} parameters but this controller has {value}; "
+                                   "delete it and controller.pt to start a new search")
+        if saved["search"].get(key) != value:
+            raise WorldModelsError(
+                f"'{path}' holds a search with controller.{key}={saved['search'].get(key)!r} but the recipe says "
+                f"{value!r}; restore the recipe's value, or delete it and controller.pt to start a new search")
+    try:
+        es = _Decoder(fresh_search(saved["search"]), _cma_classes()).decode(saved["es"])
+        if not isinstance(es, cma.CMAEvolutionStrategy):
+            raise ValueError("not a CMA-ES search")
+        progress = Progress(**_Decoder(None, {}).decode(saved["progress"]))
+        np_state = _Decoder(None, {}).decode(saved["numpy_random"])
+        np.random.RandomState().set_state(np_state)  # numpy checks the state's form
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise WorldModelsError(f"'{path}' is not a search state this version can rebuild ({exc}); "
+                               "delete it and controller.pt to restart the search") from None
+    return es, progress, np_state
+
+
+def refuse_pickle(run_dir: Path) -> None:
+    """An old run folder's `cmaes.pkl` is never unpickled: one line saying how to go on."""
+    old = Path(run_dir) / "cmaes.pkl"
+    if old.exists():
+        raise WorldModelsError(
+            f"'{old}' is a pickled CMA-ES state from an older worldmodels; it is not read, because unpickling a file "
+            "can run any code it holds. Delete it and controller.pt to restart the search in this folder")
