@@ -155,3 +155,40 @@ def test_an_episode_of_the_wrong_shape_or_dtype_is_named(copy_rollouts, tmp_path
     out = capsys.readouterr().out
     assert "skipping corrupt episode ep_000002.npz" in out and "collecting 1 corrupt episode(s) again: ep_000002.npz" in out
     assert load_episode(path)["obs"].dtype == np.uint8
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB file system (tmpfs), where this machine lets the tests mount one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(small_disk, tiny_rollouts, capsys):
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # leave a few KiB: enough for the folder, not for V's checkpoint
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    filler.write_bytes(filler.read_bytes()[: -8 * 4096])
+    assert cli_stage("train-vision", small_disk / "ck", tiny_rollouts) == 2
+    line = one_error_line(capsys, "train-vision")
+    assert "No space left on device" in line
+    assert not list((small_disk / "ck").rglob("*.tmp")) and not (small_disk / "ck" / "tiny" / "vision.pt").exists()
+
+
+def test_a_finished_run_on_read_only_media_still_answers(small_disk, copy_run, capsys):
+    import shutil
+
+    assert cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 0  # finishes the run: samples, report
+    shutil.copytree(copy_run["checkpoints"], small_disk / "ck")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert cli_stage("pipeline", small_disk / "ck", copy_run["rollouts"]) == 0  # every stage finished: nothing to write
+    capsys.readouterr()
+    assert cli_stage("train-controller", small_disk / "ck", copy_run["rollouts"], "--set", "controller.generations=3") == 2
+    assert "Read-only file system" in one_error_line(capsys, "train-controller")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
-from torch.utils.tensorboard import SummaryWriter
 
 from . import checkpoints, distributed, fidelity, rollouts
 from .agent import load_vision, memory_from_checkpoint, vision_from_checkpoint
@@ -132,13 +132,16 @@ def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature:
         full = model.reconstruct(originals)  # a hierarchical V's own, from all its latents: a third row when it differs
         prior = model.sample(n, temperature)
     out = run.dir / "samples"
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / "reconstructions.png", out / "prior.png"]
     rows = two_rows(originals, recon) if torch.equal(full, recon) else two_rows(originals, recon, full)
     pictures = [image_grid(rows), image_grid(two_rows(prior))]
-    writer = SummaryWriter(run.tensorboard)
+    writer = main_writer(run.tensorboard)
     for path, picture in zip(paths, pictures):
-        checkpoints.atomic_write(path, lambda f: Image.fromarray(picture).save(f, format="PNG"))
+        png = io.BytesIO()
+        Image.fromarray(picture).save(png, format="PNG")
+        if path.is_file() and path.read_bytes() == png.getvalue():  # the same V draws the same pictures: nothing to write
+            continue
+        checkpoints.atomic_write(path, lambda f: f.write(png.getvalue()))
         writer.add_image(f"sample/{path.stem}", picture, 0, dataformats="HWC")
     writer.close()
     return paths
