@@ -192,3 +192,14 @@ def test_a_finished_run_on_read_only_media_still_answers(small_disk, copy_run, c
     capsys.readouterr()
     assert cli_stage("train-controller", small_disk / "ck", copy_run["rollouts"], "--set", "controller.generations=3") == 2
     assert "Read-only file system" in one_error_line(capsys, "train-controller")
+
+
+def test_a_damaged_report_is_made_again(copy_run):
+    import json
+
+    report = copy_run["dir"] / "report.json"
+    before = json.loads(report.read_text())
+    report.write_text('{"mean": ')
+    assert cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 0
+    again = json.loads(report.read_text())
+    assert again["returns"] == before["returns"] and again["seeds"] == before["seeds"]

@@ -56,6 +56,15 @@ def check_same_config(path: Path, saved: dict, wanted: dict, section: str) -> No
             )
 
 
+def read_json(path: Path, kind: type = dict) -> Any:
+    """A JSON file this program derived (a report, a history), or None when it is absent or damaged: it is remade."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, kind) else None
+
+
 def save_json(path: Path, data: Any) -> None:
     """Write JSON atomically; a file that already says the same is left untouched."""
     path, text = Path(path), json.dumps(data, indent=2)

@@ -7,7 +7,6 @@ and the dream's rollouts; these numbers say which, before anyone reads a loss cu
 
 from __future__ import annotations
 
-import json
 import zlib
 
 import numpy as np
@@ -69,7 +68,7 @@ def write_memory_report(run: checkpoints.Run, memory: MDNRNN, episodes: list[Lat
     """The memory report, printed, written to memory_fidelity.json and to TensorBoard."""
     report = memory_report(memory, episodes, split) | {"epoch": epoch}
     path = run.dir / "memory_fidelity.json"
-    if not path.is_file() or json.loads(path.read_text()) != report:  # a finished stage, run again, writes nothing
+    if checkpoints.read_json(path) != report:  # a finished stage, run again, writes nothing
         checkpoints.save_json(path, report)
         writer = SummaryWriter(run.tensorboard)
         for key in ("reward_r2", "return_r2", "done_auc"):
@@ -120,8 +119,8 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
     real_seeds = [cfg.evaluate.seed + 500_000 + i for i in range(c.fidelity_episodes)]
     memory = checkpoints.load(run.memory, "memory")
     memory_id = str(memory.get("id"))
-    if path.is_file():
-        old = json.loads(path.read_text())
+    old = checkpoints.read_json(path)
+    if old is not None:
         if old.get("picked") == picked and old.get("real_seeds") == real_seeds and old.get("memory_id") == memory_id:
             tqdm.write(f"controller fidelity: {path} is up to date, skipping")
             return old

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tqdm import tqdm
@@ -45,12 +44,11 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     if cfg.controller.world == "dream":
         rounds.iterate(cfg, run, rollouts_root)
     controller_fidelity = fidelity.controller_report(cfg, run)
-    report = None
-    if run.report.is_file():
-        report = json.loads(run.report.read_text())
+    report = checkpoints.read_json(run.report)  # a damaged report is made again
+    if report is not None:
         controller_generation = checkpoints.load(run.controller, "controller")["generation"]
         seeds = [cfg.evaluate.seed + i for i in range(cfg.evaluate.episodes)]
-        if report.get("controller_generation") != controller_generation or report["seeds"] != seeds:
+        if report.get("controller_generation") != controller_generation or report.get("seeds") != seeds:
             report = None
         else:
             tqdm.write(f"evaluate: {run.report} is up to date, skipping")

@@ -6,7 +6,6 @@ show M the states it reaches, so the next dream is harder to cheat.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,7 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
 def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
     """Rounds 1..`dream.rounds` after the first dream-trained controller; each stage inside resumes by itself."""
     d, history_path = cfg.dream, run.dir / "rounds.json"
-    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    history = [h for h in checkpoints.read_json(history_path, list) or [] if isinstance(h, dict) and "round" in h]
     done = {h["round"] for h in history}
     for r in range(1, d.rounds + 1):
         if r in done:  # a finished round's figures stay as measured; re-running its stages would score today's C

@@ -9,7 +9,6 @@ trained for real on digits.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -251,8 +250,8 @@ def pipeline(cfg: Config, run: Run) -> dict:
     """train-vision, train-controller, evaluate; each skipping itself when complete."""
     train_vision(cfg, run)
     evolution.train_controller(cfg, run)
-    if run.report.is_file():
-        report = json.loads(run.report.read_text())
+    report = checkpoints.read_json(run.report)
+    if report is not None:
         generation = checkpoints.load(run.controller, "controller")["generation"]
         if report.get("controller_generation") == generation and report.get("settings") == settings(cfg):
             tqdm.write(f"evaluate: {run.report} is up to date, skipping")
