@@ -14,6 +14,15 @@ from . import config as config_lib
 from .errors import WorldModelsError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's files are 0600, unreadable by a shared TensorBoard
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through `write(file)` to a temp file beside `path`, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +30,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,4 +1,8 @@
-"""The `worldmodels` command: one subcommand per stage, plus `pipeline`."""
+"""The `worldmodels` command: one subcommand per stage, plus `pipeline`.
+
+Only the standard library and the recipe parser load at start-up, so `--help` answers at once; torch,
+gymnasium and pycma load when a stage runs.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +14,45 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from . import config as config_lib
-from . import distributed, evolution, fidelity, lock, stages, sweep, watch
-from .checkpoints import Run
 from .errors import WorldModelsError
-from .pipeline import pipeline
-from .training import pick_device
 
 CODEBOOK_STAGES = ["train-vision", "train-controller", "evaluate", "pipeline"]
 WRITING_STAGES = ["collect", "train-vision", "train-memory", "train-controller", "pipeline"]  # these make the run's folders
 DATA_PARALLEL_STAGES = ["train-vision", "train-memory"]  # the stages torchrun can spread over processes
-STAGES = ["collect", "train-vision", "sample", "encode", "train-memory", "train-controller", "evaluate", "pipeline", "dream", "tau-sweep"]
+STAGES = {  # each stage and what it does, for --help
+    "collect": "play the collection policy in the real world and store the episodes",
+    "train-vision": "train V on the collected frames",
+    "sample": "draw V's prior samples and reconstructions as PNG grids",
+    "encode": "cache V's latents of every episode for M",
+    "train-memory": "train M (the MDN-RNN) on the latent sequences",
+    "train-controller": "search C with CMA-ES in the real world, the dream or the codebook world",
+    "evaluate": "score C over fixed-seed episodes and write report.json",
+    "pipeline": "every stage in order, each skipping itself when done (plus iterative rounds for dream recipes)",
+    "dream": "GIFs of M's dream beside the real episode it starts from",
+    "tau-sweep": "the dream-trained controller's real score across dream temperatures",
+}
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldmodels", description="World Models agents: V (VAE), M (MDN-RNN), C (CMA-ES).")
-    sub = p.add_subparsers(dest="stage", required=True)
-    for stage in STAGES:
-        s = sub.add_parser(stage)
-        s.add_argument("recipe", help="a TOML recipe, e.g. envs/cartpole.toml")
+    p.add_argument("--version", action="version", version=f"worldmodels {__version__}")
+    sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    sub.add_parser("recipes", help="list the recipes that ship with the package", description="list the shipped recipes")
+    show = sub.add_parser("recipe", help="print a recipe with every field and its meaning",
+                          description="print a recipe (a shipped name or a path) with every field and its meaning")
+    show.add_argument("action", choices=["show"])
+    show.add_argument("name", help="a shipped recipe's name (see `worldmodels recipes`) or a path")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    for stage, description in STAGES.items():
+        s = sub.add_parser(stage, help=description, description=description)
+        s.add_argument("recipe", help="a TOML recipe, e.g. envs/cartpole.toml, or a shipped recipe's name, e.g. cartpole")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a recipe value (repeatable)")
-        s.add_argument("--run", help="run name (default: the recipe's name)")
+        s.add_argument("--run", "--run-name", dest="run",
+                       help="run name (default: the recipe's name); under torchrun write --run-name, which torchrun "
+                            "does not take for its own --run-path")
         s.add_argument("--checkpoints", default="checkpoints", help="folder of run folders")
         s.add_argument("--rollouts", default="rollouts", help="folder of collected episodes")
         s.add_argument("--device", help="auto | cpu | cuda | mps (default: the recipe's)")
@@ -47,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--address", help="ray: 'auto' or HOST:PORT of a running Ray cluster (default: a local one)")
         if stage in ("evaluate", "tau-sweep"):
             s.add_argument("--episodes", type=int, help="episodes (default: the recipe's evaluate.episodes)")
+        if stage == "evaluate":
+            s.add_argument("--policy", help="play an outside policy on [z, h] instead of C: module:callable, or an SB3 zip "
+                                            "(with --algo); the report goes to report_policy.json")
+            s.add_argument("--algo", help="the SB3 algorithm of a --policy zip: ppo, a2c, dqn, sac, td3 or ddpg")
         if stage == "tau-sweep":
             s.add_argument("--tau", type=float, nargs="+", help="dream temperatures (default: the recipe's dream.tau)")
         if stage == "dream":
@@ -57,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_stage(args: argparse.Namespace) -> object:
+    from . import lock
+    from .checkpoints import Run
+
     overrides = list(args.overrides)
     if args.run is not None:
         overrides.append(f'name="{args.run}"')
@@ -99,6 +127,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def refuse_stage(args: argparse.Namespace, cfg: config_lib.Config) -> None:
     """Stages a recipe or a launcher does not have, refused before anything is made."""
+    from . import distributed
+
     codebook = cfg.controller.world == "codebook"
     if distributed.launched() and (args.stage not in DATA_PARALLEL_STAGES or codebook):
         raise WorldModelsError(f"'{args.stage}' runs in one process; under torchrun only "
@@ -109,8 +139,12 @@ def refuse_stage(args: argparse.Namespace, cfg: config_lib.Config) -> None:
         raise WorldModelsError(f"a codebook-world recipe is evaluated in the codebook world, not '{args.world}'")
 
 
-def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run: Run, rollouts_root: Path) -> object:
+def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_root: Path) -> object:
     """The stage itself, with the run folder's lock held."""
+    from . import distributed, evolution, fidelity, stages, sweep, watch
+    from .pipeline import pipeline
+    from .training import pick_device
+
     codebook = cfg.controller.world == "codebook"
     if distributed.launched():
         cfg.device = str(distributed.init(pick_device(cfg.device)))  # cuda:LOCAL_RANK, or cpu
@@ -138,6 +172,10 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run: Run, rollo
         result = evolution.train_controller(cfg, run)
         report = fidelity.controller_report(cfg, run)
         return result if report is None else result | {"dream_real_spearman": report["spearman"]}
+    if args.stage == "evaluate" and args.policy:
+        from .policies import evaluate_policy
+
+        return summary(evaluate_policy(cfg, run, args.policy, args.algo))
     if args.stage == "evaluate":
         return summary(evolution.evaluate(cfg, run, args.world or "real"))
     if args.stage == "dream":
@@ -147,6 +185,17 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run: Run, rollo
     return summary(pipeline(cfg, run, rollouts_root))
 
 
+def recipes_command(args: argparse.Namespace) -> str:
+    """`recipes`: each shipped recipe with its first comment line; `recipe show`: a recipe with every field explained."""
+    if args.stage == "recipe":
+        return config_lib.explain(config_lib.load(args.name, args.overrides))
+    lines = []
+    for name, path in config_lib.shipped_recipes().items():
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        lines.append(f"{name:<20} {first}")
+    return "\n".join(lines) + "\n"
+
+
 def summary(report: dict) -> dict:
     keys = ("world", "env", "episodes", "mean", "std", "success_rate", "real_steps", "surrogate_queries", "controller_search", "random_search")
     return {k: report[k] for k in keys if k in report}
@@ -154,9 +203,17 @@ def summary(report: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.stage in ("recipes", "recipe"):
+        try:
+            sys.stdout.write(recipes_command(args))
+        except WorldModelsError as exc:
+            print(f"worldmodels {args.stage}: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     start = time.time()
-    rank = int(os.environ.get("RANK", "0")) if distributed.launched() else 0
-    where = f" (rank {rank})" if distributed.launched() else ""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # distributed.launched(), before torch loads
+    rank = int(os.environ.get("RANK", "0")) if launched else 0
+    where = f" (rank {rank})" if launched else ""
     try:
         result = run_stage(args)
     except WorldModelsError as exc:
@@ -171,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     finally:
-        distributed.shutdown()
+        if "worldmodels.distributed" in sys.modules:
+            sys.modules["worldmodels.distributed"].shutdown()
     if rank == 0:
         print(json.dumps({"stage": args.stage, "seconds": round(time.time() - start, 1), "result": result}))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import sys
@@ -33,7 +34,7 @@ class StateBound:
 class EnvConfig:
     """The real world: a gymnasium environment seen through pixels."""
 
-    id: str = "CartPole-v1"
+    id: str = "CartPole-v1"  # a gymnasium env id ("module:EnvId" imports the module that registers it)
     frame_size: int = 64  # frames are resized to frame_size x frame_size, uint8 RGB
     crop: list[float] = field(default_factory=lambda: [0.0, 1.0, 0.0, 1.0])  # top, bottom, left, right (fractions)
     max_steps: int = 0  # 0: the environment's own time limit (counted in frames, whatever the action repeat)
@@ -47,13 +48,13 @@ class EnvConfig:
 class CollectConfig:
     """Gathering episodes with a random or Brownian policy."""
 
-    episodes: int = 200
+    episodes: int = 200  # episodes played by the collection policy
     policy: str = "random"  # random | brownian
     brownian_sigma: float = 0.3  # per-step change of the Brownian action (in units of the action range)
     max_steps: int = 0  # reset after this many frames (seed 002); 0: no extra cap
     keep: list[StateBound] = field(default_factory=list)  # an episode ends when its state leaves these bounds
-    workers: int = 2
-    seed: int = 0
+    workers: int = 2  # worker processes playing them
+    seed: int = 0  # the episodes' seeds derive from it
 
 
 @dataclass
@@ -62,7 +63,7 @@ class VisionConfig:
 
     model: str = "vae"  # vae | vqvae | nvae
     latent_dim: int = 32  # vae and nvae; a VQ-VAE's z is (frame_size / 16)^2 positions x embed_dim
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # vae and vqvae: widths of the four conv layers
     free_bits: float = 0.5  # KL floor per latent dimension, in nats (Ha's kl_tolerance)
     kl_weight: float = 1.0  # vae and nvae: beta, the KL's weight
     num_embeddings: int = 64  # vqvae: codes in the codebook
@@ -80,31 +81,31 @@ class VisionConfig:
     kl_warmup: float = 0.3  # nvae: the KL weight rises linearly from 1e-4 to 1 over this fraction of training
     spectral_lambda: float = 0.1  # nvae: weight of the spectral and batch-norm regularisation (seed 004: 0.1)
     lower_temperature: float = 0.0  # nvae: prior temperature of the groups below z when decoding z; 0: their means
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
+    epochs: int = 10  # passes over the collected frames
+    batch_size: int = 64  # frames per step, over all processes under torchrun
+    lr: float = 1e-3  # Adam's learning rate
     buffer_episodes: int = 256  # episodes held in memory at once while streaming frames
-    seed: int = 0
+    seed: int = 0  # initial weights and the order of frames
 
 
 @dataclass
 class MemoryConfig:
     """M: the MDN-RNN."""
 
-    hidden_size: int = 256
-    num_gaussians: int = 5
-    seq_len: int = 64
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
+    hidden_size: int = 256  # LSTM width: h, what C reads besides z
+    num_gaussians: int = 5  # mixture components of the next-z density
+    seq_len: int = 64  # steps of the windows M trains on (truncated backpropagation)
+    epochs: int = 20  # passes over the latent sequences
+    batch_size: int = 32  # windows per step, over all processes under torchrun
+    lr: float = 1e-3  # Adam's learning rate
     random_starts: bool = False  # windows start at random steps, so M cannot time episodes from its reset
     sample_latents: bool = True  # z drawn from V's posterior every batch (Ha); false: V's mean, what C sees when acting
     done_weight: float = 10.0  # up-weights the rare done positives
-    reward_weight: float = 1.0
-    done_loss_weight: float = 1.0
+    reward_weight: float = 1.0  # the reward head's share of the loss
+    done_loss_weight: float = 1.0  # the done head's share of the loss
     dropout: float = 0.0  # on the LSTM's output before the heads, in training (and in the dream with dream.dropout)
     holdout: float = 0.0  # fraction of episodes kept out of M's training for its fidelity report; 0: report on training data
-    seed: int = 0
+    seed: int = 0  # initial weights and the order of windows
 
 
 @dataclass
@@ -114,19 +115,19 @@ class ControllerConfig:
     world: str = "real"  # real | dream | codebook: where candidates are scored
     backend: str = "pool"  # real-world episodes: pool (local processes) | vector (one vector env, V/M/C batched) | ray
     address: str = ""  # ray: "auto" or HOST:PORT of a running cluster; "": start a local Ray instance
-    population: int = 16
-    sigma0: float = 0.1
+    population: int = 16  # CMA-ES candidates per generation
+    sigma0: float = 0.1  # CMA-ES's initial step size around C = 0
     rollouts: int = 2  # episodes per candidate, seeds shared by the generation
-    generations: int = 20
+    generations: int = 20  # CMA-ES generations (before any iterative rounds)
     workers: int = 2  # worker processes (pool), Ray actors (ray) or vector-env copies (vector)
     eval_every: int = 5  # re-evaluate the best and the mean solution every N generations
-    eval_rollouts: int = 8
+    eval_rollouts: int = 8  # fresh episodes for each re-evaluation
     target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
     max_steps: int = 0  # 0: the environment's own time limit
     real_rollouts: int = 0  # dream training only: real episodes played at each re-evaluation, to log dream vs real
     fidelity_controllers: int = 6  # dream training: controllers from the search's history scored in dream and real; 0: none
     fidelity_episodes: int = 4  # real episodes for each of them (they only watch; nothing feeds the search)
-    seed: int = 0
+    seed: int = 0  # CMA-ES's sampling and the rollout seeds
 
 
 @dataclass
@@ -136,7 +137,7 @@ class DreamConfig:
     tau: float = 1.0  # M's sampling temperature
     max_steps: int = 1000  # step cap of a dream episode
     done: str = "sample"  # sample: Bernoulli from M's done head | threshold | never
-    done_threshold: float = 0.5
+    done_threshold: float = 0.5  # done = "threshold": an episode ends once M's done probability passes it
     start: str = "data"  # data: first frames of real episodes | prior: V's N(0, I)
     dropout: bool = False  # keep M's dropout (memory.dropout) on while dreaming, a fresh mask every step ("Dropout's Dream Land")
     batch: int = 0  # episodes dreamt at once; 0: the whole population x rollouts
@@ -172,16 +173,16 @@ class NASConfig:
 class EvaluateConfig:
     """The final report: N real episodes with fixed seeds."""
 
-    episodes: int = 100
-    seed: int = 10_000
-    workers: int = 2
+    episodes: int = 100  # evaluation episodes, seeds seed, seed + 1, ...
+    seed: int = 10_000  # the first evaluation seed, apart from every training seed
+    workers: int = 2  # worker processes playing them
 
 
 @dataclass
 class Config:
     """A whole recipe: one section per stage."""
 
-    name: str = "run"
+    name: str = "run"  # the run folder under --checkpoints and the episode folder under --rollouts
     device: str = "auto"  # auto: cuda, then mps, then cpu
     precision: str = "auto"  # V's and M's training: auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
     compile: bool = False  # torch.compile V and M for training (worth it on a GPU for long runs)
@@ -404,11 +405,29 @@ def from_dict(data: dict) -> Config:
     return validate(_build(Config, data))
 
 
+RECIPES = Path(__file__).resolve().parent / "recipes"  # the recipes that install with the package
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> path of every recipe shipped with the package."""
+    return {p.stem: p for p in sorted(RECIPES.glob("*.toml"))}
+
+
+def find_recipe(name: str | Path) -> Path:
+    """A recipe file: the path itself when it exists, else the shipped recipe of that name ("cartpole", "envs/cartpole.toml")."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if path.suffix in ("", ".toml") and path.stem in shipped and (path.parent == Path(".") or path.parent.name == "envs"):
+        return shipped[path.stem]
+    raise WorldModelsError(f"recipe '{path}' not found; the shipped recipes are {', '.join(shipped)} "
+                           "(`worldmodels recipes` lists them)")
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load a recipe TOML, apply overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise WorldModelsError(f"recipe '{path}' not found")
+    """Load a recipe TOML (a path, or the name of a shipped recipe), apply overrides, validate."""
+    path = find_recipe(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -422,6 +441,51 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
 def to_dict(cfg: Any) -> dict:
     """A plain dict of a config (infinite floats kept as TOML's inf)."""
     return dataclasses.asdict(cfg)
+
+
+def field_meanings() -> dict[str, str]:
+    """'section.key' -> the comment beside the field in this module: what `worldmodels recipe show` prints."""
+    import inspect
+
+    meanings = {}
+    sections = {f.name: f.type for f in fields(Config)}
+    for section, cls in [("", Config)] + [(name, globals()[tp]) for name, tp in sections.items() if tp in globals()]:
+        for match in re.finditer(r"^    (\w+): [^=\n]+=[^#\n]*#\s*(.+)$", inspect.getsource(cls), re.MULTILINE):
+            meanings[f"{section}.{match[1]}" if section else match[1]] = match[2].strip()
+    return meanings
+
+
+def _toml_value(value: Any) -> str:
+    """One value as TOML, inline (lists of tables as inline tables, so every field stays on its own line)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+    raise TypeError(value)
+
+
+def explain(cfg: Config) -> str:
+    """The whole resolved recipe as TOML, each field followed by its meaning."""
+    meanings, data = field_meanings(), to_dict(cfg)
+    lines = []
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {_toml_value(value)}" + (f"  # {meanings[key]}" if key in meanings else ""))
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{section}]"]
+            for key, value in values.items():
+                note = meanings.get(f"{section}.{key}")
+                lines.append(f"{key} = {_toml_value(value)}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines) + "\n"
 
 
 def dumps(cfg: Config) -> str:

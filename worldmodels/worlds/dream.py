@@ -140,9 +140,8 @@ def play_dream(dream: Dream, controller: Controller, seeds: list[int], batch: in
 # ---------------------------------------------------------------- gymnasium faces
 
 
-def _observation_space(dream: Dream) -> gym.spaces.Box:
+def observation_space(z: int, h: int) -> gym.spaces.Box:
     """[z, h]: z unbounded, the LSTM's h in [-1, 1]."""
-    z, h = dream.latent_dim, dream.memory.cfg.hidden_size
     low = np.concatenate([np.full(z, -np.inf), -np.ones(h)]).astype(np.float32)
     return gym.spaces.Box(low, -low, dtype=np.float32)
 
@@ -155,7 +154,7 @@ class DreamEnv(gym.Env):
     def __init__(self, dream: Dream, action_space: gym.Space, render_mode: str | None = None):
         self.dream, self.render_mode = dream, render_mode
         self.action_space = action_space
-        self.observation_space = _observation_space(dream)
+        self.observation_space = observation_space(dream.latent_dim, dream.memory.cfg.hidden_size)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -182,7 +181,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
     def __init__(self, dream: Dream, action_space: gym.Space, num_envs: int, render_mode: str | None = None):
         self.dream, self.num_envs, self.render_mode = dream, num_envs, render_mode
         self.single_action_space = action_space
-        self.single_observation_space = _observation_space(dream)
+        self.single_observation_space = observation_space(dream.latent_dim, dream.memory.cfg.hidden_size)
         self.action_space = gym.vector.utils.batch_space(action_space, num_envs)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self._autoreset = np.zeros(num_envs, dtype=bool)
@@ -194,6 +193,12 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         super().reset(seed=seed)
         # like gymnasium's vector envs: sub-environment i gets seed + i
         seeds = torch.arange(self.num_envs) + seed if seed is not None else self._fresh_seeds(self.num_envs)
+        mask = (options or {}).get("reset_mask")
+        if mask is not None and len(self.dream.seeds) == self.num_envs:  # only these rows restart, the rest go on
+            mask = np.asarray(mask, dtype=bool)
+            self.dream.reset_rows(torch.from_numpy(mask), seeds[torch.from_numpy(mask)])
+            self._autoreset[mask] = False
+            return self.dream.observation().cpu().numpy(), {}
         self._autoreset[:] = False
         return self.dream.reset(seeds).cpu().numpy(), {}
 

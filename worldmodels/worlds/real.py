@@ -25,7 +25,7 @@ def is_image_space(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3 and space.shape[-1] == 3
 
 
-class PixelObservation(gym.ObservationWrapper):
+class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Replace observations by a cropped, resized uint8 RGB frame; the underlying state goes to info['state'].
 
     Written by hand rather than with gymnasium's ResizeObservation, which needs OpenCV. `success` is the
@@ -33,10 +33,13 @@ class PixelObservation(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, frame_size: int, crop: list[float]):
+        gym.utils.RecordConstructorArgs.__init__(self, frame_size=frame_size, crop=list(crop))  # so the spec rebuilds it
         super().__init__(env)
         self.frame_size = frame_size
         self.crop = crop
         self.from_render = not is_image_space(env.observation_space)
+        if self.from_render:  # its frames are the world's rgb_array pictures: the one render mode it can be made in
+            self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
         self.observation_space = gym.spaces.Box(0, 255, (frame_size, frame_size, 3), np.uint8)
         self.success: bool | None = None
 
@@ -69,7 +72,7 @@ class PixelObservation(gym.ObservationWrapper):
         return self.observation(obs), reward, terminated, truncated, info
 
 
-class ActionBounds(gym.ActionWrapper):
+class ActionBounds(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """Actions span the box [low, high] and reach the world clipped to its own action space.
 
     With CarRacing's brake in [-1, 1] instead of [0, 1], a controller's tanh output brakes only when
@@ -77,6 +80,7 @@ class ActionBounds(gym.ActionWrapper):
     """
 
     def __init__(self, env: gym.Env, low: list[float], high: list[float]):
+        gym.utils.RecordConstructorArgs.__init__(self, low=list(low), high=list(high))
         super().__init__(env)
         inner = env.action_space
         if not isinstance(inner, gym.spaces.Box) or len(low) != inner.shape[0] or len(high) != inner.shape[0]:
@@ -88,7 +92,7 @@ class ActionBounds(gym.ActionWrapper):
         return np.clip(action, self.env.action_space.low, self.env.action_space.high)
 
 
-class ActionRepeat(gym.Wrapper):
+class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Play each action for `repeat` frames (stopping early at an episode's end): rewards summed, the last frame seen.
 
     The number of frames actually played goes to info['frames'], so real steps are counted exactly. Frames
@@ -97,6 +101,7 @@ class ActionRepeat(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, repeat: int):
+        gym.utils.RecordConstructorArgs.__init__(self, repeat=repeat)
         super().__init__(env)
         self.repeat = repeat
 
