@@ -154,5 +154,9 @@ def test_files_honour_the_umask(tmp_path):
 
 
 def test_run_name_has_a_torchrun_proof_spelling(tmp_path):
+    from torch.distributed.run import get_args_parser
+
+    torchrun = get_args_parser().parse_args(["-m", "worldmodels", "train-vision", TINY, "--run-name", "ddp"])
+    assert torchrun.training_script_args == ["train-vision", TINY, "--run-name", "ddp"]  # passed through, not taken
     assert cli_stage("collect", tmp_path / "ck", tmp_path / "ro", "--run-name", "other") == 0
     assert (tmp_path / "ro" / "other" / "episodes" / "manifest.json").is_file()

@@ -211,12 +211,20 @@ class Evaluator:
         """Episodes per job: small enough that every worker gets several, as episodes differ in length."""
         return max(1, min(self.batch, -(-episodes // (2 * self.workers))))
 
-    def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
-        """(P, N) candidates x seeds -> (P, len(seeds)) returns; every candidate sees the same seeds."""
+    def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
+        """(P, N) candidates x seeds -> (P, len(seeds)) returns; every candidate sees the same seeds.
+
+        With `progress`, a bar of that name counts the episodes as their chunks come back (evaluation is long).
+        """
         pairs = [(x, s) for x in candidates for s in seeds]
         size = self._chunk(len(pairs))
         jobs = [(np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]]) for i in range(0, len(pairs), size)]
-        results = [r for chunk in self.runner.imap(_play_chunk, jobs) for r in chunk]
+        counter = bar(total=len(pairs), desc=progress, unit="ep", disable=True if progress is None else None)
+        results = []
+        for chunk in self.runner.imap(_play_chunk, jobs):
+            results += chunk
+            counter.update(len(chunk))
+        counter.close()
         return self._tally(results, len(candidates), len(seeds))
 
     def _tally(self, results: list[tuple[float, int, bool | None]], candidates: int, seeds: int) -> np.ndarray:
@@ -265,7 +273,8 @@ class VectorEvaluator(Evaluator):
     def _play(self, controller: Controller, seeds: list[int], exploration: float = 0.0, record: list | None = None) -> list:
         return play_vector(self.envs, self.model, controller, seeds, exploration, record)
 
-    def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
+    def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
+        """As Evaluator.returns; every episode is one lock-step loop here, so there is no bar to show."""
         population = Controller.from_flat(candidates, self.model.controller_input, self.envs.single_action_space)
         every = population.select(torch.arange(len(candidates)).repeat_interleave(len(seeds)))
         return self._tally(self._play(every, seeds * len(candidates)), len(candidates), len(seeds))

@@ -35,8 +35,9 @@ class DreamEvaluator:
         self.input_dim, self.space, self.batch = model.controller_input, space, cfg.batch
         self.steps = 0  # dream steps spent, for the logs
 
-    def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
-        """(P, N) candidates x seeds -> (P, len(seeds)) dream returns; every candidate dreams the same seeds."""
+    def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
+        """(P, N) candidates x seeds -> (P, len(seeds)) dream returns; every candidate dreams the same seeds (in seconds:
+        no bar)."""
         p, r = len(candidates), len(seeds)
         population = Controller.from_flat(candidates, self.input_dim, self.space)
         returns, steps = play_dream(self.dream, population.select(torch.arange(p).repeat_interleave(r)), seeds * p, self.batch)
@@ -232,7 +233,7 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     else:
         evaluator = real_evaluator(cfg, run.vision, run.memory, e.workers)
     with evaluator:
-        returns = evaluator.returns(flat[None], seeds)[0]
+        returns = evaluator.returns(flat[None], seeds, progress="evaluate")[0]
     report = {"world": world, "env": cfg.env.id, **returns_report(returns, seeds, saved["generation"])}
     if world == "dream":
         report["tau"] = cfg.dream.tau

@@ -104,7 +104,8 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
         writer.add_image("vision/reconstruction", image_grid([preview.cpu(), recon.cpu()]), epoch, dataformats="HWC")
 
     job = Fit("vision", model, model_config, batches, lambda b: model.loss(frames_to_float(b, device)),
-              v.epochs, v.lr, v.seed, run.vision, writer, on_epoch_end, **fit_options(cfg, device))
+              v.epochs, v.lr, v.seed, run.vision, writer, on_epoch_end, **fit_options(cfg, device),
+              batches_per_epoch=-(-frames // v.batch_size))  # every process takes its share of each global batch
     result = fit(job)
     writer.close()
     if store.skipped:

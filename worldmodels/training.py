@@ -98,6 +98,7 @@ class Fit:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     bf16: bool = False  # autocast the forward pass to bfloat16 (CUDA); the weights and the optimizer stay float32
     compile: bool = False  # torch.compile the model and its loss
+    batches_per_epoch: int | None = None  # for the progress bar's total and ETA where `batches` has no length
 
 
 def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> bool:
@@ -164,7 +165,8 @@ def fit(job: Fit) -> dict:
         torch.manual_seed(job.seed * 10_007 + epoch)  # the same noise whether or not the run was resumed
         totals: dict[str, float] = {}
         count = skipped = 0
-        for batch in bar(job.batches(epoch), desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", leave=False):
+        for batch in bar(job.batches(epoch), desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", leave=False,
+                         total=job.batches_per_epoch):
             with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.bf16):
                 losses = net(batch)
             if not apply_gradients(job.model, optimizer, losses["loss"], job.grad_clip):
