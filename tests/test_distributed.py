@@ -153,15 +153,20 @@ def torchrun(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_checkpoint_resumes_in_one_process(tmp_path, tiny_rollouts):
-    """Epoch 1 on 2 processes under torchrun, epoch 2 in 1 process: the same V as 2 epochs in 1 process."""
-    folders = ["--rollouts", tiny_rollouts]
+    """Epoch 1 on 2 processes under torchrun, epoch 2 in 1 process: the same V as 2 epochs in 1 process.
+
+    The run is named with --run-name, the spelling torchrun passes through (it takes --run for its --run-path).
+    """
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "ddp").symlink_to(tiny_rollouts / RUN_NAME)  # the tiny episodes under the run's name
+    folders = ["--rollouts", tmp_path / "ro", "--run-name", "ddp"]
     done = torchrun("train-vision", TINY, "--checkpoints", tmp_path / "a", *folders, "--set", "vision.epochs=1")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count('"stage": "train-vision"') == 1  # rank 0 alone prints the result
-    assert len(list((tmp_path / "a" / RUN_NAME).glob("*.tmp"))) == 0
+    assert (tmp_path / "a" / "ddp" / "vision.pt").is_file() and not list((tmp_path / "a" / "ddp").glob("*.tmp"))
     assert run_cli("train-vision", TINY, "--checkpoints", tmp_path / "a", *folders, "--set", "vision.epochs=2") == 0
     assert run_cli("train-vision", TINY, "--checkpoints", tmp_path / "b", *folders, "--set", "vision.epochs=2") == 0
-    resumed, straight = (torch.load(tmp_path / f / RUN_NAME / "vision.pt") for f in "ab")
+    resumed, straight = (torch.load(tmp_path / f / "ddp" / "vision.pt") for f in "ab")
     assert resumed["epoch"] == straight["epoch"] == 2 and resumed["step"] == straight["step"]
     for key, value in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)

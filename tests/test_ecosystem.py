@@ -50,6 +50,9 @@ def test_the_dream_from_a_run_folder_passes_gymnasiums_checker(tiny_run):
     model = WorldModel.load(tiny_run["dir"] / "vision.pt", tiny_run["dir"] / "memory.pt")
     assert env.observation_space.shape == (model.controller_input,)
     check_env(real, skip_render_check=False)  # the pixel world's spec rebuilds it
+    latent = gym.make("worldmodels/Latent-v0", run=str(tiny_run["dir"]))
+    check_env(latent, skip_render_check=True)
+    assert latent.observation_space == env.observation_space  # a dream policy's inputs, in the real world
 
 
 def test_a_run_folder_recipe_that_imports_a_module_is_refused(copy_run):
@@ -64,9 +67,11 @@ def test_sb3_ppo_trains_in_the_dream_and_plays_in_the_real_world(copy_run, tmp_p
     from worldmodels.worlds.sb3 import dream_vec_env
 
     run = copy_run["dir"]
-    envs = dream_vec_env(run, num_envs=8, seed=0)
-    agent = sb3.PPO("MlpPolicy", envs, n_steps=64, batch_size=64, n_epochs=2, seed=0, device="cpu")
+    agent = sb3.PPO("MlpPolicy", gym.make("worldmodels/Dream-v0", run=str(run)), n_steps=256, batch_size=64,
+                    n_epochs=2, seed=0, device="cpu")
     agent.learn(total_timesteps=2048)
+    batched = sb3.PPO("MlpPolicy", dream_vec_env(run, num_envs=8, seed=0), n_steps=64, batch_size=128, seed=0, device="cpu")
+    assert batched.learn(total_timesteps=1024).num_timesteps >= 1024  # and on the batched dream, 8 episodes a step
     agent.save(tmp_path / "ppo.zip")
     assert run_cli("evaluate", TINY, "--checkpoints", copy_run["checkpoints"], "--rollouts", copy_run["rollouts"],
                    "--policy", tmp_path / "ppo.zip", "--algo", "ppo") == 0

@@ -7,6 +7,7 @@ they follow one at a time. torch.Generator cannot do this: its draws depend on t
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -33,19 +34,43 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniform(seeds: torch.Tensor, step: torch.Tensor, stream: int, n: int) -> torch.Tensor:
-    """(B,) seeds and (B,) steps -> (B, n) floats in (0, 1), one independent draw per index."""
+@functools.lru_cache(maxsize=256)
+def _constants(values: tuple[int, ...], device: str) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _index_keys(n: int, device: str) -> torch.Tensor:
+    """The hashed indices 0..n-1: the same every step, so computed once."""
+    return _mix(torch.arange(n, device=device) + 0x632BE5AB)
+
+
+def uniforms(seeds: torch.Tensor, step: torch.Tensor, streams: tuple[int, ...], n: int) -> torch.Tensor:
+    """(B,) seeds and (B,) steps -> (B, len(streams), n) floats in (0, 1): several streams of one step in one pass.
+
+    A step's key is hashed once for all its streams, so a dream step costs a few wide operations, not hundreds
+    of tiny ones; the draws are those `uniform` gives stream by stream.
+    """
+    device = str(seeds.device)
     key = _mix((seeds.long() & _MASK) ^ 0x9E3779B9)
     key = _mix(key ^ (step.long() & _MASK))
-    key = _mix(key ^ stream)
-    index = torch.arange(n, device=seeds.device)
-    bits = _mix(key[:, None] ^ _mix(index + 0x632BE5AB)[None, :])
+    keys = _mix(key[:, None] ^ _constants(streams, device)[None, :])  # (B, S)
+    bits = _mix(keys[:, :, None] ^ _index_keys(n, device)[None, None, :])
     # 23 bits: (k + 0.5) / 2**23 is exact in float32, so never 0 or 1 (24 bits would round the top one up to 1)
     return ((bits >> 9).to(torch.float32) + 0.5) / float(1 << 23)
 
 
+def uniform(seeds: torch.Tensor, step: torch.Tensor, stream: int, n: int) -> torch.Tensor:
+    """(B,) seeds and (B,) steps -> (B, n) floats in (0, 1), one independent draw per index."""
+    return uniforms(seeds, step, (stream,), n)[:, 0]
+
+
+def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws from two uniform ones."""
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
 def normal(seeds: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tensor:
     """(B, n) standard normal draws (Box-Muller on two uniform streams)."""
-    u1 = uniform(seeds, step, GAUSS_A, n)
-    u2 = uniform(seeds, step, GAUSS_B, n)
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+    u = uniforms(seeds, step, (GAUSS_A, GAUSS_B), n)
+    return box_muller(u[:, 0], u[:, 1])

@@ -145,7 +145,7 @@ class CodebookEvaluator:
         self.steps = 0
         self.rules = {**dataclasses.asdict(cfg.codebook), "table": str(table_path(cfg))}  # what a return means
 
-    def returns(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:
+    def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
         """(P, N) candidates x seeds -> (P, len(seeds)) returns: f(final) - f(start) of each episode."""
         controller = Controller.from_flat(candidates, self.input_dim, self.space)
         out = np.zeros((len(candidates), len(seeds)))

@@ -83,12 +83,12 @@ class Dream:
         if self.cfg.dropout and self.memory.cfg.dropout:  # M's dropout kept on: every step dreams with another sub-network
             keep = (noise.uniform(self.seeds, self.t, noise.DROPOUT, self.memory.cfg.hidden_size) >= self.memory.cfg.dropout).float()
         prediction, self.state = self.memory.step(self.z, action.to(self.device, torch.float32), self.state, keep)
-        n = self.latent_dim
-        uniform = noise.uniform(self.seeds, self.t, noise.COMPONENT, n)
-        self.z = self.memory.draw(prediction, self.cfg.tau, uniform, noise.normal(self.seeds, self.t, n))
+        # one pass of the hash for the step's streams: mixture components, the two Gaussian halves, done
+        u = noise.uniforms(self.seeds, self.t, (noise.COMPONENT, noise.GAUSS_A, noise.GAUSS_B, noise.DONE), self.latent_dim)
+        self.z = self.memory.draw(prediction, self.cfg.tau, u[:, 0], noise.box_muller(u[:, 1], u[:, 2]))
         p_done = self.memory.done_probability(prediction)
         if self.cfg.done == "sample":
-            terminated = noise.uniform(self.seeds, self.t, noise.DONE, 1)[:, 0] < p_done
+            terminated = u[:, 3, 0] < p_done
         elif self.cfg.done == "threshold":
             terminated = p_done > self.cfg.done_threshold
         else:

@@ -1,0 +1,89 @@
+"""Stable-Baselines3 in the dream: PPO's env steps/s on the shipped batched adapter vs SB3's own vector of DreamEnvs,
+and a single DreamEnv step against M's step alone.
+
+    python benchmarks/sb3_dream.py [--recipe envs/carracing.toml] [--envs 64] [--baseline-envs 8] [--steps 16384]
+
+M has the recipe's sizes (carracing: z 32, LSTM 256, 5 Gaussians) and is untrained: speed does not depend on
+training. Both PPO runs collect `--steps` env steps (rollouts of 128 steps per env, one epoch of updates on a
+batch as large as the rollout), so the figure is PPO's whole loop, its updates included. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from worldmodels import config, noise
+from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.stages import memory_config
+from worldmodels.vision import build_vision, vision_config
+from worldmodels.worlds.dream import Dream, DreamEnv
+from worldmodels.worlds.real import action_space
+from worldmodels.worlds.sb3 import DreamVecEnv
+
+
+def ppo_steps_per_s(envs, steps: int) -> float:
+    agent = PPO("MlpPolicy", envs, n_steps=128, batch_size=128 * envs.num_envs, n_epochs=1, seed=0, device="cpu")
+    start = time.perf_counter()
+    agent.learn(total_timesteps=steps)
+    return agent.num_timesteps / (time.perf_counter() - start)
+
+
+def per_step_us(step, repeat: int = 2000) -> float:
+    for _ in range(50):
+        step()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        step()
+    return (time.perf_counter() - start) / repeat * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="envs/carracing.toml")
+    p.add_argument("--envs", type=int, default=64)
+    p.add_argument("--baseline-envs", type=int, default=8)
+    p.add_argument("--steps", type=int, default=16384)
+    args = p.parse_args()
+    cfg = config.load(args.recipe, ['dream.done="never"', "dream.max_steps=1000"])
+    torch.manual_seed(0)
+    memory = MDNRNN(MemoryModelConfig(**memory_config(cfg, build_vision(vision_config(cfg))))).eval()
+    starts = torch.randn(100, 2, cfg.vision.latent_dim)
+    space = action_space(cfg.env)
+
+    def dream() -> Dream:
+        return Dream(memory, cfg.dream, starts)
+
+    batched = ppo_steps_per_s(DreamVecEnv(dream(), space, args.envs, seed=0), args.steps)
+    baseline = ppo_steps_per_s(make_vec_env(lambda: DreamEnv(dream(), space), n_envs=args.baseline_envs, seed=0), args.steps)
+
+    single = DreamEnv(dream(), space)
+    single.reset(seed=0)
+    action = space.sample()
+    env_step = per_step_us(lambda: single.step(action))
+    z, a, state = torch.zeros(1, cfg.vision.latent_dim), torch.zeros(1, memory.cfg.action_dim), memory.initial_state(1)
+    with torch.inference_mode():
+        m_step = per_step_us(lambda: memory.step(z, a, state))
+    seeds, t = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    streams = (noise.COMPONENT, noise.GAUSS_A, noise.GAUSS_B, noise.DONE)
+    hash_step = per_step_us(lambda: noise.uniforms(seeds, t, streams, cfg.vision.latent_dim))
+    print(json.dumps({
+        "benchmark": "sb3_dream", "recipe": args.recipe, "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "steps": args.steps,
+        "ppo_steps_per_s_batched": round(batched, 1), "batched_envs": args.envs,
+        "ppo_steps_per_s_dummy_vec_env": round(baseline, 1), "dummy_envs": args.baseline_envs,
+        "ratio_batched_vs_dummy": round(batched / baseline, 2),
+        "dream_env_step_us": round(env_step, 1), "memory_step_us": round(m_step, 1),
+        "noise_hash_step_us": round(hash_step, 1), "ratio_env_step_vs_memory_step": round(env_step / m_step, 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
