@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 
 _MASK = 0xFFFFFFFF
@@ -45,12 +46,37 @@ def _index_keys(n: int, device: str) -> torch.Tensor:
     return _mix(torch.arange(n, device=device) + 0x632BE5AB)
 
 
+def _mix_np(x: np.ndarray) -> np.ndarray:
+    """lowbias32 on uint64 arrays holding 32-bit values: unsigned products wrap, so each multiply is one operation."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK
+    return x ^ (x >> 16)
+
+
+@functools.lru_cache(maxsize=256)
+def _index_keys_np(n: int) -> np.ndarray:
+    return _mix_np(np.arange(n, dtype=np.uint64) + 0x632BE5AB)
+
+
+def _uniforms_np(seeds: torch.Tensor, step: torch.Tensor, streams: tuple[int, ...], n: int) -> torch.Tensor:
+    """`uniforms` on the CPU in numpy: the same bits with a third of the operations, each a fraction of torch's cost."""
+    key = _mix_np((seeds.numpy().astype(np.int64) & _MASK).astype(np.uint64) ^ 0x9E3779B9)
+    key = _mix_np(key ^ (step.numpy().astype(np.int64) & _MASK).astype(np.uint64))
+    keys = _mix_np(key[:, None] ^ np.asarray(streams, dtype=np.uint64)[None, :])
+    bits = _mix_np(keys[:, :, None] ^ _index_keys_np(n)[None, None, :])
+    return torch.from_numpy(((bits >> 9).astype(np.float32) + np.float32(0.5)) / np.float32(1 << 23))
+
+
 def uniforms(seeds: torch.Tensor, step: torch.Tensor, streams: tuple[int, ...], n: int) -> torch.Tensor:
     """(B,) seeds and (B,) steps -> (B, len(streams), n) floats in (0, 1): several streams of one step in one pass.
 
     A step's key is hashed once for all its streams, so a dream step costs a few wide operations, not hundreds
-    of tiny ones; the draws are those `uniform` gives stream by stream.
+    of tiny ones; the draws are those `uniform` gives stream by stream. On the CPU the hash runs in numpy.
     """
+    if seeds.device.type == "cpu":
+        return _uniforms_np(seeds, step, streams, n)
     device = str(seeds.device)
     key = _mix((seeds.long() & _MASK) ^ 0x9E3779B9)
     key = _mix(key ^ (step.long() & _MASK))
