@@ -71,6 +71,16 @@ def test_uniform_in_open_interval_and_deterministic():
     torch.testing.assert_close(noise.uniform(seeds, steps, noise.COMPONENT, 50), u, rtol=0, atol=0)
 
 
+def test_the_cpu_hash_in_numpy_gives_the_bits_of_the_torch_hash():
+    """Both implementations of one step's streams (numpy on the CPU, torch where the dream runs on a GPU) agree."""
+    seeds = torch.cat([torch.tensor([0, 5, 2**31 - 1, 2**40 + 7, -5]), torch.randint(0, 2**31 - 1, (300,))])
+    steps = torch.cat([torch.tensor([0, 3, 999, -1, 2**33]), torch.randint(-1, 100_000, (300,))])
+    streams = (noise.COMPONENT, noise.GAUSS_A, noise.GAUSS_B, noise.DONE, noise.START, noise.DROPOUT)
+    for n in (1, 32, 256):
+        u = noise._uniforms_np(seeds, steps, streams, n)
+        assert u.dtype == torch.float32 and torch.equal(u, noise._uniforms_torch(seeds, steps, streams, n))
+
+
 def test_uniform_never_reaches_one():
     """Seed 3792943, step 0, stream 0, index 0 hashes to the largest 24-bit value 0xFFFFFF."""
     u = noise.uniform(torch.tensor([3792943]), torch.tensor([0]), noise.START, 1)

@@ -77,6 +77,11 @@ def uniforms(seeds: torch.Tensor, step: torch.Tensor, streams: tuple[int, ...], 
     """
     if seeds.device.type == "cpu":
         return _uniforms_np(seeds, step, streams, n)
+    return _uniforms_torch(seeds, step, streams, n)
+
+
+def _uniforms_torch(seeds: torch.Tensor, step: torch.Tensor, streams: tuple[int, ...], n: int) -> torch.Tensor:
+    """`uniforms` on the tensors' own device (a GPU's dream draws where it runs)."""
     device = str(seeds.device)
     key = _mix((seeds.long() & _MASK) ^ 0x9E3779B9)
     key = _mix(key ^ (step.long() & _MASK))
