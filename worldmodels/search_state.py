@@ -256,7 +256,10 @@ def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrate
                 f"'{path}' holds a search with controller.{key}={saved['search'].get(key)!r} but the recipe says "
                 f"{value!r}; restore the recipe's value, or delete it and controller.pt to start a new search")
     try:
-        es = _Decoder(fresh_search(saved["search"]), _cma_classes()).decode(saved["es"])
+        outside = np.random.get_state()  # pycma seeds numpy's global generator when it makes the template
+        template = fresh_search(saved["search"])
+        np.random.set_state(outside)
+        es = _Decoder(template, _cma_classes()).decode(saved["es"])
         if not isinstance(es, cma.CMAEvolutionStrategy):
             raise ValueError("not a CMA-ES search")
         progress = Progress(**_Decoder(None, {}).decode(saved["progress"]))
