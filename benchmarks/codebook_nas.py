@@ -40,7 +40,7 @@ def main() -> None:
         cfg = config.load(RECIPE, overrides + [f'name="{name}"'])
         run = Run(args.checkpoints, cfg)
         report = json.loads(run.report.read_text())
-        _, progress, _ = search_state.load(run.cmaes)
+        progress = search_state.load_progress(run.cmaes)
         found = [(Architecture.parse(a), s) for a, s in progress.archive.items()]
         surrogate = fit_surrogate(cfg)
         curve = {}

@@ -75,12 +75,18 @@ def read_json(path: Path, kind: type = dict) -> Any:
     return data if isinstance(data, kind) else None
 
 
-def save_json(path: Path, data: Any) -> None:
-    """Write JSON atomically; a file that already says the same is left untouched."""
-    path, text = Path(path), json.dumps(data, indent=2)
-    if path.is_file() and path.read_text(errors="replace") == text:
-        return
-    atomic_write(path, lambda f: f.write(text), mode="w")
+def write_if_changed(path: Path, content: str | bytes) -> bool:
+    """Write `content` atomically unless the file already holds it (a finished stage, run again, writes nothing); True if written."""
+    path, data = Path(path), content.encode() if isinstance(content, str) else content
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    atomic_write(path, lambda f: f.write(data))
+    return True
+
+
+def save_json(path: Path, data: Any) -> bool:
+    """Write JSON atomically; a file that already says the same is left untouched. True if written."""
+    return write_if_changed(path, json.dumps(data, indent=2))
 
 
 class Run:
@@ -132,7 +138,4 @@ class Run:
 
     def write_recipe(self) -> None:
         """Record the resolved recipe this run was made with (left untouched when it says the same: a finished run writes nothing)."""
-        path, text = self.dir / "recipe.toml", config_lib.dumps(self.cfg)
-        if path.is_file() and path.read_text() == text:
-            return
-        atomic_write(path, lambda f: f.write(text), mode="w")
+        write_if_changed(self.dir / "recipe.toml", config_lib.dumps(self.cfg))

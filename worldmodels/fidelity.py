@@ -67,9 +67,7 @@ def memory_report(memory: MDNRNN, episodes: list[LatentEpisode], split: str) -> 
 def write_memory_report(run: checkpoints.Run, memory: MDNRNN, episodes: list[LatentEpisode], split: str, epoch: int) -> dict:
     """The memory report, printed, written to memory_fidelity.json and to TensorBoard."""
     report = memory_report(memory, episodes, split) | {"epoch": epoch}
-    path = run.dir / "memory_fidelity.json"
-    if checkpoints.read_json(path) != report:  # a finished stage, run again, writes nothing
-        checkpoints.save_json(path, report)
+    if checkpoints.save_json(run.dir / "memory_fidelity.json", report):  # a finished stage, run again, writes nothing
         writer = SummaryWriter(run.tensorboard)
         for key in ("reward_r2", "return_r2", "done_auc"):
             if report[key] is not None:
@@ -110,7 +108,7 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
     c = cfg.controller
     if c.world != "dream" or not c.fidelity_controllers or not run.cmaes.is_file():
         return None
-    _, progress, _ = search_state.load(run.cmaes)
+    progress = search_state.load_progress(run.cmaes)
     history = spread(progress.history or [], c.fidelity_controllers)
     if not history:
         return None

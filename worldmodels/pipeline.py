@@ -56,7 +56,7 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
         report = evolution.evaluate(cfg, run)
     # what the score cost in real experience: C's own steps when it trained in the real world
     steps = real_steps(cfg, rollouts_root)
-    _, progress, _ = search_state.load(run.cmaes)
+    progress = search_state.load_progress(run.cmaes)
     if cfg.controller.world == "real":
         steps["controller"] = progress.env_steps
     elif progress.real_steps:  # real episodes that watched the dream-trained controller (controller.real_rollouts)

@@ -104,7 +104,7 @@ def encode(obj: Any, seen: dict[int, tuple] | None = None, path: tuple = ()) -> 
     if type(obj) is tuple:
         return {"$tuple": [encode(v, seen, path + (i,)) for i, v in enumerate(obj)]}
     if type(obj) is dict:
-        return {"$dict": [[encode(k, seen, path + ("key", i)), encode(v, seen, path + (i,))] for i, (k, v) in enumerate(obj.items())]}
+        return {"$dict": _encode_items(obj, seen, path)}
     if _cma_class(obj):
         cls = type(obj)
         node: dict[str, Any] = {"$obj": f"{cls.__module__}:{cls.__qualname__}"}
@@ -112,11 +112,16 @@ def encode(obj: Any, seen: dict[int, tuple] | None = None, path: tuple = ()) -> 
         state.update({s: getattr(obj, s) for s in _slots(cls) if hasattr(obj, s)})
         node["attrs"] = {k: encode(v, seen, path + ("attr", k)) for k, v in state.items()}
         if isinstance(obj, dict):
-            node["items"] = [[encode(k, seen, path + ("key", i)), encode(v, seen, path + (i,))] for i, (k, v) in enumerate(obj.items())]
+            node["items"] = _encode_items(obj, seen, path)
         if isinstance(obj, list):
             node["list"] = [encode(v, seen, path + (i,)) for i, v in enumerate(obj)]
         return node
     raise TypeError(f"{path}: cannot store a {type(obj).__qualname__}")
+
+
+def _encode_items(obj: dict, seen: dict, path: tuple) -> list:
+    """A dict's (key, value) pairs in order: keys need not be strings (pycma keys some dicts by tuples and ints)."""
+    return [[encode(k, seen, path + ("key", i)), encode(v, seen, path + (i,))] for i, (k, v) in enumerate(obj.items())]
 
 
 # ---------------------------------------------------------------- reading
@@ -184,8 +189,8 @@ class _Decoder:
             return self._keep(path, tuple(self.decode(v, path + (i,)) for i, v in enumerate(node["$tuple"])))
         if "$dict" in node:
             out = self._keep(path, {})
-            for i, (k, v) in enumerate(node["$dict"]):
-                out[self._hashable(self.decode(k, path + ("key", i)), path)] = self.decode(v, path + (i,))
+            for key, value in self._items(node["$dict"], path):
+                out[key] = value
             return out
         if "$obj" in node:
             cls = self.classes.get(node["$obj"])
@@ -194,12 +199,17 @@ class _Decoder:
             obj = self._keep(path, cls.__new__(cls))
             for name, v in node["attrs"].items():
                 object.__setattr__(obj, name, self.decode(v, path + ("attr", name)))
-            for i, (k, v) in enumerate(node.get("items", [])):
-                dict.__setitem__(obj, self._hashable(self.decode(k, path + ("key", i)), path), self.decode(v, path + (i,)))
+            for key, value in self._items(node.get("items", []), path):
+                dict.__setitem__(obj, key, value)
             for i, v in enumerate(node.get("list", [])):
                 list.append(obj, self.decode(v, path + (i,)))
             return obj
         raise ValueError(f"{path}: unknown node {sorted(node)[:3]}")
+
+    def _items(self, pairs: list, path: tuple):
+        """The (key, value) pairs `_encode_items` wrote, decoded in order."""
+        for i, (k, v) in enumerate(pairs):
+            yield self._hashable(self.decode(k, path + ("key", i)), path), self.decode(v, path + (i,))
 
     def _keep(self, path: tuple, obj: Any) -> Any:
         self.built[path] = obj
@@ -241,8 +251,8 @@ def save(path: Path, es: cma.CMAEvolutionStrategy, search: dict, progress: Progr
     })
 
 
-def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrategy, Progress, tuple]:
-    """(es, progress, numpy's generator state) from `save`'s file; with `search`, refused in one line if the recipe's differs."""
+def _read(path: Path, search: dict | None) -> dict:
+    """The saved file, checked: not an old pickle, this format, and (with `search`) the recipe's search settings."""
     refuse_pickle(Path(path).parent)
     saved = checkpoints.load(path, "cmaes")
     if saved.get("format") != FORMAT:
@@ -255,7 +265,29 @@ def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrate
             raise WorldModelsError(
                 f"'{path}' holds a search with controller.{key}={saved['search'].get(key)!r} but the recipe says "
                 f"{value!r}; restore the recipe's value, or delete it and controller.pt to start a new search")
+    return saved
+
+
+def _rebuilt(path: Path, rebuild: Any) -> Any:
+    """`rebuild()`, with any structure the file should not hold turned into one error line."""
     try:
+        return rebuild()
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise WorldModelsError(f"'{path}' is not a search state this version can rebuild ({exc}); "
+                               "delete it and controller.pt to restart the search") from None
+
+
+def load_progress(path: Path) -> Progress:
+    """The search's progress alone (generation, best, history), for readers that do not search: no pycma object is built."""
+    saved = _read(path, None)
+    return _rebuilt(path, lambda: Progress(**_Decoder(None, {}).decode(saved["progress"])))
+
+
+def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrategy, Progress, tuple]:
+    """(es, progress, numpy's generator state) from `save`'s file; with `search`, refused in one line if the recipe's differs."""
+    saved = _read(path, search)
+
+    def rebuild() -> tuple[cma.CMAEvolutionStrategy, Progress, tuple]:
         outside = np.random.get_state()  # pycma seeds numpy's global generator when it makes the template
         template = fresh_search(saved["search"])
         np.random.set_state(outside)
@@ -265,10 +297,9 @@ def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrate
         progress = Progress(**_Decoder(None, {}).decode(saved["progress"]))
         np_state = _Decoder(None, {}).decode(saved["numpy_random"])
         np.random.RandomState().set_state(np_state)  # numpy checks the state's form
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise WorldModelsError(f"'{path}' is not a search state this version can rebuild ({exc}); "
-                               "delete it and controller.pt to restart the search") from None
-    return es, progress, np_state
+        return es, progress, np_state
+
+    return _rebuilt(path, rebuild)
 
 
 def refuse_pickle(run_dir: Path) -> None:

@@ -140,10 +140,8 @@ def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature:
     for path, picture in zip(paths, pictures):
         png = io.BytesIO()
         Image.fromarray(picture).save(png, format="PNG")
-        if path.is_file() and path.read_bytes() == png.getvalue():  # the same V draws the same pictures: nothing to write
-            continue
-        checkpoints.atomic_write(path, lambda f: f.write(png.getvalue()))
-        writer.add_image(f"sample/{path.stem}", picture, 0, dataformats="HWC")
+        if checkpoints.write_if_changed(path, png.getvalue()):  # the same V draws the same pictures: nothing to write
+            writer.add_image(f"sample/{path.stem}", picture, 0, dataformats="HWC")
     writer.close()
     return paths
 

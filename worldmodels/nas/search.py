@@ -216,7 +216,7 @@ def evaluate(cfg: Config, run: Run) -> dict:
     """The kept controller's return in the codebook world, and the search's winner vs random search's, trained for real."""
     e = cfg.evaluate
     saved = checkpoints.load(run.require(run.controller, "train-controller"), "controller")
-    _, progress, _ = search_state.load(run.cmaes)
+    progress = search_state.load_progress(run.cmaes)
     with CodebookEvaluator(cfg, run) as evaluator:
         if saved["config"]["input_dim"] != evaluator.input_dim:
             raise WorldModelsError(f"'{run.controller}' was trained on observations of size {saved['config']['input_dim']}, "
