@@ -18,8 +18,8 @@ from . import __version__
 from . import config as config_lib
 from .errors import WorldModelsError
 
-CODEBOOK_STAGES = ["train-vision", "train-controller", "evaluate", "pipeline"]
-WRITING_STAGES = ["collect", "train-vision", "train-memory", "train-controller", "pipeline"]  # these make the run's folders
+CODEBOOK_STAGES = ["train-vision", "train-controller", "evaluate", "pipeline", "study"]
+WRITING_STAGES = ["collect", "train-vision", "train-memory", "train-controller", "pipeline", "study"]  # these make the run's folders
 DATA_PARALLEL_STAGES = ["train-vision", "train-memory"]  # the stages torchrun can spread over processes
 STAGES = {  # each stage and what it does, for --help
     "collect": "play the collection policy in the real world and store the episodes",
@@ -32,6 +32,7 @@ STAGES = {  # each stage and what it does, for --help
     "pipeline": "every stage in order, each skipping itself when done (plus iterative rounds for dream recipes)",
     "dream": "GIFs of M's dream beside the real episode it starts from",
     "tau-sweep": "the dream-trained controller's real score across dream temperatures",
+    "study": "the pipeline once per seed, each in its own run folder, and the score's interquartile mean with a 95% interval",
 }
 
 
@@ -62,7 +63,12 @@ def parser() -> argparse.ArgumentParser:
         if stage in ("train-controller", "evaluate"):
             s.add_argument("--world", choices=["real", "dream", "codebook"] if stage == "train-controller" else ["real", "dream"],
                            help="where C acts (default: the recipe's controller.world for training, real for evaluate)")
-        if stage in ("train-controller", "evaluate", "pipeline", "tau-sweep"):
+        if stage == "study":
+            s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds, one pipeline each (default: 0-4)")
+            s.add_argument("--from", dest="start", choices=["memory", "controller"], default="collect",
+                           help="reseed only this stage and the later ones; the earlier ones run once and every seed shares "
+                                "them (default: every stage reseeded)")
+        if stage in ("train-controller", "evaluate", "pipeline", "tau-sweep", "study"):
             s.add_argument("--backend", choices=["pool", "vector", "ray"],
                            help="where real episodes run (default: the recipe's controller.backend)")
             s.add_argument("--address", help="ray: 'auto' or HOST:PORT of a running Ray cluster (default: a local one)")
@@ -102,13 +108,16 @@ def run_stage(args: argparse.Namespace) -> object:
         overrides.append(f"dream.tau={args.tau}")
     check_arguments(args)
     cfg = config_lib.load(args.recipe, overrides)
+    if args.stage == "study" and args.run is None:  # beside the recipe's own run folder, not inside it
+        cfg.name = f"{cfg.name}_study"
+        config_lib.check_name(cfg.name)
     run = Run(args.checkpoints, cfg)
     rollouts_root = Path(args.rollouts)
     refuse_stage(args, cfg)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank and args.stage in WRITING_STAGES:  # made before locking, so the first of two new runs holds them
         run.dir.mkdir(parents=True, exist_ok=True)
-        if args.stage in ("collect", "pipeline") and cfg.controller.world != "codebook":
+        if args.stage in ("collect", "pipeline", "study") and cfg.controller.world != "codebook":
             (rollouts_root / cfg.name).mkdir(parents=True, exist_ok=True)
     with lock.hold([run.dir, rollouts_root / cfg.name] if main_rank else []):
         return run_locked(args, cfg, run, rollouts_root)
@@ -182,6 +191,11 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_r
         return watch.dream_gifs(cfg, run, args.seed, args.scale)
     if args.stage == "tau-sweep":
         return sweep.tau_sweep(cfg, run, args.tau or [cfg.dream.tau])
+    if args.stage == "study":
+        from .study import study
+
+        result = study(cfg, run.dir, rollouts_root / cfg.name, args.seeds, args.start)
+        return {k: v for k, v in result.items() if k != "seeds"} | {"seeds": {r["seed"]: r["mean"] for r in result["seeds"]}}
     return summary(pipeline(cfg, run, rollouts_root))
 
 

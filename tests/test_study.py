@@ -1,0 +1,117 @@
+"""`worldmodels study`: the pipeline per seed, its statistics, sharing, resuming, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from conftest import TINY, run_cli
+from worldmodels import config as config_lib
+from worldmodels.study import seed_config, statistics
+
+SCORES = [400.0, 480.0, 490.0, 500.0, 470.0]
+
+
+def test_statistics_against_hand_computed_values():
+    out = statistics(SCORES, reps=20_000)
+    assert out["iqm"] == pytest.approx((470 + 480 + 490) / 3)  # 5 scores: the lowest and highest quarter (1 each) cut
+    assert out["mean"] == pytest.approx(468.0) and out["median"] == pytest.approx(480.0)
+    # the interval against a brute-force percentile bootstrap of the seeds
+    rng = np.random.default_rng(1)
+    draws = np.asarray(SCORES)[rng.integers(0, 5, size=(20_000, 5))]
+    for name, aggregate in (("iqm", lambda x: scipy_stats.trim_mean(x, 0.25, axis=1)), ("mean", lambda x: x.mean(1))):
+        low, high = np.percentile(aggregate(draws), [2.5, 97.5])
+        assert out[f"{name}_ci"] == pytest.approx([low, high], abs=4.0)
+        assert out[f"{name}_ci"][0] < out[name] < out[f"{name}_ci"][1]
+    assert statistics(SCORES, reps=2_000) == statistics(SCORES, reps=2_000)  # fixed bootstrap seed
+    np.random.seed(5)
+    expected = np.random.rand()
+    np.random.seed(5)
+    statistics(SCORES, reps=100)
+    assert np.random.rand() == expected  # numpy's global generator is left as it was
+
+
+def test_seed_config_offsets_every_reseeded_stage():
+    cfg = config_lib.load(TINY, ["memory.seed=10"])
+    seeded = seed_config(cfg, 3, ("collect", "vision", "memory", "controller"), "seed_3")
+    assert (seeded.collect.seed, seeded.vision.seed, seeded.memory.seed, seeded.controller.seed) == (3, 3, 13, 3)
+    assert seeded.name == "seed_3" and cfg.memory.seed == 10  # the recipe itself is untouched
+    only_c = seed_config(cfg, 3, ("controller",), "seed_3")
+    assert (only_c.collect.seed, only_c.vision.seed, only_c.memory.seed, only_c.controller.seed) == (0, 0, 10, 3)
+
+
+def study(tmp, *extra):
+    return run_cli("study", TINY, "--checkpoints", tmp / "ck", "--rollouts", tmp / "ro", *extra)
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """A study of seeds 0 and 1 of the tiny recipe, every stage reseeded."""
+    tmp = tmp_path_factory.mktemp("study")
+    assert study(tmp, "--seeds", "0", "1") == 0
+    return tmp
+
+
+def test_study_writes_json_picture_and_tensorboard(two_seeds):
+    root = two_seeds / "ck" / "tiny_study"
+    out = json.loads((root / "study.json").read_text())
+    assert [r["seed"] for r in out["seeds"]] == [0, 1] and out["from"] == "collect"
+    assert out["reseeded"] == ["collect", "vision", "memory", "controller"]
+    for row in out["seeds"]:
+        report = json.loads((root / f"seed_{row['seed']}" / "report.json").read_text())
+        assert row["mean"] == report["mean"] and len(row["returns"]) == 3 and row["wall_s"] > 0
+    assert out["iqm"] == pytest.approx(np.mean([r["mean"] for r in out["seeds"]]))  # 2 seeds: nothing to trim
+    assert (root / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(p.name.startswith("events.out.tfevents") for p in (root / "tb").iterdir())
+    assert (two_seeds / "ro" / "tiny_study" / "seed_1" / "episodes" / "manifest.json").is_file()
+
+
+def test_two_seeds_differ_and_the_same_seed_repeats(two_seeds, tmp_path):
+    root = two_seeds / "ck" / "tiny_study"
+    v0, v1 = ((root / f"seed_{s}" / "vision.pt").read_bytes() for s in (0, 1))
+    e0, e1 = ((two_seeds / "ro" / "tiny_study" / f"seed_{s}" / "episodes" / "ep_000000.npz").read_bytes() for s in (0, 1))
+    assert v0 != v1 and e0 != e1  # other episodes, another V
+    assert study(tmp_path, "--seeds", "1") == 0
+    again = json.loads((tmp_path / "ck" / "tiny_study" / "study.json").read_text())["seeds"][0]
+    first = json.loads((root / "study.json").read_text())["seeds"][1]
+    assert again["returns"] == first["returns"]
+
+
+def test_a_resumed_study_equals_an_uninterrupted_one(two_seeds, tmp_path):
+    tmp = tmp_path / "resumed"
+    shutil.copytree(two_seeds, tmp)
+    root = tmp / "ck" / "tiny_study"
+    before = json.loads((root / "study.json").read_text())
+    for name in ("controller.pt", "cmaes.pt", "report.json"):  # seed 1 stopped after train-memory
+        (root / "seed_1" / name).unlink()
+    assert study(tmp, "--seeds", "0", "1") == 0
+    after = json.loads((root / "study.json").read_text())
+    assert [r["returns"] for r in after["seeds"]] == [r["returns"] for r in before["seeds"]]
+    assert after["iqm"] == before["iqm"] and after["iqm_ci"] == before["iqm_ci"]
+    assert after["seeds"][0]["wall_s"] == before["seeds"][0]["wall_s"]  # a finished seed's time stands
+
+
+def test_from_controller_shares_v_and_m_and_reseeds_c(tmp_path, capsys):
+    assert study(tmp_path, "--seeds", "0", "1", "--from", "controller") == 0
+    assert "shared by every seed" in capsys.readouterr().out
+    root = tmp_path / "ck" / "tiny_study"
+    for name in ("vision.pt", "memory.pt"):
+        inodes = {os.stat(root / folder / name).st_ino for folder in ("shared", "seed_0", "seed_1")}
+        assert len(inodes) == 1  # one file, linked
+    c0, c1 = ((root / f"seed_{s}" / "controller.pt").read_bytes() for s in (0, 1))
+    assert c0 != c1
+    out = json.loads((root / "study.json").read_text())
+    assert out["shared"] == ["collect", "train-vision", "encode", "train-memory"] and out["reseeded"] == ["controller"]
+    # the same folder reseeded from another stage would mix two kinds of runs
+    assert study(tmp_path, "--seeds", "0", "1") == 2
+    assert "reseeded from controller, not collect" in capsys.readouterr().err
+
+
+def test_bad_seeds_exit_2(tmp_path, capsys):
+    assert study(tmp_path, "--seeds", "1", "1") == 2
+    assert "--seeds must be distinct" in capsys.readouterr().err
