@@ -165,3 +165,43 @@ def test_run_name_has_a_torchrun_proof_spelling(tmp_path):
     assert torchrun.training_script_args == ["train-vision", TINY, "--run-name", "ddp"]  # passed through, not taken
     assert cli_stage("collect", tmp_path / "ck", tmp_path / "ro", "--run-name", "other") == 0
     assert (tmp_path / "ro" / "other" / "episodes" / "manifest.json").is_file()
+
+
+def test_a_terminal_sees_bars_for_a_real_generation_and_evaluate(copy_run):
+    """On a terminal, each real-world generation counts its episodes and evaluate shows its own bar with a rate and ETA."""
+    import pty
+
+    ck, ro, run_dir = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
+    for name in ("controller.pt", "cmaes.pt", "report.json"):
+        (run_dir / name).unlink()
+    import fcntl
+    import struct
+    import termios
+    import threading
+
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0 x 0: tqdm draws nothing
+    chunks: list[bytes] = []
+
+    def read() -> None:  # read while the stages write: a full pty would block them
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the other side is closed: everything was read
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for stage in ("train-controller", "evaluate"):
+        done = subprocess.run([sys.executable, "-m", "worldmodels", stage, TINY, "--checkpoints", str(ck), "--rollouts", str(ro)],
+                              stderr=secondary, stdout=subprocess.DEVNULL, env=dict(os.environ), timeout=300)
+        assert done.returncode == 0
+    os.close(secondary)
+    reader.join(timeout=30)
+    out = b"".join(chunks)
+    text = out.decode(errors="replace")
+    assert "generation 1:" in text and "generation 2:" in text and "ep/s" in text  # a bar per generation, counting episodes
+    assert "evaluate:" in text and "3/3" in text and "<" in text  # evaluate's bar: its total and an ETA

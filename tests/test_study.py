@@ -115,3 +115,38 @@ def test_from_controller_shares_v_and_m_and_reseeds_c(tmp_path, capsys):
 def test_bad_seeds_exit_2(tmp_path, capsys):
     assert study(tmp_path, "--seeds", "1", "1") == 2
     assert "--seeds must be distinct" in capsys.readouterr().err
+
+
+def test_final_selection_keeps_the_best_of_the_top_rescored(copy_run, capsys):
+    """controller.select_top: the kept controller is the best of the top contenders over the selection's own episodes."""
+    import torch
+
+    from conftest import cli_stage
+    from worldmodels import search_state
+    from worldmodels.backends import real_evaluator
+    from worldmodels.checkpoints import Run
+    from worldmodels.evolution import generation_seeds
+
+    ck, ro, run_dir = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
+    for name in ("controller.pt", "cmaes.pt"):
+        (run_dir / name).unlink()
+    sets = ["--set", "controller.select_top=3", "--set", "controller.select_rollouts=4", "--set", "controller.generations=3"]
+    assert cli_stage("train-controller", ck, ro, *sets) == 0
+    assert "re-scored on 4 episodes" in capsys.readouterr().out
+    progress = search_state.load_progress(run_dir / "cmaes.pt")
+    assert progress.selected == progress.generation == 3
+    history = sorted(progress.history, key=lambda h: -h["score"])
+    contenders = []
+    for h in history:
+        if not any(np.array_equal(h["params"], k) for k in contenders) and len(contenders) < 3:
+            contenders.append(h["params"])
+    cfg = config_lib.load(TINY, [s for s in sets if s != "--set"])
+    run = Run(ck, cfg)
+    with real_evaluator(cfg, run.vision, run.memory, 1) as evaluator:  # the same episodes, scored by hand
+        scores = evaluator.returns(np.stack(contenders), generation_seeds(cfg.controller.seed + 4, 3, 4)).mean(1)
+    saved = torch.load(run_dir / "controller.pt", weights_only=True)
+    assert saved["score"] == pytest.approx(scores.max())
+    np.testing.assert_array_equal(saved["params"].numpy(), contenders[int(scores.argmax())].astype(np.float32))
+    before = (run_dir / "controller.pt").read_bytes()
+    assert cli_stage("train-controller", ck, ro, *sets) == 0  # finished and selected: nothing more
+    assert "already searched" in capsys.readouterr().out and (run_dir / "controller.pt").read_bytes() == before

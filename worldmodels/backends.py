@@ -219,7 +219,7 @@ class Evaluator:
         pairs = [(x, s) for x in candidates for s in seeds]
         size = self._chunk(len(pairs))
         jobs = [(np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]]) for i in range(0, len(pairs), size)]
-        counter = bar(total=len(pairs), desc=progress, unit="ep", disable=True if progress is None else None)
+        counter = bar(total=len(pairs), desc=progress, unit="ep", disable=True if progress is None else None, leave=False)
         results = []
         for chunk in self.runner.imap(_play_chunk, jobs):
             results += chunk

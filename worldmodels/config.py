@@ -122,6 +122,9 @@ class ControllerConfig:
     workers: int = 2  # worker processes (pool), Ray actors (ray) or vector-env copies (vector)
     eval_every: int = 5  # re-evaluate the best and the mean solution every N generations
     eval_rollouts: int = 8  # fresh episodes for each re-evaluation
+    select_top: int = 0  # at the search's end, re-score the N best re-evaluated controllers on select_rollouts shared
+    #                      fresh episodes and keep the best of those: the top of many 8-episode scores is a lucky one; 0: off
+    select_rollouts: int = 32  # episodes for each of them in that final re-scoring
     target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
     max_steps: int = 0  # 0: the environment's own time limit
     real_rollouts: int = 0  # dream training only: real episodes played at each re-evaluation, to log dream vs real
@@ -268,7 +271,7 @@ POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that can
     "vision.embed_dim", "memory.hidden_size", "memory.num_gaussians", "memory.seq_len", "memory.epochs",
     "memory.batch_size", "memory.lr", "controller.population", "controller.sigma0", "controller.rollouts",
     "controller.generations", "controller.workers", "controller.eval_every", "controller.eval_rollouts",
-    "controller.fidelity_episodes", "dream.max_steps", "dream.round_episodes", "evaluate.episodes", "evaluate.workers",
+    "controller.fidelity_episodes", "controller.select_rollouts", "dream.max_steps", "dream.round_episodes", "evaluate.episodes", "evaluate.workers",
     "nas.samples", "nas.slots", "nas.hidden", "nas.final_seeds", "codebook.max_allowed_actions",
 }
 MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust memory or budgets that never end
@@ -277,7 +280,8 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "vision.embed_dim": 4096, "vision.base_channels": 4096, "memory.hidden_size": 16_384, "memory.num_gaussians": 1024,
     "memory.seq_len": 100_000, "memory.batch_size": 65_536, "controller.population": 100_000,
     "controller.rollouts": 100_000, "controller.generations": 10_000_000, "controller.workers": 1024,
-    "controller.eval_rollouts": 100_000, "dream.max_steps": 10_000_000, "dream.batch": 10_000_000,
+    "controller.eval_rollouts": 100_000, "controller.select_top": 100_000, "controller.select_rollouts": 100_000,
+    "dream.max_steps": 10_000_000, "dream.batch": 10_000_000,
     "dream.round_episodes": 1_000_000, "evaluate.episodes": 1_000_000, "evaluate.workers": 1024,
     "nas.samples": 10_000_000,
 }

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from . import checkpoints, search_state
 from .agent import WorldModel
 from .backends import real_evaluator
-from .config import Config, DreamConfig
+from .config import Config, ControllerConfig, DreamConfig
 from .controller import Controller
 from .errors import WorldModelsError
 from .progress import bar
@@ -91,6 +91,22 @@ def log_dream_rollout(writer: SummaryWriter, evaluator: DreamEvaluator, flat: np
     writer.add_image("dream/rollout", filmstrip(frames), step, dataformats="HWC")
 
 
+def select_kept(evaluator, progress: Progress, c: ControllerConfig) -> np.ndarray:
+    """Re-score the kept controller and this round's `c.select_top` best re-evaluated ones on `c.select_rollouts` fresh
+    episodes they share; keep the best of those, with that score. Returns the scores, the kept one's first."""
+    history = sorted((h for h in progress.history or [] if h["generation"] > progress.round_start), key=lambda h: -h["score"])
+    contenders, seen = [], set()
+    for flat in [progress.best] + [h["params"] for h in history]:
+        if flat.tobytes() not in seen and len(contenders) < max(c.select_top, 1):
+            contenders.append(flat)
+            seen.add(flat.tobytes())
+    seeds = generation_seeds(c.seed + 4, progress.generation, c.select_rollouts)
+    scores = evaluator.returns(np.stack(contenders), seeds).mean(1)
+    progress.best, progress.best_score = contenders[int(scores.argmax())], float(scores.max())
+    progress.selected = progress.generation
+    return scores
+
+
 def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
     """Search controller parameters with CMA-ES in the recipe's world; resumable from the saved CMA-ES state.
 
@@ -132,8 +148,11 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
     def finished() -> bool:
         return progress.generation >= until() or progress.best_score >= c.target
 
+    def selected() -> bool:
+        return not c.select_top or progress.best is None or progress.selected == progress.generation
+
     result = {"world": c.world, "generation": progress.generation, "best_score": progress.best_score, "steps": progress.env_steps}
-    if finished() and not new_round:
+    if finished() and not new_round and selected():
         tqdm.write(f"controller: already searched {progress.generation} generations, skipping")
         return result
     if progress.generation:
@@ -165,7 +184,9 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
             if finished():
                 break
             candidates = np.asarray(es.ask())
-            fitness = evaluator.returns(candidates, generation_seeds(c.seed, generation, c.rollouts)).mean(1)
+            # a real-world generation takes minutes: its episodes get a bar of their own (the dream's takes seconds)
+            within = None if dreaming or codebook else f"generation {generation + 1}"
+            fitness = evaluator.returns(candidates, generation_seeds(c.seed, generation, c.rollouts), within).mean(1)
             es.tell(list(candidates), list(-fitness))  # cma minimises
             progress.generation = generation + 1
             writer.add_scalar("controller/fitness_best", fitness.max(), progress.generation)
@@ -207,6 +228,15 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
             if progress.best_score >= c.target:
                 tqdm.write(f"controller: target {c.target} reached, stopping")
         generations.close()
+        if finished() and not selected():
+            scores = select_kept(evaluator, progress, c)
+            save_controller(run.controller, progress.best, input_dim, progress.best_score, progress.generation)
+            progress.env_steps += evaluator.steps
+            evaluator.steps = 0
+            writer.add_scalar("controller/selected_score", progress.best_score, progress.generation)
+            tqdm.write(f"controller: the kept controller and the top {len(scores) - 1} others re-scored on {c.select_rollouts} "
+                       f"episodes: {', '.join(f'{x:.4g}' for x in scores)}; kept {progress.best_score:.4g}")
+            search_state.save(run.cmaes, es, search, progress)
     writer.close()
     result.update(generation=progress.generation, best_score=progress.best_score, steps=progress.env_steps)
     if progress.real_steps:

@@ -47,6 +47,7 @@ class Progress:
     queries: int = 0  # codebook world: surrogate queries so far, repeats included
     rules: dict | None = None  # codebook world: what scores mean (objective, episode length, table)
     history: list | None = None  # every re-evaluated contender: {generation, kind, params, score in the search's world}
+    selected: int = -1  # the generation the final re-scoring of the top contenders (controller.select_top) ran at
 
 
 def fresh_search(search: dict) -> cma.CMAEvolutionStrategy:
