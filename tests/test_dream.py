@@ -421,6 +421,32 @@ def test_vector_env_restarts_finished_rows_only():
     assert not obs[terminated, Z:].any() and (obs[~terminated, Z:] != 0).any(1).all()
 
 
+@pytest.mark.parametrize("n", [1, 7])
+def test_noise_hashed_in_blocks_gives_the_same_dream(n):
+    """A small batch reads its noise from blocks of steps hashed at once: the same trajectories, restarts and drops included."""
+    memory = small_memory(seed=2, action_dim=3, done_weight=4.0)
+    with torch.no_grad():
+        memory.head.bias[-1] = -1.0  # episodes end at different steps, so rows restart and leave at random
+
+    def trajectory(block_steps: int) -> list[np.ndarray]:
+        dream = Dream(memory, DreamConfig(max_steps=40, tau=1.3), fixed_start(torch.zeros(Z)))
+        dream.block_steps = block_steps
+        env = DreamVectorEnv(dream, BOX, n)
+        out = [env.reset(seed=3)[0]]
+        actions = np.random.default_rng(0)
+        for _ in range(120):
+            obs, reward, terminated, truncated, _ = env.step(actions.uniform(-1, 1, (n, 3)).astype(np.float32))
+            out += [obs, reward, terminated, truncated]
+        controller, _ = population(BOX, 5)
+        out += list(play_dream(dream, controller, [11, 12, 13, 14, 15]))  # rows leave the batch as they finish
+        return out
+
+    blocks, steps = trajectory(4), trajectory(0)
+    assert len(blocks) == len(steps)
+    for a, b in zip(blocks, steps):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------- scoring controllers in the dream
 
 

@@ -21,6 +21,9 @@ from ..vision import VisionModel
 from .real import encode_actions
 
 
+STEP_STREAMS = (noise.COMPONENT, noise.GAUSS_A, noise.GAUSS_B, noise.DONE)  # the draws of one step: component, Gaussian, done
+
+
 class Dream:
     """B dream episodes at once: M's LSTM state, the current z, the step count and each episode's seed.
 
@@ -34,6 +37,7 @@ class Dream:
         # (N, 2, Z): mean and log-std of real first frames; None starts from V's prior N(0, I)
         self.starts = None if starts is None or cfg.start == "prior" else starts.to(self.device, torch.float32)
         self.latent_dim = memory.cfg.latent_dim
+        self.block_steps = 32  # small batches hash this many steps of noise at once; 0: every step on its own
         self.reset(torch.zeros(0, dtype=torch.long))
 
     @property
@@ -60,6 +64,7 @@ class Dream:
         self.t = torch.zeros_like(self.seeds)
         self.z = self._start_latents(self.seeds)
         self.state = self.memory.initial_state(len(self.seeds), self.device)
+        self._block: tuple[torch.Tensor, torch.Tensor] | None = None
         return self.observation()
 
     @torch.inference_mode()
@@ -71,6 +76,9 @@ class Dream:
         self.z[rows] = self._start_latents(self.seeds[rows])
         for part in self.state:
             part[:, rows] = 0
+        if self._block is not None and rows.any():  # the restarted rows' noise from their step 0; the others' stays
+            self._block[0][rows] = 0
+            self._block[1][rows] = self._hash_block(self.seeds[rows], self.t[rows])
 
     def observation(self) -> torch.Tensor:
         """What C sees: [z, h], (B, Z + H)."""
@@ -83,19 +91,41 @@ class Dream:
         if self.cfg.dropout and self.memory.cfg.dropout:  # M's dropout kept on: every step dreams with another sub-network
             keep = (noise.uniform(self.seeds, self.t, noise.DROPOUT, self.memory.cfg.hidden_size) >= self.memory.cfg.dropout).float()
         prediction, self.state = self.memory.step(self.z, action.to(self.device, torch.float32), self.state, keep)
-        # one pass of the hash for the step's streams: mixture components, the two Gaussian halves, done
-        u = noise.uniforms(self.seeds, self.t, (noise.COMPONENT, noise.GAUSS_A, noise.GAUSS_B, noise.DONE), self.latent_dim)
+        u = self._step_noise()
         self.z = self.memory.draw(prediction, self.cfg.tau, u[:, 0], noise.box_muller(u[:, 1], u[:, 2]))
-        p_done = self.memory.done_probability(prediction)
         if self.cfg.done == "sample":
-            terminated = u[:, 3, 0] < p_done
+            terminated = u[:, 3, 0] < self.memory.done_probability(prediction)
         elif self.cfg.done == "threshold":
-            terminated = p_done > self.cfg.done_threshold
+            terminated = self.memory.done_probability(prediction) > self.cfg.done_threshold
         else:
-            terminated = torch.zeros_like(p_done, dtype=torch.bool)
+            terminated = torch.zeros(len(self.t), dtype=torch.bool, device=self.device)
         self.t = self.t + 1
         truncated = (self.t >= self.cfg.max_steps) & ~terminated
         return prediction.reward, terminated, truncated
+
+    def _step_noise(self) -> torch.Tensor:
+        """(B, 4, Z) uniforms of this step's streams (`STEP_STREAMS`), hashed from each episode's seed and step.
+
+        The hash costs about as much for one episode as for hundreds, so a small batch (one `DreamEnv`, an RL
+        library's few copies) hashes its next `block_steps` steps in one pass and reads them from there: the same
+        bits, the hash being exact integer arithmetic.
+        """
+        b = len(self.t)
+        if not self.block_steps or b * self.block_steps > 4096:  # big batches already fill the hash's wide operations
+            return noise.uniforms(self.seeds, self.t, STEP_STREAMS, self.latent_dim)
+        if self._block is not None:
+            start, block = self._block
+            offset = self.t - start
+            if bool((offset < self.block_steps).all()):
+                return block[torch.arange(b, device=self.device), offset]
+        self._block = (self.t.clone(), self._hash_block(self.seeds, self.t))
+        return self._block[1][:, 0]
+
+    def _hash_block(self, seeds: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(n, block_steps, 4, Z): the uniforms of steps t, t + 1, ... of each episode."""
+        ahead = torch.arange(self.block_steps, device=self.device)
+        u = noise.uniforms(seeds.repeat_interleave(self.block_steps), (t[:, None] + ahead).flatten(), STEP_STREAMS, self.latent_dim)
+        return u.reshape(len(seeds), self.block_steps, len(STEP_STREAMS), self.latent_dim)
 
     @torch.inference_mode()
     def keep(self, rows: torch.Tensor) -> None:
@@ -103,6 +133,8 @@ class Dream:
         rows = rows.to(self.device)
         self.seeds, self.t, self.z = self.seeds[rows], self.t[rows], self.z[rows]
         self.state = (self.state[0][:, rows], self.state[1][:, rows])
+        if self._block is not None:
+            self._block = (self._block[0][rows], self._block[1][rows])
 
     @torch.inference_mode()
     def frames(self) -> np.ndarray:
