@@ -44,9 +44,16 @@ def episodes(world, n: int, seed: int) -> list[LatentEpisode]:
             rewards.append(reward)
             dones.append(terminated)
             done = terminated or truncated
-        out.append(LatentEpisode(np.stack(latents), np.zeros_like(np.stack(latents)),
-                                 encode_actions(np.stack(actions), world.action_space), np.asarray(rewards, np.float32),
-                                 np.asarray(dones), np.stack(codes)))
+        out.append(
+            LatentEpisode(
+                np.stack(latents),
+                np.zeros_like(np.stack(latents)),
+                encode_actions(np.stack(actions), world.action_space),
+                np.asarray(rewards, np.float32),
+                np.asarray(dones),
+                np.stack(codes),
+            )
+        )
     return out
 
 
@@ -64,8 +71,17 @@ def main() -> None:
     world = make_world(cfg, vision, fit_surrogate(cfg))
     train, held_out = episodes(world, args.episodes, seed=0), episodes(world, args.episodes // 4, seed=1)
     slots, num_codes = vision.cfg.slots, vision.cfg.num_embeddings
-    memory = MDNRNN(MemoryModelConfig(slots * vision.cfg.embed_dim, action_dim(world.action_space), args.hidden,
-                                      sample_latents=False, positions=slots, num_codes=num_codes, done_weight=1.0))
+    memory = MDNRNN(
+        MemoryModelConfig(
+            slots * vision.cfg.embed_dim,
+            action_dim(world.action_space),
+            args.hidden,
+            sample_latents=False,
+            positions=slots,
+            num_codes=num_codes,
+            done_weight=1.0,
+        )
+    )
     memory.codebook.copy_(vision.codebook)
     seq_len = cfg.codebook.max_allowed_actions
     optimizer = torch.optim.Adam(memory.parameters(), lr=3e-3)
@@ -73,7 +89,9 @@ def main() -> None:
     for _ in range(args.epochs):
         for b in loader:
             prediction, _ = memory(b["mu"], b["action"])
-            losses = memory_loss(prediction, b["next_mu"], b["reward"], b["done"], b["mask"], 1.0, next_codes=b["next_codes"])
+            losses = memory_loss(
+                prediction, b["next_mu"], b["reward"], b["done"], b["mask"], 1.0, next_codes=b["next_codes"]
+            )
             optimizer.zero_grad()
             losses["loss"].backward()
             optimizer.step()
@@ -85,14 +103,24 @@ def main() -> None:
     copy = (b["codes"] == b["next_codes"])[mask]
     reward, predicted = b["reward"][mask], prediction.reward[mask]
     done, p_done = b["done"][mask].bool(), memory.done_probability(prediction)[mask]
-    print(json.dumps({
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "train_episodes": len(train),
-        "held_out_steps": int(mask.sum()), "epochs": args.epochs,
-        "next_code_accuracy": round(hit.float().mean().item(), 4), "next_latent_exact": round(hit.all(-1).float().mean().item(), 4),
-        "copy_code_accuracy": round(copy.float().mean().item(), 4), "copy_latent_exact": round(copy.all(-1).float().mean().item(), 4),
-        "reward_r2": round(1 - ((predicted - reward) ** 2).mean().item() / reward.var().item(), 4),
-        "done_accuracy": round(((p_done > 0.5) == done).float().mean().item(), 4), "done_rate": round(done.float().mean().item(), 4),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "train_episodes": len(train),
+                "held_out_steps": int(mask.sum()),
+                "epochs": args.epochs,
+                "next_code_accuracy": round(hit.float().mean().item(), 4),
+                "next_latent_exact": round(hit.all(-1).float().mean().item(), 4),
+                "copy_code_accuracy": round(copy.float().mean().item(), 4),
+                "copy_latent_exact": round(copy.all(-1).float().mean().item(), 4),
+                "reward_r2": round(1 - ((predicted - reward) ** 2).mean().item() / reward.var().item(), 4),
+                "done_accuracy": round(((p_done > 0.5) == done).float().mean().item(), 4),
+                "done_rate": round(done.float().mean().item(), 4),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

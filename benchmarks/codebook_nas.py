@@ -47,14 +47,25 @@ def main() -> None:
         for n in [b for b in BUDGETS if b <= len(found)] + [len(found)]:
             mine = dict(found[:n])
             theirs = random_search(cfg, surrogate, n, seed)
-            curve[n] = {name: round(objective(cfg, scored[best_of(cfg, scored)], best_of(cfg, scored)), 4)
-                        for name, scored in (("controller_search", mine), ("random_search", theirs))}
-        print(json.dumps({
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "seed": seed, "pipeline_seconds": round(seconds, 1),
-            "surrogate_queries": report["surrogate_queries"], "surrogate_spearman": report["surrogate_spearman"],
-            "controller_search": report["controller_search"], "random_search": report["random_search"],
-            "best_objective_by_budget": curve,
-        }), flush=True)
+            curve[n] = {
+                name: round(objective(cfg, scored[best_of(cfg, scored)], best_of(cfg, scored)), 4)
+                for name, scored in (("controller_search", mine), ("random_search", theirs))
+            }
+        print(
+            json.dumps(
+                {
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                    "seed": seed,
+                    "pipeline_seconds": round(seconds, 1),
+                    "surrogate_queries": report["surrogate_queries"],
+                    "surrogate_spearman": report["surrogate_spearman"],
+                    "controller_search": report["controller_search"],
+                    "random_search": report["random_search"],
+                    "best_objective_by_budget": curve,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,12 @@ def held_out(run: Run, store: EpisodeStore) -> dict:
         codes.append(latent.codes.flatten())
         errors.append((model.decode(latent.mean) - frames).pow(2).flatten(1).sum(1))
     perplexity, usage = code_statistics(torch.cat(codes), model.num_embeddings)
-    return {"usage": round(float(usage), 4), "perplexity": round(float(perplexity), 2),
-            "mse_per_frame": round(float(torch.cat(errors).mean()), 2), "frames": sum(len(e) for e in errors)}
+    return {
+        "usage": round(float(usage), 4),
+        "perplexity": round(float(perplexity), 2),
+        "mse_per_frame": round(float(torch.cat(errors).mean()), 2),
+        "frames": sum(len(e) for e in errors),
+    }
 
 
 def main() -> None:
@@ -54,11 +58,19 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     root = Path(args.out or tempfile.mkdtemp(prefix="codebook_usage_"))
-    overrides = ['vision.model="vqvae"', f"vision.epochs={args.epochs}", f"vision.num_embeddings={args.codes}",
-                 f'vision.codebook_init="{args.init}"', f"collect.episodes={args.episodes}", 'device="cpu"']
+    overrides = [
+        'vision.model="vqvae"',
+        f"vision.epochs={args.epochs}",
+        f"vision.num_embeddings={args.codes}",
+        f'vision.codebook_init="{args.init}"',
+        f"collect.episodes={args.episodes}",
+        'device="cpu"',
+    ]
     base = config.load(args.recipe, overrides)
     train_cfg = dataclasses.replace(base, name="train")
-    held_cfg = dataclasses.replace(base, name="held_out", collect=dataclasses.replace(base.collect, episodes=40, seed=1))
+    held_cfg = dataclasses.replace(
+        base, name="held_out", collect=dataclasses.replace(base.collect, episodes=40, seed=1)
+    )
     stages.collect(train_cfg, root / "rollouts")
     stages.collect(held_cfg, root / "rollouts")
     held_store = EpisodeStore(stages.episodes_dir(root / "rollouts", held_cfg))
@@ -67,11 +79,22 @@ def main() -> None:
         run = Run(root / "checkpoints" / f"{args.init}_dead_after_{dead_after}", cfg)
         run.dir.mkdir(parents=True, exist_ok=True)
         stages.train_vision(cfg, run, root / "rollouts")
-        print(json.dumps({
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "recipe": args.recipe,
-            "restarts": dead_after > 0, "dead_after": dead_after, "codes": args.codes, "init": args.init,
-            "episodes": args.episodes, "epochs": args.epochs, **held_out(run, held_store),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                    "recipe": args.recipe,
+                    "restarts": dead_after > 0,
+                    "dead_after": dead_after,
+                    "codes": args.codes,
+                    "init": args.init,
+                    "episodes": args.episodes,
+                    "epochs": args.epochs,
+                    **held_out(run, held_store),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -53,22 +53,31 @@ def main() -> None:
     n = args.population * args.rollouts
     rng = np.random.default_rng(0)
     num_params = Controller(cfg.vision.latent_dim + cfg.memory.hidden_size, space).num_params
-    population = Controller.from_flat(rng.normal(0, 0.1, (args.population, num_params)), cfg.vision.latent_dim + cfg.memory.hidden_size, space)
+    population = Controller.from_flat(
+        rng.normal(0, 0.1, (args.population, num_params)), cfg.vision.latent_dim + cfg.memory.hidden_size, space
+    )
     controllers = population.select(torch.arange(args.population).repeat_interleave(args.rollouts))
     seeds = list(range(args.rollouts)) * args.population
     play_dream(dream, controllers.select(torch.arange(8)), seeds[:8], 0)  # warm-up
     batched, batched_returns = steps_per_s(dream, controllers, seeds, batch=0)
     single, single_returns = steps_per_s(dream, controllers, seeds, batch=1)
-    print(json.dumps({
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {device}",
-        "recipe": args.recipe,
-        "latent_dim": cfg.vision.latent_dim, "hidden_size": cfg.memory.hidden_size, "num_gaussians": cfg.memory.num_gaussians,
-        "episodes": n, "steps_per_episode": args.steps,
-        "batched_steps_per_s": round(float(batched), 1),
-        "single_steps_per_s": round(float(single), 1),
-        "speedup": round(float(batched / single), 1),
-        "same_returns": bool(np.allclose(batched_returns, single_returns, atol=1e-3)),
-    }))
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, {device}",
+                "recipe": args.recipe,
+                "latent_dim": cfg.vision.latent_dim,
+                "hidden_size": cfg.memory.hidden_size,
+                "num_gaussians": cfg.memory.num_gaussians,
+                "episodes": n,
+                "steps_per_episode": args.steps,
+                "batched_steps_per_s": round(float(batched), 1),
+                "single_steps_per_s": round(float(single), 1),
+                "speedup": round(float(batched / single), 1),
+                "same_returns": bool(np.allclose(batched_returns, single_returns, atol=1e-3)),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

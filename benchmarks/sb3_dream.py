@@ -62,7 +62,9 @@ def main() -> None:
         return Dream(memory, cfg.dream, starts)
 
     batched = ppo_steps_per_s(DreamVecEnv(dream(), space, args.envs, seed=0), args.steps)
-    baseline = ppo_steps_per_s(make_vec_env(lambda: DreamEnv(dream(), space), n_envs=args.baseline_envs, seed=0), args.steps)
+    baseline = ppo_steps_per_s(
+        make_vec_env(lambda: DreamEnv(dream(), space), n_envs=args.baseline_envs, seed=0), args.steps
+    )
 
     single = DreamEnv(dream(), space)
     single.reset(seed=0)
@@ -74,15 +76,27 @@ def main() -> None:
     seeds, t = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
     streams = (noise.COMPONENT, noise.GAUSS_A, noise.GAUSS_B, noise.DONE)
     hash_step = per_step_us(lambda: noise.uniforms(seeds, t, streams, cfg.vision.latent_dim))
-    print(json.dumps({
-        "benchmark": "sb3_dream", "recipe": args.recipe, "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "steps": args.steps,
-        "ppo_steps_per_s_batched": round(batched, 1), "batched_envs": args.envs,
-        "ppo_steps_per_s_dummy_vec_env": round(baseline, 1), "dummy_envs": args.baseline_envs,
-        "ratio_batched_vs_dummy": round(batched / baseline, 2),
-        "dream_env_step_us": round(env_step, 1), "memory_step_us": round(m_step, 1),
-        "noise_hash_step_us": round(hash_step, 1), "ratio_env_step_vs_memory_step": round(env_step / m_step, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "sb3_dream",
+                "recipe": args.recipe,
+                "machine": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "threads": torch.get_num_threads(),
+                "steps": args.steps,
+                "ppo_steps_per_s_batched": round(batched, 1),
+                "batched_envs": args.envs,
+                "ppo_steps_per_s_dummy_vec_env": round(baseline, 1),
+                "dummy_envs": args.baseline_envs,
+                "ratio_batched_vs_dummy": round(batched / baseline, 2),
+                "dream_env_step_us": round(env_step, 1),
+                "memory_step_us": round(m_step, 1),
+                "noise_hash_step_us": round(hash_step, 1),
+                "ratio_env_step_vs_memory_step": round(env_step / m_step, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def evaluator(kind: str, workers: int, init_args: tuple) -> Evaluator:
     return Evaluator(runner, workers, batch=1 if kind == "pool, one at a time" else 8)
 
 
-def env_steps_per_s(kind: str, workers: int, init_args: tuple, candidates: np.ndarray, seeds: list[int]) -> tuple[float, float]:
+def env_steps_per_s(
+    kind: str, workers: int, init_args: tuple, candidates: np.ndarray, seeds: list[int]
+) -> tuple[float, float]:
     """(env steps/s, mean episode length) for every candidate played on every seed."""
     with evaluator(kind, workers, init_args) as ev:
         ev.returns(candidates[:workers], seeds[:1])  # workers start, load V and M, make their worlds
@@ -70,10 +72,23 @@ def env_steps_per_s(kind: str, workers: int, init_args: tuple, candidates: np.nd
 
 def train_vision(recipe: str, root: Path, label: str, processes: int, epochs: int, extra: list[str]) -> float:
     """Seconds `worldmodels train-vision` reports for `epochs` epochs, in 1 process or `processes` under torchrun."""
-    launcher = [sys.executable, "-m", "worldmodels"] if processes == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "-m", "worldmodels"]
-    command = [*launcher, "train-vision", recipe, "--rollouts", str(root / "rollouts"), "--checkpoints", str(root / label),
-               "--set", f"vision.epochs={epochs}", *extra]
+    launcher = (
+        [sys.executable, "-m", "worldmodels"]
+        if processes == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "-m", "worldmodels"]
+    )
+    command = [
+        *launcher,
+        "train-vision",
+        recipe,
+        "--rollouts",
+        str(root / "rollouts"),
+        "--checkpoints",
+        str(root / label),
+        "--set",
+        f"vision.epochs={epochs}",
+        *extra,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"train-vision failed:\n{done.stderr[-3000:]}")
@@ -87,7 +102,9 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=16, help="random controllers evaluated")
     parser.add_argument("--seeds", type=int, default=2, help="episodes per controller")
     parser.add_argument("--epochs", type=int, default=3, help="V training epochs per measurement")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["evaluation", "vision"], help="measurements to leave out")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["evaluation", "vision"], help="measurements to leave out"
+    )
     args = parser.parse_args()
     cfg = config.load(args.recipe)
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,32 +114,68 @@ def main() -> None:
             vision_cfg = vision_config(cfg)
             vision = build_vision(vision_cfg)
             memory_cfg = memory_config(cfg, vision)
-            saved = ({"kind": "vision", "config": vision_cfg, "state_dict": vision.state_dict()},
-                     {"kind": "memory", "config": memory_cfg, "state_dict": MDNRNN(MemoryModelConfig(**memory_cfg)).state_dict()})
+            saved = (
+                {"kind": "vision", "config": vision_cfg, "state_dict": vision.state_dict()},
+                {
+                    "kind": "memory",
+                    "config": memory_cfg,
+                    "state_dict": MDNRNN(MemoryModelConfig(**memory_cfg)).state_dict(),
+                },
+            )
             init_args = (cfg, *saved, args.max_steps)
             dim = Controller(cfg.vision.latent_dim + cfg.memory.hidden_size, action_space(cfg.env)).num_params
             candidates = np.random.default_rng(0).normal(0, 0.1, (args.candidates, dim))
             seeds = list(range(args.seeds))
-            setups = [("pool, one at a time", 1), ("pool, one at a time", 2), ("pool, batches of 8", 1), ("pool, batches of 8", 2),
-                      ("vector", 2), ("vector", 8)]
+            setups = [
+                ("pool, one at a time", 1),
+                ("pool, one at a time", 2),
+                ("pool, batches of 8", 1),
+                ("pool, batches of 8", 2),
+                ("vector", 2),
+                ("vector", 8),
+            ]
             if importlib.util.find_spec("ray"):
                 setups.append(("ray", 2))
             for kind, workers in setups:
                 steps_per_s, length = env_steps_per_s(kind, workers, init_args, candidates, seeds)
-                emit(benchmark="real_evaluation", env=cfg.env.id, backend=kind, workers=workers,
-                     episodes=len(candidates) * len(seeds), mean_episode_steps=round(length, 1), env_steps_per_s=round(steps_per_s, 1))
+                emit(
+                    benchmark="real_evaluation",
+                    env=cfg.env.id,
+                    backend=kind,
+                    workers=workers,
+                    episodes=len(candidates) * len(seeds),
+                    mean_episode_steps=round(length, 1),
+                    env_steps_per_s=round(steps_per_s, 1),
+                )
         if "vision" not in args.skip:
             cfg.collect.workers = min(2, os.cpu_count() or 1)
             manifest = rollouts.collect(cfg, tmp / "rollouts" / cfg.name / "episodes")
             frames = manifest["frames"] * args.epochs
             runs = [("1 process", 1, ["--device", "cpu"]), ("2 DDP processes (gloo)", 2, ["--device", "cpu"])]
             if torch.cuda.is_available():
-                runs += [(f"1 GPU, {p}", 1, ["--device", "cuda", "--set", f'precision="{p}"']) for p in ("fp32", "bf16")]
+                runs += [
+                    (f"1 GPU, {p}", 1, ["--device", "cuda", "--set", f'precision="{p}"']) for p in ("fp32", "bf16")
+                ]
             for label, processes, extra in runs:
-                seconds = train_vision(args.recipe, tmp, label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""),
-                                       processes, args.epochs, extra)
-                emit(benchmark="vision_training", env=cfg.env.id, model=cfg.vision.model, setup=label, processes=processes,
-                     global_batch=cfg.vision.batch_size, frames=frames, seconds=seconds, frames_per_s=round(frames / seconds, 1))
+                seconds = train_vision(
+                    args.recipe,
+                    tmp,
+                    label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""),
+                    processes,
+                    args.epochs,
+                    extra,
+                )
+                emit(
+                    benchmark="vision_training",
+                    env=cfg.env.id,
+                    model=cfg.vision.model,
+                    setup=label,
+                    processes=processes,
+                    global_batch=cfg.vision.batch_size,
+                    frames=frames,
+                    seconds=seconds,
+                    frames_per_s=round(frames / seconds, 1),
+                )
 
 
 if __name__ == "__main__":

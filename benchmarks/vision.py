@@ -1,8 +1,9 @@
 """Vision models compared on the same episodes for the same wall-clock budget: held-out reconstruction
 error (and FID with a feature network of your own), size and training speed. One JSON line per model.
 
-    python benchmarks/vision.py [--recipe envs/carracing_small.toml] [--models vae vqvae nvae] [--seconds 300 | --batches N]
-                                [--episodes N] [--heldout 0.2] [--set section.key=value ...] [--fid-features net.pt2]
+    python benchmarks/vision.py [--recipe envs/carracing_small.toml] [--models vae vqvae nvae]
+                                [--seconds 300 | --batches N] [--episodes N] [--heldout 0.2]
+                                [--set section.key=value ...] [--fid-features net.pt2]
 
 The recipe's episodes are collected once into `--rollouts` (reused on later runs); the last `--heldout` of
 them are held out. Every model is the recipe's V with only `vision.model` changed (so the conv VAE and NVAE
@@ -46,7 +47,8 @@ def log(message: str) -> None:
 
 
 def episodes(cfg: config.Config, rollouts: Path) -> tuple[list[np.ndarray], float]:
-    """The recipe's episodes' frames (uint8 (T+1, H, W, 3) each), collected unless already there, and the seconds it took."""
+    """The recipe's episodes' frames (uint8 (T+1, H, W, 3) each), collected unless already there,
+    and the seconds it took."""
     # the folder is keyed by what shapes the frames, so `--set env.frame_size=...` never reuses other frames
     shape = {"env": config.to_dict(cfg.env), "collect": config.to_dict(cfg.collect) | {"episodes": 0, "workers": 0}}
     key = hashlib.sha1(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:8]
@@ -61,13 +63,22 @@ def episodes(cfg: config.Config, rollouts: Path) -> tuple[list[np.ndarray], floa
 
 def build(cfg: config.Config, name: str, seed: int) -> VisionModel:
     """The recipe's V with `vision.model = name`, initialised from `seed`."""
-    cfg = config.validate(dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, model=name)))  # e.g. NVAE's sizes
+    cfg = config.validate(
+        dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, model=name))
+    )  # e.g. NVAE's sizes
     torch.manual_seed(seed)
     return build_vision(vision_config(cfg))
 
 
-def train(model: VisionModel, frames: torch.Tensor, cfg: config.Config, seconds: float, seed: int,
-          device: torch.device, max_batches: int = 0) -> dict:
+def train(
+    model: VisionModel,
+    frames: torch.Tensor,
+    cfg: config.Config,
+    seconds: float,
+    seed: int,
+    device: torch.device,
+    max_batches: int = 0,
+) -> dict:
     """Adam on shuffled frames until `seconds` of wall clock (or `max_batches` batches, if given) are spent.
 
     Steps with a non-finite loss or gradient are skipped and counted.
@@ -98,13 +109,19 @@ def train(model: VisionModel, frames: torch.Tensor, cfg: config.Config, seconds:
                 continue
             steps += 1
     elapsed = time.perf_counter() - start
-    return {"frames_per_s": round(seen / elapsed, 1), "epochs": round(seen / n, 3), "steps": steps,
-            "skipped_steps": skipped, "seconds": round(elapsed, 1)}
+    return {
+        "frames_per_s": round(seen / elapsed, 1),
+        "epochs": round(seen / n, 3),
+        "steps": steps,
+        "skipped_steps": skipped,
+        "seconds": round(elapsed, 1),
+    }
 
 
 @torch.no_grad()
-def evaluate(model: VisionModel, frames: torch.Tensor, batch_size: int, device: torch.device,
-             keep: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+def evaluate(
+    model: VisionModel, frames: torch.Tensor, batch_size: int, device: torch.device, keep: bool
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """Held-out mse and psnr of `reconstruct` and of `through_z`; the reconstructions too if `keep`."""
     model.eval()
     ways = {"": model.reconstruct, "_z": model.through_z}
@@ -120,7 +137,10 @@ def evaluate(model: VisionModel, frames: torch.Tensor, batch_size: int, device: 
     metrics = {}
     for suffix, total in squared.items():
         mse = total / frames.numel()  # per pixel and channel, frames in [0, 1]
-        metrics |= {f"mse{suffix}": round(mse, 7), f"psnr{suffix}": round(10 * math.log10(1 / mse), 3) if mse > 0 else float("inf")}
+        metrics |= {
+            f"mse{suffix}": round(mse, 7),
+            f"psnr{suffix}": round(10 * math.log10(1 / mse), 3) if mse > 0 else float("inf"),
+        }
     return metrics, {suffix: torch.cat(parts) for suffix, parts in kept.items() if parts}
 
 
@@ -128,9 +148,13 @@ def main() -> None:
     present = list(MODELS)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="envs/carracing_small.toml")
-    p.add_argument("--models", nargs="+", default=present, help=f"vision models to compare (default: {' '.join(present)})")
+    p.add_argument(
+        "--models", nargs="+", default=present, help=f"vision models to compare (default: {' '.join(present)})"
+    )
     p.add_argument("--seconds", type=float, default=300.0, help="training wall clock per model")
-    p.add_argument("--batches", type=int, default=0, help="train each model on this many batches instead of a wall clock")
+    p.add_argument(
+        "--batches", type=int, default=0, help="train each model on this many batches instead of a wall clock"
+    )
     p.add_argument("--episodes", type=int, help="episodes to collect (default: the recipe's collect.episodes)")
     p.add_argument("--heldout", type=float, default=0.2, help="fraction of the episodes held out")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -156,8 +180,10 @@ def main() -> None:
         raise WorldModelsError(f"{len(obs)} episodes leave none to train on with --heldout {args.heldout}")
     train_frames = torch.from_numpy(np.concatenate(obs[:-n_held]))  # uint8 (N, H, W, 3)
     held_frames = torch.from_numpy(np.concatenate(obs[-n_held:]))
-    log(f"vision benchmark: {len(obs)} episodes ready in {collect_seconds:.1f} s; training on {len(train_frames)} "
-        f"frames, {n_held} episodes ({len(held_frames)} frames) held out")
+    log(
+        f"vision benchmark: {len(obs)} episodes ready in {collect_seconds:.1f} s; training on {len(train_frames)} "
+        f"frames, {n_held} episodes ({len(held_frames)} frames) held out"
+    )
     real_stats = None
     if net is not None:
         real_stats = feature_statistics(net, frames_to_float(held_frames, "cpu"), cfg.vision.batch_size)
@@ -169,16 +195,37 @@ def main() -> None:
         metrics, recon = evaluate(model, held_frames, cfg.vision.batch_size, device, keep=net is not None)
         scores = {}
         if net is not None:
-            scores = {f"fid{suffix}": float(f"{frechet_distance(*real_stats, *feature_statistics(net, x, cfg.vision.batch_size)):.6g}")
-                      for suffix, x in recon.items()}
-        print(json.dumps({
-            "model": name, "mse": metrics["mse"], "psnr": metrics["psnr"],
-            "params": sum(p.numel() for p in model.parameters()), "frames_per_s": fitted["frames_per_s"],
-            "mse_z": metrics["mse_z"], "psnr_z": metrics["psnr_z"], **{k: v for k, v in fitted.items() if k != "frames_per_s"},
-            **scores, "latent_dim": model.latent_dim, "train_frames": len(train_frames), "heldout_frames": len(held_frames),
-            "recipe": args.recipe, "overrides": overrides, "seed": args.seed, "threads": args.threads, "device": str(device),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        }), flush=True)
+            scores = {
+                f"fid{suffix}": float(
+                    f"{frechet_distance(*real_stats, *feature_statistics(net, x, cfg.vision.batch_size)):.6g}"
+                )
+                for suffix, x in recon.items()
+            }
+        print(
+            json.dumps(
+                {
+                    "model": name,
+                    "mse": metrics["mse"],
+                    "psnr": metrics["psnr"],
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "frames_per_s": fitted["frames_per_s"],
+                    "mse_z": metrics["mse_z"],
+                    "psnr_z": metrics["psnr_z"],
+                    **{k: v for k, v in fitted.items() if k != "frames_per_s"},
+                    **scores,
+                    "latent_dim": model.latent_dim,
+                    "train_frames": len(train_frames),
+                    "heldout_frames": len(held_frames),
+                    "recipe": args.recipe,
+                    "overrides": overrides,
+                    "seed": args.seed,
+                    "threads": args.threads,
+                    "device": str(device),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -93,8 +93,12 @@ def test_carracing_frames_nobody_sees_are_not_drawn_and_nothing_changes():
 def test_bounds_span_the_box_and_clip_into_the_world():
     world = ActionBounds(gym.make("CarRacing-v3"), [-1.0, 0.0, -1.0], [1.0, 1.0, 1.0])
     assert world.action_space.low.tolist() == [-1.0, 0.0, -1.0]
-    np.testing.assert_array_equal(world.action(np.array([0.5, 0.3, -0.6], dtype=np.float32)), np.float32([0.5, 0.3, 0.0]))
-    np.testing.assert_array_equal(world.action(np.array([-1.0, 1.0, 0.25], dtype=np.float32)), np.float32([-1.0, 1.0, 0.25]))
+    np.testing.assert_array_equal(
+        world.action(np.array([0.5, 0.3, -0.6], dtype=np.float32)), np.float32([0.5, 0.3, 0.0])
+    )
+    np.testing.assert_array_equal(
+        world.action(np.array([-1.0, 1.0, 0.25], dtype=np.float32)), np.float32([-1.0, 1.0, 0.25])
+    )
 
 
 def test_bounds_refuse_a_wrong_length_or_a_discrete_world():
@@ -104,11 +108,14 @@ def test_bounds_refuse_a_wrong_length_or_a_discrete_world():
         ActionBounds(gym.make("CartPole-v1"), [0.0], [1.0])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("env.action_repeat=0", "action_repeat"),
-    ("env.action_low=[0.0, 0.0]", "action_low"),  # two values against one high
-    ("env.action_low=[1.0]", "action_low"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("env.action_repeat=0", "action_repeat"),
+        ("env.action_low=[0.0, 0.0]", "action_low"),  # two values against one high
+        ("env.action_low=[1.0]", "action_low"),
+    ],
+)
 def test_bad_repeat_or_bounds_in_a_recipe(override, message):
     data = config_lib.apply_overrides({"env": {"action_high": [0.5]}} if "low" in override else {}, [override])
     with pytest.raises(WorldModelsError, match=message):

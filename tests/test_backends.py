@@ -105,8 +105,9 @@ def test_evaluate_with_the_vector_backend_reports_as_the_pool(copy_run):
 
 def test_unknown_backend_is_one_line(tmp_path, capsys):
     assert cli_stage("evaluate", tmp_path, tmp_path, "--set", 'controller.backend="slurm"') == 2
-    assert capsys.readouterr().err.strip() == ("worldmodels evaluate: error: controller.backend must be 'pool', 'vector' or "
-                                              "'ray', got 'slurm'")
+    assert capsys.readouterr().err.strip() == (
+        "worldmodels evaluate: error: controller.backend must be 'pool', 'vector' or 'ray', got 'slurm'"
+    )
     assert RUN_NAME not in {p.name for p in tmp_path.iterdir()}
 
 
@@ -128,5 +129,7 @@ def test_an_unreachable_ray_head_is_one_line_within_seconds():
     """Ray itself retries an unreachable head for minutes; the address is checked first."""
     with pytest.raises(WorldModelsError, match=r"^cannot reach a Ray cluster at '127.0.0.1:1': .*refused"):
         check_reachable("127.0.0.1:1")
-    with pytest.raises(WorldModelsError, match=r"^controller.address must be 'auto' or HOST:PORT of a Ray head node, got 'head'$"):
+    with pytest.raises(
+        WorldModelsError, match=r"^controller.address must be 'auto' or HOST:PORT of a Ray head node, got 'head'$"
+    ):
         check_reachable("head")

@@ -30,8 +30,16 @@ def nonzeros(architecture) -> float:
 
 
 def make(**overrides) -> CodebookEnv:
-    kwargs = dict(embed_dim=2, num_embeddings=4, surrogate=total, decoder=lambda latent: latent, max_allowed_actions=10,
-                  codebook=CODEBOOK, num_previous_actions=3, num_slots=2)
+    kwargs = dict(
+        embed_dim=2,
+        num_embeddings=4,
+        surrogate=total,
+        decoder=lambda latent: latent,
+        max_allowed_actions=10,
+        codebook=CODEBOOK,
+        num_previous_actions=3,
+        num_slots=2,
+    )
     return CodebookEnv(**(kwargs | overrides))
 
 
@@ -134,25 +142,43 @@ def test_reset_from_given_codes():
 def test_env_checker_passes(num_previous_actions):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        check_env(make(num_previous_actions=num_previous_actions, size=nonzeros, size_penalty=0.1), skip_render_check=True)
+        check_env(
+            make(num_previous_actions=num_previous_actions, size=nonzeros, size_penalty=0.1), skip_render_check=True
+        )
     # the only complaint allowed: the latent's Box is unbounded (-inf, inf), as the spec asks
     assert all("infinity" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
 def test_gym_make():
-    env = gym.make(ENV_ID, embed_dim=2, num_embeddings=4, surrogate=total, decoder=lambda latent: latent,
-                   max_allowed_actions=2, codebook=CODEBOOK, num_previous_actions=1, num_slots=2)
+    env = gym.make(
+        ENV_ID,
+        embed_dim=2,
+        num_embeddings=4,
+        surrogate=total,
+        decoder=lambda latent: latent,
+        max_allowed_actions=2,
+        codebook=CODEBOOK,
+        num_previous_actions=1,
+        num_slots=2,
+    )
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
     assert obs["latent"].shape == (2, 2)
 
 
-@pytest.mark.parametrize("action, message", [
-    ([5, 0], "code 5 out of range 0..4"), ([-1, 0], "code -1 out of range"),
-    ([0, 2], "slot 2 out of range 0..1"), ([0, -1], "slot -1 out of range"),
-    ([0], "two integers"), ([[0, 1]], "two integers"), ([0.5, 1.0], "two integers"),
-])
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        ([5, 0], "code 5 out of range 0..4"),
+        ([-1, 0], "code -1 out of range"),
+        ([0, 2], "slot 2 out of range 0..1"),
+        ([0, -1], "slot -1 out of range"),
+        ([0], "two integers"),
+        ([[0, 1]], "two integers"),
+        ([0.5, 1.0], "two integers"),
+    ],
+)
 def test_invalid_actions_raise(action, message):
     env = make()
     env.reset(seed=0)
@@ -160,14 +186,17 @@ def test_invalid_actions_raise(action, message):
         env.step(action)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(codebook=np.zeros((4, 3))), r"shape \(4, 3\), expected .* \(4, 2\)"),
-    (dict(num_embeddings=5), r"shape \(4, 2\), expected .* \(5, 2\)"),
-    (dict(codebook=np.full((4, 2), np.nan)), "non-finite"),
-    (dict(num_slots=0), "num_slots must be an integer >= 1"),
-    (dict(num_previous_actions=-1), "num_previous_actions must be an integer >= 0"),
-    (dict(size_penalty=0.5), "needs a `size` function"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(codebook=np.zeros((4, 3))), r"shape \(4, 3\), expected .* \(4, 2\)"),
+        (dict(num_embeddings=5), r"shape \(4, 2\), expected .* \(5, 2\)"),
+        (dict(codebook=np.full((4, 2), np.nan)), "non-finite"),
+        (dict(num_slots=0), "num_slots must be an integer >= 1"),
+        (dict(num_previous_actions=-1), "num_previous_actions must be an integer >= 0"),
+        (dict(size_penalty=0.5), "needs a `size` function"),
+    ],
+)
 def test_bad_construction_raises(overrides, message):
     with pytest.raises(ValueError, match=message):
         make(**overrides)
@@ -201,8 +230,9 @@ SPACE = gym.spaces.MultiDiscrete([3, 2], start=[1, -1])
 def test_multidiscrete_action_dim_and_one_hot():
     assert action_dim(SPACE) == 5
     assert action_dim(make().action_space) == 4 + 1 + 2
-    np.testing.assert_array_equal(encode_actions(np.array([[3, -1], [1, 0]]), SPACE),
-                                  [[0, 0, 1, 1, 0], [1, 0, 0, 0, 1]])
+    np.testing.assert_array_equal(
+        encode_actions(np.array([[3, -1], [1, 0]]), SPACE), [[0, 0, 1, 1, 0], [1, 0, 0, 0, 1]]
+    )
 
 
 def test_multidiscrete_to_action_is_argmax_per_group():

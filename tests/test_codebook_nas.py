@@ -40,8 +40,15 @@ from worldmodels.nas.table import DEFAULT_TABLE, load_table
 RECIPE = TESTS.parent / "envs" / "codebook_nas.toml"
 NAME = "codebook_nas"  # the recipe's name
 BUDGET = [
-    "vision.epochs=1", "nas.samples=500", "controller.generations=2", "controller.population=4", "controller.rollouts=1",
-    "controller.eval_every=1", "controller.eval_rollouts=2", "nas.final_seeds=1", "evaluate.episodes=2",
+    "vision.epochs=1",
+    "nas.samples=500",
+    "controller.generations=2",
+    "controller.population=4",
+    "controller.rollouts=1",
+    "controller.eval_every=1",
+    "controller.eval_rollouts=2",
+    "nas.final_seeds=1",
+    "evaluate.episodes=2",
     "codebook.size_penalty=0.5",  # small winners: quick to train for real
 ]
 
@@ -201,8 +208,8 @@ def play_by_hand(env, flat: np.ndarray, seed: int) -> tuple[float, float, int]:
     while True:
         x = np.concatenate([obs["latent"].ravel(), obs["history"].ravel()]).astype(np.float64)
         out = k + 1 + slots
-        y = flat[: out * len(x)].reshape(out, len(x)) @ x + flat[out * len(x):]
-        obs, reward, terminated, truncated, info = env.step(np.array([y[: k + 1].argmax(), y[k + 1:].argmax()]))
+        y = flat[: out * len(x)].reshape(out, len(x)) @ x + flat[out * len(x) :]
+        obs, reward, terminated, truncated, info = env.step(np.array([y[: k + 1].argmax(), y[k + 1 :].argmax()]))
         total, steps = total + reward, steps + 1
         if terminated or truncated:
             return total, info["objective"] - start, steps
@@ -234,8 +241,9 @@ def test_codebook_evaluator_returns_match_playing_by_hand(nas_run, overrides):
     assert steps == total_steps and 1 < max(lengths) <= b.max_allowed_actions
     assert np.abs(expected).max() > 0  # some edits changed the objective
     # the archive is every architecture the episodes visited, with the surrogate's score
-    assert archive and all(score == pytest.approx(float(env.surrogate.predict([Architecture.parse(a)])[0]))
-                           for a, score in archive.items())
+    assert archive and all(
+        score == pytest.approx(float(env.surrogate.predict([Architecture.parse(a)])[0])) for a, score in archive.items()
+    )
     assert set(archive) == {str(a) for a in env.surrogate.memo}
 
 
@@ -256,7 +264,13 @@ def test_controller_picks_the_largest_logit_even_when_tanh_saturates():
 
 def test_codebook_pipeline_report(nas_run, overrides):
     run_dir = nas_run["dir"]
-    assert {p.name for p in run_dir.iterdir()} >= {"vision.pt", "cmaes.pt", "controller.pt", "report.json", "recipe.toml"}
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "vision.pt",
+        "cmaes.pt",
+        "controller.pt",
+        "report.json",
+        "recipe.toml",
+    }
     assert checkpoints.load(run_dir / "vision.pt", "vision")["config"]["model"] == "architecture_vqvae"
     report = json.loads((run_dir / "report.json").read_text())
     _, progress, _ = search_state.load(run_dir / "cmaes.pt")
@@ -290,7 +304,9 @@ def test_codebook_pipeline_report(nas_run, overrides):
 def test_codebook_stages_rerun_on_a_finished_run_skip(nas_run, overrides, tmp_path, capsys, stage):
     root = tmp_path / "ck"
     shutil.copytree(nas_run["root"], root)
-    before = {name: (root / NAME / name).read_bytes() for name in ("vision.pt", "cmaes.pt", "controller.pt", "report.json")}
+    before = {
+        name: (root / NAME / name).read_bytes() for name in ("vision.pt", "cmaes.pt", "controller.pt", "report.json")
+    }
     assert nas_stage(stage, root, overrides) == 0, capsys.readouterr().err
     for name, data in before.items():
         assert (root / NAME / name).read_bytes() == data, name  # nothing was redone
@@ -364,11 +380,14 @@ def test_codebook_recipe_is_not_evaluated_in_another_world(nas_run, overrides, t
     assert "codebook world" in one_error_line(capsys, "evaluate")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("nas.samples=0", "nas.samples must be positive, got 0"),
-    ("nas.final_seeds=0", "nas.final_seeds must be positive, got 0"),
-    ("vision.ema_decay=1.0", "vision.ema_decay must be in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("nas.samples=0", "nas.samples must be positive, got 0"),
+        ("nas.final_seeds=0", "nas.final_seeds must be positive, got 0"),
+        ("vision.ema_decay=1.0", "vision.ema_decay must be in [0, 1)"),
+    ],
+)
 def test_bad_nas_values_exit_2(tmp_path, overrides, capsys, override, message):
     assert nas_stage("train-vision", tmp_path, [*overrides, override]) == 2
     assert message in one_error_line(capsys, "train-vision")
@@ -382,5 +401,17 @@ def test_a_table_too_small_for_a_surrogate_is_refused(tmp_path, capsys):
 
 
 def test_the_codebook_env_id_is_not_a_pixel_world(tmp_path, capsys):
-    assert run_cli("collect", TINY, "--checkpoints", tmp_path, "--rollouts", tmp_path, "--set", 'env.id="worldmodels/Codebook-v0"') == 2
+    assert (
+        run_cli(
+            "collect",
+            TINY,
+            "--checkpoints",
+            tmp_path,
+            "--rollouts",
+            tmp_path,
+            "--set",
+            'env.id="worldmodels/Codebook-v0"',
+        )
+        == 2
+    )
     assert "is not a pixel world" in one_error_line(capsys, "collect")

@@ -7,12 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 from worldmodels import config as config_lib
 from worldmodels.config import Config, StateBound
 from worldmodels.errors import WorldModelsError
-
-from conftest import TINY
 
 ENVS = Path(__file__).resolve().parent.parent / "envs"
 
@@ -88,15 +87,18 @@ def test_wrong_type_is_named_with_its_section(tmp_path):
     assert "'vision.latent_dim'" in message and "int" in message and "'big'" in message
 
 
-@pytest.mark.parametrize("data, key", [
-    ({"vision": {"epochs": 1.5}}, "epochs"),
-    ({"vision": {"epochs": True}}, "epochs"),  # a bool is not an int here
-    ({"env": {"id": 3}}, "id"),
-    ({"env": {"crop": 0.5}}, "crop"),
-    ({"env": {"crop": [0, 1, "a", 1]}}, "crop[2]"),
-    ({"vision": 3}, "vision"),
-    ({"name": ["a"]}, "name"),
-])
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"vision": {"epochs": 1.5}}, "epochs"),
+        ({"vision": {"epochs": True}}, "epochs"),  # a bool is not an int here
+        ({"env": {"id": 3}}, "id"),
+        ({"env": {"crop": 0.5}}, "crop"),
+        ({"env": {"crop": [0, 1, "a", 1]}}, "crop[2]"),
+        ({"vision": 3}, "vision"),
+        ({"name": ["a"]}, "name"),
+    ],
+)
 def test_wrong_types_raise_naming_the_key(data, key):
     # (the full dotted name of keys inside sections is checked in the tests above)
     with pytest.raises(WorldModelsError, match=re.escape(key) + "' must be"):
@@ -110,16 +112,19 @@ def test_int_accepted_for_float(tmp_path):
 
 
 def test_overrides_nested_and_lists():
-    cfg = config_lib.load(TINY, [
-        "vision.latent_dim=8",
-        "vision.channels=[8, 16, 16, 16]",
-        "env.id=MountainCar-v0",  # a bare word is a string
-        'env.crop=[0.1, 0.9, 0, 1]',
-        "collect.keep=[{index = 2, low = -0.1, high = 0.1}]",
-        "controller.target=inf",
-        'name="other"',
-        "env.kwargs={sutton_barto_reward = true}",
-    ])
+    cfg = config_lib.load(
+        TINY,
+        [
+            "vision.latent_dim=8",
+            "vision.channels=[8, 16, 16, 16]",
+            "env.id=MountainCar-v0",  # a bare word is a string
+            "env.crop=[0.1, 0.9, 0, 1]",
+            "collect.keep=[{index = 2, low = -0.1, high = 0.1}]",
+            "controller.target=inf",
+            'name="other"',
+            "env.kwargs={sutton_barto_reward = true}",
+        ],
+    )
     assert cfg.vision.latent_dim == 8
     assert cfg.vision.channels == [8, 16, 16, 16]
     assert cfg.env.id == "MountainCar-v0"
@@ -142,10 +147,13 @@ def test_override_wins_over_the_file(tmp_path):
     assert config_lib.load(path, ["vision.latent_dim=12"]).vision.latent_dim == 12
 
 
-@pytest.mark.parametrize("bad, pattern", [
-    ("vision.latent_dim", "section.key=value"),
-    ("name.sub=1", "'name' is not a section"),
-])
+@pytest.mark.parametrize(
+    "bad, pattern",
+    [
+        ("vision.latent_dim", "section.key=value"),
+        ("name.sub=1", "'name' is not a section"),
+    ],
+)
 def test_bad_override_format(bad, pattern):
     with pytest.raises(WorldModelsError, match=pattern):
         config_lib.load(TINY, [bad])
@@ -156,21 +164,24 @@ def test_override_type_is_checked():
         config_lib.load(TINY, ["vision.latent_dim=eight"])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("env.frame_size=24", "env.frame_size"),
-    ("env.frame_size=0", "env.frame_size"),
-    ('collect.policy="greedy"', "collect.policy"),
-    ('vision.model="gan"', "vision.model"),
-    ("env.crop=[0.5, 0.2, 0, 1]", "env.crop"),
-    ("vision.channels=[8, 8, 8]", "vision.channels"),
-    ("collect.episodes=0", "collect.episodes"),
-    ("controller.population=1", "controller.population"),
-    ("controller.rollouts=0", "controller.rollouts"),
-    ("evaluate.episodes=0", "evaluate.episodes"),
-    ("vision.epochs=0", "vision.epochs"),
-    ("memory.epochs=0", "memory.epochs"),
-    ("controller.eval_every=0", "controller.eval_every"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("env.frame_size=24", "env.frame_size"),
+        ("env.frame_size=0", "env.frame_size"),
+        ('collect.policy="greedy"', "collect.policy"),
+        ('vision.model="gan"', "vision.model"),
+        ("env.crop=[0.5, 0.2, 0, 1]", "env.crop"),
+        ("vision.channels=[8, 8, 8]", "vision.channels"),
+        ("collect.episodes=0", "collect.episodes"),
+        ("controller.population=1", "controller.population"),
+        ("controller.rollouts=0", "controller.rollouts"),
+        ("evaluate.episodes=0", "evaluate.episodes"),
+        ("vision.epochs=0", "vision.epochs"),
+        ("memory.epochs=0", "memory.epochs"),
+        ("controller.eval_every=0", "controller.eval_every"),
+    ],
+)
 def test_validate_rejects_bad_values(override, key):
     with pytest.raises(WorldModelsError, match=key.replace(".", r"\.")):
         config_lib.load(TINY, [override])

@@ -96,7 +96,9 @@ def test_population_outputs_equal_separate_controllers():
     h = torch.tensor(rng.standard_normal((P, h_dim)), dtype=torch.float32)
     population = Controller.from_flat(flats, z_dim + h_dim, space)
     together = population.outputs(z, h)
-    separate = torch.cat([Controller.from_flat(flats[p], z_dim + h_dim, space).outputs(z[p : p + 1], h[p : p + 1]) for p in range(P)])
+    separate = torch.cat(
+        [Controller.from_flat(flats[p], z_dim + h_dim, space).outputs(z[p : p + 1], h[p : p + 1]) for p in range(P)]
+    )
     torch.testing.assert_close(together, separate, rtol=1e-5, atol=1e-6)
     # rows pick controllers for the rows of z and h, in order
     rows = [4, 1, 2]

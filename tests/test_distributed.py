@@ -26,8 +26,9 @@ def free_port() -> int:
 
 def _join(rank: int, size: int, port: int) -> None:
     """Join a gloo group the way torchrun's environment does it."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(size))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size)
+    )
     torch.set_num_threads(1)
     distributed.init(torch.device("cpu"))
 
@@ -103,7 +104,9 @@ def test_codebook_learns_from_the_global_batch(tmp_path):
 # ---------------------------------------------------------------- training V and M
 
 
-def _train(rank: int, port: int, stage: str, overrides: list[str], checkpoints: Path, rollouts: Path, out: Path) -> None:
+def _train(
+    rank: int, port: int, stage: str, overrides: list[str], checkpoints: Path, rollouts: Path, out: Path
+) -> None:
     _join(rank, 2, port)
     cfg = config_lib.load(TINY, overrides)
     run = Run(checkpoints, cfg)
@@ -119,7 +122,11 @@ def assert_same_training(tmp_path: Path, stage: str, overrides: list[str], check
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     cfg = config_lib.load(TINY, overrides)
     one = copy_tree(checkpoints, tmp_path / "one")
-    result = stages.train_vision(cfg, Run(one, cfg), rollouts) if stage == "vision" else stages.train_memory(cfg, Run(one, cfg))
+    result = (
+        stages.train_vision(cfg, Run(one, cfg), rollouts)
+        if stage == "vision"
+        else stages.train_memory(cfg, Run(one, cfg))
+    )
     assert result["step"] > 10  # several steps, so that a mismatch would have grown
     for key, value in result["state_dict"].items():
         assert torch.equal(ranks[0][key], ranks[1][key]), f"the processes disagree on {key}"
@@ -147,9 +154,21 @@ def test_memory_on_two_processes_trains_what_one_does(tmp_path, tiny_run):
 
 
 def torchrun(*argv: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               "-m", "worldmodels", *argv]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "worldmodels",
+        *argv,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def test_torchrun_checkpoint_resumes_in_one_process(tmp_path, tiny_rollouts):
@@ -177,15 +196,22 @@ def test_torchrun_refuses_stages_that_run_in_one_process(monkeypatch, tmp_path, 
     monkeypatch.setenv("RANK", "1")
     assert run_cli("collect", TINY, "--checkpoints", tmp_path, "--rollouts", tmp_path) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("worldmodels collect (rank 1): error: 'collect' runs in one process; "
-                   "under torchrun only train-vision and train-memory of frame recipes do")
+    assert err == (
+        "worldmodels collect (rank 1): error: 'collect' runs in one process; "
+        "under torchrun only train-vision and train-memory of frame recipes do"
+    )
     assert not any(tmp_path.iterdir())
 
 
 def test_torchrun_uneven_batch_is_one_line_per_process(tmp_path, tiny_rollouts):
-    done = torchrun("train-vision", TINY, "--checkpoints", tmp_path, "--rollouts", tiny_rollouts, "--set", "vision.batch_size=15")
+    done = torchrun(
+        "train-vision", TINY, "--checkpoints", tmp_path, "--rollouts", tiny_rollouts, "--set", "vision.batch_size=15"
+    )
     assert done.returncode != 0
     for rank in range(2):
-        assert f"worldmodels train-vision (rank {rank}): error: vision.batch_size = 15 does not split evenly over 2 processes" in done.stderr
+        assert (
+            f"worldmodels train-vision (rank {rank}): error: vision.batch_size = 15 "
+            "does not split evenly over 2 processes" in done.stderr
+        )
     assert "/worldmodels/" not in done.stderr  # no traceback from our code (torchrun adds its own failure report)
     assert not (tmp_path / RUN_NAME / "vision.pt").exists()

@@ -1,4 +1,5 @@
-"""The dream world: counter-based noise, temperature, M's heads in the dream, batching, gymnasium faces, CLI and rounds."""
+"""The dream world: counter-based noise, temperature, M's heads in the dream, batching, gymnasium faces,
+CLI and rounds."""
 
 from __future__ import annotations
 
@@ -96,7 +97,9 @@ def test_uniform_row_does_not_depend_on_the_batch():
         torch.testing.assert_close(alone[0], whole[i], rtol=0, atol=0)
     # fewer indices are a prefix of more
     torch.testing.assert_close(noise.uniform(seeds, steps, noise.DONE, 2), whole[:, :2], rtol=0, atol=0)
-    torch.testing.assert_close(noise.normal(seeds[[2]], steps[[2]], 4)[0], noise.normal(seeds, steps, 4)[2], rtol=0, atol=0)
+    torch.testing.assert_close(
+        noise.normal(seeds[[2]], steps[[2]], 4)[0], noise.normal(seeds, steps, 4)[2], rtol=0, atol=0
+    )
 
 
 def test_uniform_differs_across_seeds_steps_streams_and_indices():
@@ -138,7 +141,7 @@ def brute_draw(pred: Prediction, tau: float, uniform: torch.Tensor, normal: torc
     logit, mu, sigma = pred.logit_pi.numpy(), pred.mu.numpy(), pred.sigma.numpy()
     out = np.zeros(uniform.shape)
     for idx in np.ndindex(*uniform.shape):
-        weights = [math.exp(l / tau) for l in logit[idx]]
+        weights = [math.exp(value / tau) for value in logit[idx]]
         total, cumulative, pick = sum(weights), 0.0, len(weights) - 1
         for k, w in enumerate(weights):
             cumulative += w / total
@@ -153,11 +156,18 @@ def brute_draw(pred: Prediction, tau: float, uniform: torch.Tensor, normal: torc
 def test_draw_picks_components_by_inverse_cdf(tau):
     g = torch.Generator().manual_seed(7)
     shape = (40, 2, 4)  # (B, Z, K)
-    pred = Prediction(torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64) * 5,
-                      torch.rand(shape, generator=g, dtype=torch.float64) + 0.1, torch.zeros(40), torch.zeros(40))
+    pred = Prediction(
+        torch.randn(shape, generator=g, dtype=torch.float64),
+        torch.randn(shape, generator=g, dtype=torch.float64) * 5,
+        torch.rand(shape, generator=g, dtype=torch.float64) + 0.1,
+        torch.zeros(40),
+        torch.zeros(40),
+    )
     uniform = torch.rand(40, 2, generator=g, dtype=torch.float64)
     normal = torch.randn(40, 2, generator=g, dtype=torch.float64)
-    np.testing.assert_allclose(draw(pred, tau, uniform, normal).numpy(), brute_draw(pred, tau, uniform, normal), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        draw(pred, tau, uniform, normal).numpy(), brute_draw(pred, tau, uniform, normal), rtol=1e-12, atol=1e-12
+    )
     # with no spread the draw is one of the components' means, and every component gets picked somewhere
     zero = draw(pred, tau, uniform, torch.zeros_like(normal))
     picked = (zero.unsqueeze(-1) == pred.mu).double()
@@ -166,8 +176,13 @@ def test_draw_picks_components_by_inverse_cdf(tau):
 
 
 def test_draw_at_tau_zero_is_the_most_likely_mean():
-    pred = Prediction(torch.tensor([[[0.0, 2.0, 1.0], [3.0, -1.0, 0.0]]]), torch.tensor([[[10.0, 20.0, 30.0], [-1.0, -2.0, -3.0]]]),
-                      torch.ones(1, 2, 3), torch.zeros(1), torch.zeros(1))
+    pred = Prediction(
+        torch.tensor([[[0.0, 2.0, 1.0], [3.0, -1.0, 0.0]]]),
+        torch.tensor([[[10.0, 20.0, 30.0], [-1.0, -2.0, -3.0]]]),
+        torch.ones(1, 2, 3),
+        torch.zeros(1),
+        torch.zeros(1),
+    )
     got = draw(pred, 0.0, torch.full((1, 2), 0.999), torch.full((1, 2), 5.0))
     torch.testing.assert_close(got, torch.tensor([[20.0, -1.0]]))
 
@@ -381,7 +396,9 @@ def test_vector_env_episode_statistics_and_next_step_autoreset():
     n, max_steps = 3, 4
     start = torch.tensor([1.0, -2.0, 0.5])
     memory = constant_heads(small_memory(seed=1), 3.0, 30.0)  # done="never" ignores the certain done
-    env = RecordEpisodeStatistics(DreamVectorEnv(Dream(memory, DreamConfig(max_steps=max_steps, done="never"), fixed_start(start)), DISCRETE, n))
+    env = RecordEpisodeStatistics(
+        DreamVectorEnv(Dream(memory, DreamConfig(max_steps=max_steps, done="never"), fixed_start(start)), DISCRETE, n)
+    )
     obs, _ = env.reset(seed=0)
     np.testing.assert_array_equal(obs[:, :Z], start.expand(n, Z).numpy())
     assert not obs[:, Z:].any()
@@ -423,7 +440,8 @@ def test_vector_env_restarts_finished_rows_only():
 
 @pytest.mark.parametrize("n", [1, 7])
 def test_noise_hashed_in_blocks_gives_the_same_dream(n):
-    """A small batch reads its noise from blocks of steps hashed at once: the same trajectories, restarts and drops included."""
+    """A small batch reads its noise from blocks of steps hashed at once: the same trajectories,
+    restarts and drops included."""
     memory = small_memory(seed=2, action_dim=3, done_weight=4.0)
     with torch.no_grad():
         memory.head.bias[-1] = -1.0  # episodes end at different steps, so rows restart and leave at random
@@ -509,7 +527,8 @@ def test_train_controller_in_the_dream(copy_run, capsys):
     saved = checkpoints.load(run / "controller.pt", "controller")
     _, progress, _ = cmaes_state(run)
     assert result["world"] == "dream" and result["generation"] == progress.generation == 2
-    # 2 generations of 4 candidates x 1 rollout, plus 2 contenders x 2 re-evaluation rollouts: 16 episodes of 1..30 steps
+    # 2 generations of 4 candidates x 1 rollout, plus 2 contenders x 2 re-evaluation rollouts:
+    # 16 episodes of 1..30 steps
     assert result["steps"] == progress.env_steps and 16 <= progress.env_steps <= 16 * 30
     assert saved["score"] == result["best_score"] == progress.best_score
     # the kept score is reproducible: the same controller on the same re-evaluation seeds in the same dream
@@ -526,7 +545,9 @@ def test_evaluate_in_the_dream_writes_its_own_report(copy_run, capsys):
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
     real_report = (run / "report.json").read_bytes()
     capsys.readouterr()
-    assert cli_stage("evaluate", ck, ro, "--world", "dream", "--set", "dream.max_steps=30", "--set", "dream.tau=0.7") == 0
+    assert (
+        cli_stage("evaluate", ck, ro, "--world", "dream", "--set", "dream.max_steps=30", "--set", "dream.tau=0.7") == 0
+    )
     result = last_result(capsys)
     report = json.loads((run / "report_dream.json").read_text())
     assert report["world"] == result["world"] == "dream" and report["tau"] == 0.7
@@ -593,7 +614,9 @@ def test_tau_sweep_refuses_a_negative_tau(copy_run):
     assert not (run / "tau_sweep.json").exists()
 
 
-@pytest.mark.parametrize("override", ['dream.done="bogus"', "dream.tau=-1", 'dream.start="nowhere"', "dream.max_steps=0"])
+@pytest.mark.parametrize(
+    "override", ['dream.done="bogus"', "dream.tau=-1", 'dream.start="nowhere"', "dream.max_steps=0"]
+)
 def test_bad_dream_settings_exit_2(copy_run, capsys, override):
     ck, ro = copy_run["checkpoints"], copy_run["rollouts"]
     assert cli_stage("evaluate", ck, ro, "--world", "dream", "--set", override) == 2
@@ -610,12 +633,22 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
         (run / name).unlink()
     store = ro / "tiny" / "episodes"
     before = json.loads((store / "manifest.json").read_text())["episodes"]
-    args = ("--set", 'controller.world="dream"', "--set", "dream.rounds=1", "--set", "dream.round_episodes=2",
-            "--set", "dream.round_generations=1", "--set", "dream.max_steps=30")
+    args = (
+        "--set",
+        'controller.world="dream"',
+        "--set",
+        "dream.rounds=1",
+        "--set",
+        "dream.round_episodes=2",
+        "--set",
+        "dream.round_generations=1",
+        "--set",
+        "dream.max_steps=30",
+    )
     assert cli_stage("pipeline", ck, ro, *args) == 0
     episodes = json.loads((store / "manifest.json").read_text())["episodes"]
     assert episodes[: len(before)] == before and len(episodes) == len(before) + 2
-    new = episodes[len(before):]
+    new = episodes[len(before) :]
     assert all(e["round"] == 1 for e in new) and len({e["file"] for e in episodes}) == len(episodes)
     for entry in new:  # the manifest's steps and seeds are the files'
         episode = load_episode(store / entry["file"])
@@ -639,8 +672,15 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
     assert steps["fidelity"] == fidelity["real_steps"] > 0
     assert steps["collect"] + steps["round_1"] + steps["fidelity"] == steps["total"]
     # the same command again finds everything done
-    watched = [store / "manifest.json", run / "report.json", run / "rounds.json", run / "memory.pt", run / "controller.pt",
-               run / "cmaes.pt", run / "controller_fidelity.json"]
+    watched = [
+        store / "manifest.json",
+        run / "report.json",
+        run / "rounds.json",
+        run / "memory.pt",
+        run / "controller.pt",
+        run / "cmaes.pt",
+        run / "controller_fidelity.json",
+    ]
     contents = {p: p.read_bytes() for p in watched}
     files = sorted(p.name for p in store.glob("ep_*.npz"))
     assert cli_stage("pipeline", ck, ro, *args) == 0

@@ -1,4 +1,5 @@
-"""The framework among RL libraries: any policy in any of its worlds, recipes that ship, a terminal that answers at once."""
+"""The framework among RL libraries: any policy in any of its worlds, recipes that ship,
+a terminal that answers at once."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, cli_stage, run_cli
 from gymnasium.utils.env_checker import check_env
 
 import worldmodels  # noqa: F401 - registers worldmodels/Dream-v0 and worldmodels/Latent-v0
-from worldmodels import checkpoints, config as config_lib
+from worldmodels import checkpoints
+from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel, play
 from worldmodels.controller import Controller
 from worldmodels.evolution import load_controller
 from worldmodels.worlds.real import make_world
-
-from conftest import TINY, cli_stage, run_cli
 
 
 def test_latent_observation_sees_what_play_sees(tiny_run):
@@ -36,7 +37,10 @@ def test_latent_observation_sees_what_play_sees(tiny_run):
         obs, _ = env.reset(seed=seed)
         total, done = 0.0, False
         while not done:
-            z, h = torch.from_numpy(obs[None, : model.vision.latent_dim]), torch.from_numpy(obs[None, model.vision.latent_dim :])
+            z, h = (
+                torch.from_numpy(obs[None, : model.vision.latent_dim]),
+                torch.from_numpy(obs[None, model.vision.latent_dim :]),
+            )
             obs, reward, terminated, truncated, _ = env.step(controller.act(z, h, rows=[0])[0])
             total, done = total + reward, terminated or truncated
         assert total == expected
@@ -67,21 +71,46 @@ def test_sb3_ppo_trains_in_the_dream_and_plays_in_the_real_world(copy_run, tmp_p
     from worldmodels.worlds.sb3 import dream_vec_env
 
     run = copy_run["dir"]
-    agent = sb3.PPO("MlpPolicy", gym.make("worldmodels/Dream-v0", run=str(run)), n_steps=256, batch_size=64,
-                    n_epochs=2, seed=0, device="cpu")
+    agent = sb3.PPO(
+        "MlpPolicy",
+        gym.make("worldmodels/Dream-v0", run=str(run)),
+        n_steps=256,
+        batch_size=64,
+        n_epochs=2,
+        seed=0,
+        device="cpu",
+    )
     agent.learn(total_timesteps=2048)
-    batched = sb3.PPO("MlpPolicy", dream_vec_env(run, num_envs=8, seed=0), n_steps=64, batch_size=128, seed=0, device="cpu")
+    batched = sb3.PPO(
+        "MlpPolicy", dream_vec_env(run, num_envs=8, seed=0), n_steps=64, batch_size=128, seed=0, device="cpu"
+    )
     assert batched.learn(total_timesteps=1024).num_timesteps >= 1024  # and on the batched dream, 8 episodes a step
     agent.save(tmp_path / "ppo.zip")
-    assert run_cli("evaluate", TINY, "--checkpoints", copy_run["checkpoints"], "--rollouts", copy_run["rollouts"],
-                   "--policy", tmp_path / "ppo.zip", "--algo", "ppo") == 0
+    assert (
+        run_cli(
+            "evaluate",
+            TINY,
+            "--checkpoints",
+            copy_run["checkpoints"],
+            "--rollouts",
+            copy_run["rollouts"],
+            "--policy",
+            tmp_path / "ppo.zip",
+            "--algo",
+            "ppo",
+        )
+        == 0
+    )
     report = json.loads((run / "report_policy.json").read_text())
     assert report["episodes"] == 3 and len(report["returns"]) == 3 and report["policy"].endswith("ppo.zip")
     assert all(1 <= r <= 50 for r in report["returns"])  # CartPole's +1 a step, capped at the tiny recipe's 50 steps
 
 
 def test_a_module_callable_policy(copy_run):
-    assert cli_stage("evaluate", copy_run["checkpoints"], copy_run["rollouts"], "--policy", "test_ecosystem:push_left") == 0
+    assert (
+        cli_stage("evaluate", copy_run["checkpoints"], copy_run["rollouts"], "--policy", "test_ecosystem:push_left")
+        == 0
+    )
     report = json.loads((copy_run["dir"] / "report_policy.json").read_text())
     assert report["policy"] == "test_ecosystem:push_left" and report["mean"] < 15  # always left: CartPole falls fast
 
@@ -107,7 +136,7 @@ def test_dream_vec_env_batches_like_single_dreams_and_resets_in_the_same_step(ti
         for i in np.flatnonzero(done):  # restarted in this very step: the last observation is in the info
             ended = True
             assert "terminal_observation" in infos[i] and not np.allclose(infos[i]["terminal_observation"], obs[i])
-            assert np.all(obs[i][-envs.dream.memory.cfg.hidden_size:] == 0)  # a fresh episode: M's state is zero
+            assert np.all(obs[i][-envs.dream.memory.cfg.hidden_size :] == 0)  # a fresh episode: M's state is zero
     assert ended
 
 
@@ -168,7 +197,8 @@ def test_run_name_has_a_torchrun_proof_spelling(tmp_path):
 
 
 def test_a_terminal_sees_bars_for_a_real_generation_and_evaluate(copy_run):
-    """On a terminal, each real-world generation counts its episodes and evaluate shows its own bar with a rate and ETA."""
+    """On a terminal, each real-world generation counts its episodes and evaluate shows its own bar
+    with a rate and ETA."""
     import pty
 
     ck, ro, run_dir = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
@@ -180,7 +210,9 @@ def test_a_terminal_sees_bars_for_a_real_generation_and_evaluate(copy_run):
     import threading
 
     primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0 x 0: tqdm draws nothing
+    fcntl.ioctl(
+        secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0)
+    )  # a new pty is 0 x 0: tqdm draws nothing
     chunks: list[bytes] = []
 
     def read() -> None:  # read while the stages write: a full pty would block them
@@ -196,8 +228,13 @@ def test_a_terminal_sees_bars_for_a_real_generation_and_evaluate(copy_run):
     reader = threading.Thread(target=read)
     reader.start()
     for stage in ("train-controller", "evaluate"):
-        done = subprocess.run([sys.executable, "-m", "worldmodels", stage, TINY, "--checkpoints", str(ck), "--rollouts", str(ro)],
-                              stderr=secondary, stdout=subprocess.DEVNULL, env=dict(os.environ), timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "worldmodels", stage, TINY, "--checkpoints", str(ck), "--rollouts", str(ro)],
+            stderr=secondary,
+            stdout=subprocess.DEVNULL,
+            env=dict(os.environ),
+            timeout=300,
+        )
         assert done.returncode == 0
     os.close(secondary)
     reader.join(timeout=30)
@@ -205,4 +242,6 @@ def test_a_terminal_sees_bars_for_a_real_generation_and_evaluate(copy_run):
     text = out.decode(errors="replace")
     bars = [line.strip() for line in text.replace("\r", "\n").splitlines() if "%|" in line]
     assert any(b.startswith("generation 1:") for b in bars) and any(b.startswith("generation 2:") for b in bars), bars
-    assert any(b.startswith("evaluate:") and "/3 [" in b and "ep/s" in b for b in bars), bars  # a total, the time left, a rate
+    assert any(b.startswith("evaluate:") and "/3 [" in b and "ep/s" in b for b in bars), (
+        bars
+    )  # a total, the time left, a rate

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import RUN_NAME, cli_stage, run_cli
 
 from worldmodels import config as config_lib
-
-from conftest import RUN_NAME, cli_stage, run_cli
 
 
 def one_error_line(capsys, stage: str) -> str:
@@ -115,7 +114,9 @@ def test_memory_checkpoint_of_another_size_refused(copy_run, capsys):
     assert "memory.hidden_size=8" in line
 
 
-@pytest.mark.parametrize("name, stage", [("vision.pt", "train-vision"), ("memory.pt", "evaluate"), ("controller.pt", "evaluate")])
+@pytest.mark.parametrize(
+    "name, stage", [("vision.pt", "train-vision"), ("memory.pt", "evaluate"), ("controller.pt", "evaluate")]
+)
 def test_truncated_checkpoint(copy_run, capsys, name, stage):
     path = copy_run["dir"] / name
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
@@ -127,7 +128,12 @@ def test_truncated_checkpoint(copy_run, capsys, name, stage):
 def test_truncated_cmaes_state(copy_run, capsys):
     path = copy_run["dir"] / "cmaes.pt"
     path.write_bytes(path.read_bytes()[:50])
-    assert cli_stage("train-controller", copy_run["checkpoints"], copy_run["rollouts"], "--set", "controller.generations=3") == 2
+    assert (
+        cli_stage(
+            "train-controller", copy_run["checkpoints"], copy_run["rollouts"], "--set", "controller.generations=3"
+        )
+        == 2
+    )
     line = one_error_line(capsys, "train-controller")
     assert "unreadable" in line and "cmaes.pt" in line
 

@@ -50,8 +50,9 @@ def test_singular_covariances_stay_finite():
 @pytest.fixture(scope="module")
 def feature_net_path(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 4, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 4, 2, 1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(2), nn.Flatten()).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 4, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 4, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()
+    ).eval()
     program = torch.export.export(net, (torch.rand(2, 3, 16, 16),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     path = tmp_path_factory.mktemp("fid") / "features.pt2"
     torch.export.save(program, path)

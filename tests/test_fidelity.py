@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, cli_stage
+
 from worldmodels import checkpoints, evolution, fidelity, search_state
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
@@ -109,8 +109,16 @@ def test_controller_fidelity_after_a_dream_search(copy_run, capsys):
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
     for name in ("cmaes.pt", "controller.pt"):  # the copied run's controller was trained in the real world
         (run / name).unlink()
-    args = ("--world", "dream", "--set", "dream.max_steps=30", "--set", "controller.fidelity_controllers=3",
-            "--set", "controller.fidelity_episodes=2")
+    args = (
+        "--world",
+        "dream",
+        "--set",
+        "dream.max_steps=30",
+        "--set",
+        "controller.fidelity_controllers=3",
+        "--set",
+        "controller.fidelity_episodes=2",
+    )
     assert cli_stage("train-controller", ck, ro, *args) == 0
     report = json.loads((run / "controller_fidelity.json").read_text())
     _, progress, _ = search_state.load(run / "cmaes.pt")
@@ -120,9 +128,12 @@ def test_controller_fidelity_after_a_dream_search(copy_run, capsys):
     flat = np.stack([h["params"] for h in picked])
     cfg = config_lib.load(TINY, ['controller.world="dream"', "dream.max_steps=30"])
     model = WorldModel.load(run / "vision.pt", run / "memory.pt")
-    with evolution.DreamEvaluator(model, cfg.dream, start_latents(load_latents(checkpoints.Run(ck, cfg))),
-                                  action_space(cfg.env)) as dream:
-        dreamt = dream.returns(flat, evolution.generation_seeds(cfg.controller.seed + 4, 0, cfg.controller.eval_rollouts))
+    with evolution.DreamEvaluator(
+        model, cfg.dream, start_latents(load_latents(checkpoints.Run(ck, cfg))), action_space(cfg.env)
+    ) as dream:
+        dreamt = dream.returns(
+            flat, evolution.generation_seeds(cfg.controller.seed + 4, 0, cfg.controller.eval_rollouts)
+        )
     with real_evaluator(cfg, run / "vision.pt", run / "memory.pt", 1) as world:
         real = world.returns(flat, report["real_seeds"])
     np.testing.assert_allclose([c["dream"] for c in report["controllers"]], dreamt.mean(1), atol=1e-4)

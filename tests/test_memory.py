@@ -30,7 +30,7 @@ def brute_log_prob(pred: Prediction, target: torch.Tensor) -> np.ndarray:
         total = 0.0
         for d in range(x.shape[-1]):
             logits = logit[idx + (d,)]
-            norm = sum(math.exp(l) for l in logits)
+            norm = sum(math.exp(value) for value in logits)
             density = 0.0
             for c in range(len(logits)):
                 pi = math.exp(logits[c]) / norm
@@ -115,7 +115,9 @@ N = 40_000
 
 def single_component(mu: float, sigma: float, n: int = N) -> Prediction:
     shape = (n, 1, 1)
-    return Prediction(torch.zeros(shape), torch.full(shape, mu), torch.full(shape, sigma), torch.zeros(n), torch.zeros(n))
+    return Prediction(
+        torch.zeros(shape), torch.full(shape, mu), torch.full(shape, sigma), torch.zeros(n), torch.zeros(n)
+    )
 
 
 def two_components(n: int = N) -> Prediction:
@@ -150,7 +152,9 @@ def test_larger_tau_gives_larger_spread():
     assert all(a < b for a, b in zip(stds, stds[1:])), stds
 
 
-@pytest.mark.parametrize("tau, expected", [(1.0, 0.8), (2.0, math.sqrt(0.8) / (math.sqrt(0.8) + math.sqrt(0.2))), (0.1, 1.0)])
+@pytest.mark.parametrize(
+    "tau, expected", [(1.0, 0.8), (2.0, math.sqrt(0.8) / (math.sqrt(0.8) + math.sqrt(0.2))), (0.1, 1.0)]
+)
 def test_mixture_weights_sharpen_with_low_tau(tau, expected):
     draws = sample(two_components(), tau, generator=torch.Generator().manual_seed(10))
     fraction_first = (draws < 0).float().mean().item()

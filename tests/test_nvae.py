@@ -16,10 +16,19 @@ from worldmodels.vision import NVAE, NVAEConfig, build_vision, vision_config
 from worldmodels.vision.nvae import SpectralNorms, residual_normal, soft_clamp
 
 # Two recipe sizes: the default layout (two scales, two groups each) and a deeper, narrower one.
-SMALL = NVAEConfig(frame_size=16, latent_dim=8, base_channels=4, scales=[2, 4], groups_per_scale=2,
-                   latent_channels=2, top_groups=1)
-DEEP = NVAEConfig(frame_size=32, latent_dim=8, base_channels=2, scales=[2, 4, 8], groups_per_scale=2,
-                  latent_channels=1, top_groups=2, cells_per_group=2)
+SMALL = NVAEConfig(
+    frame_size=16, latent_dim=8, base_channels=4, scales=[2, 4], groups_per_scale=2, latent_channels=2, top_groups=1
+)
+DEEP = NVAEConfig(
+    frame_size=32,
+    latent_dim=8,
+    base_channels=2,
+    scales=[2, 4, 8],
+    groups_per_scale=2,
+    latent_channels=1,
+    top_groups=2,
+    cells_per_group=2,
+)
 
 
 def test_residual_normal_kl_matches_the_closed_form_of_two_gaussians():
@@ -28,8 +37,9 @@ def test_residual_normal_kl_matches_the_closed_form_of_two_gaussians():
     mean, logstd, kl = residual_normal(prior_mean, prior_logstd, delta_mean, delta_logstd)
     torch.testing.assert_close(mean, prior_mean + delta_mean)
     torch.testing.assert_close(logstd.exp(), prior_logstd.exp() * delta_logstd.exp())  # sigma_q = sigma_p * dsigma
-    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mean, logstd.exp()),
-                                                 torch.distributions.Normal(prior_mean, prior_logstd.exp()))
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, logstd.exp()), torch.distributions.Normal(prior_mean, prior_logstd.exp())
+    )
     torch.testing.assert_close(kl, expected, rtol=1e-5, atol=1e-5)
     # by hand for one element: KL(N(1, 2^2) || N(0, 1)) = 0.5 (1 + 4 - 1) - log 2
     _, _, one = residual_normal(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.tensor([math.log(2.0)]))
@@ -202,7 +212,9 @@ def test_a_non_finite_gradient_skips_the_step(tmp_path):
         return {"loss": model(batch).pow(2).sum()}
 
     writer = SummaryWriter(tmp_path / "tb")
-    result = fit(Fit("vision", model, {"model": "linear"}, lambda epoch: batches, loss, 1, 0.1, 0, tmp_path / "v.pt", writer))
+    result = fit(
+        Fit("vision", model, {"model": "linear"}, lambda epoch: batches, loss, 1, 0.1, 0, tmp_path / "v.pt", writer)
+    )
     writer.close()
     for a, b in zip(before, seen[1]):  # the NaN batch changed nothing
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -210,8 +222,20 @@ def test_a_non_finite_gradient_skips_the_step(tmp_path):
     assert any((a - p).abs().max() > 0 for a, p in zip(before, model.parameters()))  # the good batch did step
 
 
-NV = ("--run", "tinynvae", "--set", 'vision.model="nvae"', "--set", "vision.scales=[2, 4]", "--set", "vision.base_channels=2",
-      "--set", "vision.latent_channels=1", "--set", "vision.groups_per_scale=1")  # z = the 2 x 2 top group's 1 channel
+NV = (
+    "--run",
+    "tinynvae",
+    "--set",
+    'vision.model="nvae"',
+    "--set",
+    "vision.scales=[2, 4]",
+    "--set",
+    "vision.base_channels=2",
+    "--set",
+    "vision.latent_channels=1",
+    "--set",
+    "vision.groups_per_scale=1",
+)  # z = the 2 x 2 top group's 1 channel
 
 
 def test_an_nvae_run_goes_through_every_stage_of_the_cli(tmp_path, capsys):
@@ -229,7 +253,19 @@ def test_an_nvae_run_goes_through_every_stage_of_the_cli(tmp_path, capsys):
     assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in vision.parameters())
     # a recipe whose NVAE sizes changed is refused against the trained V, in one line
     capsys.readouterr()
-    assert run_cli("encode", TINY, "--checkpoints", checkpoints_root, "--rollouts", rollouts_root,
-                   *NV, "--set", "vision.base_channels=3") == 2
+    assert (
+        run_cli(
+            "encode",
+            TINY,
+            "--checkpoints",
+            checkpoints_root,
+            "--rollouts",
+            rollouts_root,
+            *NV,
+            "--set",
+            "vision.base_channels=3",
+        )
+        == 2
+    )
     error = capsys.readouterr().err.strip()
     assert "base_channels" in error and len(error.splitlines()) == 1

@@ -17,10 +17,10 @@ from conftest import RUN_NAME, TINY, cli_stage
 from worldmodels import checkpoints
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
+from worldmodels.backends import real_evaluator
 from worldmodels.checkpoints import Run
 from worldmodels.controller import Controller
 from worldmodels.errors import WorldModelsError
-from worldmodels.backends import real_evaluator
 from worldmodels.memory import MDNRNN, MemoryModelConfig
 from worldmodels.worlds.real import find_spec, make_world
 
@@ -152,7 +152,7 @@ def test_panda_success_flag_on_real_episodes(panda):
     world = make_world(panda.env, max_steps=20)
     # towards the goal (read from the state panda-gym's observation holds): reached, and the episode ends
     _, info = world.reset(seed=1)
-    for step in range(20):
+    for _ in range(20):
         state = info["state"].item()
         action = np.clip(10 * (state["desired_goal"] - state["achieved_goal"]), -1, 1)
         _, _, terminated, truncated, info = world.step(action)
@@ -163,7 +163,7 @@ def test_panda_success_flag_on_real_episodes(panda):
     _, info = world.reset(seed=1)
     state = info["state"].item()
     assert np.linalg.norm(state["desired_goal"] - state["achieved_goal"]) > 0.1
-    for step in range(20):
+    for _ in range(20):
         _, _, terminated, truncated, _ = world.step(np.zeros(3, np.float32))
         if terminated or truncated:
             break

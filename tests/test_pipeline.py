@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import RUN_NAME, TINY, cli_stage
 from PIL import Image
 
 from worldmodels import checkpoints, search_state
@@ -17,8 +18,6 @@ from worldmodels.agent import WorldModel, play
 from worldmodels.controller import Controller
 from worldmodels.evolution import load_controller
 from worldmodels.worlds.real import make_world
-
-from conftest import RUN_NAME, TINY, cli_stage
 
 RUN_FILES = ("recipe.toml", "vision.pt", "memory.pt", "controller.pt", "cmaes.pt", "report.json")
 
@@ -107,7 +106,7 @@ def test_report_matches_replaying_the_controller(tiny_run):
     for seed in report["seeds"]:
         world = make_world(cfg.env)
         controller = Controller.from_flat(saved["params"].numpy(), model.controller_input, world.action_space)
-        (total, steps), = play([world], model, controller, [seed])
+        ((total, steps),) = play([world], model, controller, [seed])
         world.close()
         assert total == steps  # CartPole pays 1 per step
         returns.append(total)

@@ -1,4 +1,5 @@
-"""Training precision and compilation from the recipe: bf16 autocast on CUDA by default, forced or refused by the recipe."""
+"""Training precision and compilation from the recipe: bf16 autocast on CUDA by default,
+forced or refused by the recipe."""
 
 from __future__ import annotations
 
@@ -23,7 +24,18 @@ def test_bf16_autocast_trains_v_as_fp32_does(tmp_path, tiny_rollouts):
     losses = {}
     for precision in ("fp32", "bf16"):
         checkpoints = tmp_path / precision
-        assert cli_stage("train-vision", checkpoints, tiny_rollouts, "--set", f'precision="{precision}"', "--set", "vision.epochs=2") == 0
+        assert (
+            cli_stage(
+                "train-vision",
+                checkpoints,
+                tiny_rollouts,
+                "--set",
+                f'precision="{precision}"',
+                "--set",
+                "vision.epochs=2",
+            )
+            == 0
+        )
         saved = torch.load(checkpoints / RUN_NAME / "vision.pt")
         assert all(v.dtype != torch.bfloat16 for v in saved["state_dict"].values())  # the weights stay float32
         losses[precision] = saved["losses"]["recon"]
@@ -33,4 +45,7 @@ def test_bf16_autocast_trains_v_as_fp32_does(tmp_path, tiny_rollouts):
 
 def test_unknown_precision_is_one_line(tmp_path, capsys):
     assert cli_stage("train-vision", tmp_path, tmp_path, "--set", 'precision="fp8"') == 2
-    assert capsys.readouterr().err.strip() == "worldmodels train-vision: error: precision must be 'auto', 'bf16' or 'fp32', got 'fp8'"
+    assert (
+        capsys.readouterr().err.strip()
+        == "worldmodels train-vision: error: precision must be 'auto', 'bf16' or 'fp32', got 'fp8'"
+    )

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RUN_NAME, cli_stage
 
 from worldmodels import checkpoints, search_state
 from worldmodels.checkpoints import atomic_write
-
-from conftest import RUN_NAME, cli_stage
 
 
 def state_dict(path: Path) -> dict:
@@ -98,7 +97,8 @@ def test_cmaes_resume_matches_uninterrupted(tmp_path, tiny_run):
     assert cli_stage("train-controller", runs["straight"], ro, "--set", "controller.generations=2") == 0
 
     (es_a, progress_a, state_a), (es_b, progress_b, state_b) = (
-        search_state.load(ck / RUN_NAME / "cmaes.pt") for ck in runs.values())
+        search_state.load(ck / RUN_NAME / "cmaes.pt") for ck in runs.values()
+    )
     assert progress_one.generation == 1 and progress_a.generation == progress_b.generation == 2
     assert es_a.countiter == es_b.countiter == 2
     np.testing.assert_allclose(es_a.mean, es_b.mean, rtol=1e-12, atol=1e-15)
@@ -137,7 +137,9 @@ def test_same_recipe_same_weights_in_one_process(tmp_path, tiny_rollouts):
     assert cli_stage("train-vision", tmp_path / "a", tiny_rollouts) == 0
     torch.manual_seed(2)
     assert cli_stage("train-vision", tmp_path / "b", tiny_rollouts) == 0
-    assert_same_weights(state_dict(tmp_path / "a" / RUN_NAME / "vision.pt"), state_dict(tmp_path / "b" / RUN_NAME / "vision.pt"))
+    assert_same_weights(
+        state_dict(tmp_path / "a" / RUN_NAME / "vision.pt"), state_dict(tmp_path / "b" / RUN_NAME / "vision.pt")
+    )
 
 
 # ---------------------------------------------------------------- atomic writes

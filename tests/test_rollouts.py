@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from worldmodels import config as config_lib
 from worldmodels.config import CollectConfig, EnvConfig, StateBound
@@ -27,8 +28,6 @@ from worldmodels.rollouts import (
     save_episode,
 )
 from worldmodels.worlds.real import make_world
-
-from conftest import TINY
 
 
 def fake_episode(steps: int = 6, seed: int = 0, size: int = 16) -> dict:
@@ -102,7 +101,9 @@ def test_damaged_bytes_are_corrupt(tmp_path):
         except CorruptEpisode:
             continue
         except Exception as exc:  # noqa: BLE001 - the point of the test
-            pytest.fail(f"damage at byte {offset} raised {type(exc).__module__}.{type(exc).__name__}: {exc}, not CorruptEpisode")
+            pytest.fail(
+                f"damage at byte {offset} raised {type(exc).__module__}.{type(exc).__name__}: {exc}, not CorruptEpisode"
+            )
         pytest.fail(f"damage at byte {offset} went unnoticed")
 
 
@@ -196,7 +197,9 @@ def test_brownian_actions_are_smooth_and_in_bounds():
     env = make_world(EnvConfig(id="Pendulum-v1", frame_size=16))
     low, high = env.action_space.low, env.action_space.high
     try:
-        brown = collect_episode(env, CollectConfig(policy="brownian", brownian_sigma=0.05, max_steps=150), seed=0)["action"]
+        brown = collect_episode(env, CollectConfig(policy="brownian", brownian_sigma=0.05, max_steps=150), seed=0)[
+            "action"
+        ]
         rand = collect_episode(env, CollectConfig(policy="random", max_steps=150), seed=0)["action"]
     finally:
         env.close()
@@ -286,8 +289,13 @@ def test_frame_stream_yields_every_frame_once_per_epoch(tmp_path):
 def test_sequence_dataset_windows_and_mask():
     T, Z, L = 5, 2, 4
     mu = np.arange((T + 1) * Z, dtype=np.float32).reshape(T + 1, Z)
-    ep = LatentEpisode(mu=mu, logstd=-mu, action=np.arange(T * 3, dtype=np.float32).reshape(T, 3),
-                       reward=np.arange(T, dtype=np.float32), done=np.array([0, 0, 0, 0, 1], dtype=bool))
+    ep = LatentEpisode(
+        mu=mu,
+        logstd=-mu,
+        action=np.arange(T * 3, dtype=np.float32).reshape(T, 3),
+        reward=np.arange(T, dtype=np.float32),
+        done=np.array([0, 0, 0, 0, 1], dtype=bool),
+    )
     empty = LatentEpisode(mu[:1], mu[:1], np.zeros((0, 3), np.float32), np.zeros(0, np.float32), np.zeros(0, bool))
     ds = SequenceDataset([ep, empty], seq_len=L)
     assert len(ds) == 2  # windows at 0 and 4; the empty episode gives none

@@ -10,29 +10,37 @@ import time
 
 import pytest
 import torch
-
-from worldmodels import search_state
-
 from conftest import TINY, cli_stage, run_cli
 from test_errors import one_error_line
+
+from worldmodels import search_state
 
 
 def start_stage(*argv: str) -> subprocess.Popen:
     """A real `worldmodels` process, as a second terminal would start it."""
     env = os.environ | {"PYTHONPATH": os.getcwd()}
-    return subprocess.Popen([sys.executable, "-m", "worldmodels", *map(str, argv)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "worldmodels", *map(str, argv)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_taken_over(copy_run, capsys):
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
     for name in ("cmaes.pt", "controller.pt"):
         (run / name).unlink()
-    first = start_stage("train-controller", TINY, "--checkpoints", ck, "--rollouts", ro, "--set", "controller.generations=100000")
+    first = start_stage(
+        "train-controller", TINY, "--checkpoints", ck, "--rollouts", ro, "--set", "controller.generations=100000"
+    )
     try:
         deadline = time.time() + 120
         while not (run / "cmaes.pt").exists():  # it holds the lock and has finished a generation
-            assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() is not None else "slow"
+            assert first.poll() is None and time.time() < deadline, (
+                first.stderr.read() if first.poll() is not None else "slow"
+            )
             time.sleep(0.2)
         assert cli_stage("train-controller", ck, ro) == 2
         line = one_error_line(capsys, "train-controller")
@@ -51,16 +59,28 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_taken_over(copy_ru
     assert not list(run.glob("**/.*.tmp"))  # what a killed writer leaves half-written is removed by the next holder
 
 
-@pytest.mark.parametrize("setting, key", [
-    ("vision.lr=nan", "vision.lr"), ("vision.lr=-0.1", "vision.lr"), ("vision.lr=inf", "vision.lr"),
-    ("vision.batch_size=0", "vision.batch_size"), ("memory.hidden_size=0", "memory.hidden_size"),
-    ("controller.sigma0=nan", "controller.sigma0"), ("controller.workers=0", "controller.workers"),
-    ("env.frame_size=160000", "env.frame_size"), ("vision.latent_dim=0", "vision.latent_dim"),
-    ("vision.free_bits=nan", "vision.free_bits"), ("controller.generations=-1", "controller.generations"),
-    ("controller.eval_rollouts=0", "controller.eval_rollouts"), ("dream.tau=inf", "dream.tau"),
-    ("controller.population=1000000000", "controller.population"), ("collect.episodes=1000000000000", "collect.episodes"),
-    ("env.action_low=[nan]", "env.action_low"), ("collect.seed=-3", "collect.seed"),
-])
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ("vision.lr=nan", "vision.lr"),
+        ("vision.lr=-0.1", "vision.lr"),
+        ("vision.lr=inf", "vision.lr"),
+        ("vision.batch_size=0", "vision.batch_size"),
+        ("memory.hidden_size=0", "memory.hidden_size"),
+        ("controller.sigma0=nan", "controller.sigma0"),
+        ("controller.workers=0", "controller.workers"),
+        ("env.frame_size=160000", "env.frame_size"),
+        ("vision.latent_dim=0", "vision.latent_dim"),
+        ("vision.free_bits=nan", "vision.free_bits"),
+        ("controller.generations=-1", "controller.generations"),
+        ("controller.eval_rollouts=0", "controller.eval_rollouts"),
+        ("dream.tau=inf", "dream.tau"),
+        ("controller.population=1000000000", "controller.population"),
+        ("collect.episodes=1000000000000", "collect.episodes"),
+        ("env.action_low=[nan]", "env.action_low"),
+        ("collect.seed=-3", "collect.seed"),
+    ],
+)
 def test_bad_recipe_values_are_refused_at_load_time(tmp_path, capsys, setting, key):
     assert cli_stage("collect", tmp_path / "ck", tmp_path / "ro", "--set", setting) == 2
     assert key in one_error_line(capsys, "collect")
@@ -74,13 +94,16 @@ def test_run_names_are_names(tmp_path, capsys, name):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("argv, option", [
-    (("evaluate", "--episodes", "0"), "evaluate.episodes"),
-    (("sample", "--temperature", "nan"), "--temperature"),
-    (("sample", "-n", "0"), "-n"),
-    (("tau-sweep", "--tau", "1.0", "inf"), "--tau"),
-    (("dream", "--scale", "0"), "--scale"),
-])
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (("evaluate", "--episodes", "0"), "evaluate.episodes"),
+        (("sample", "--temperature", "nan"), "--temperature"),
+        (("sample", "-n", "0"), "-n"),
+        (("tau-sweep", "--tau", "1.0", "inf"), "--tau"),
+        (("dream", "--scale", "0"), "--scale"),
+    ],
+)
 def test_bad_command_line_values(copy_run, capsys, argv, option):
     stage, *rest = argv
     assert cli_stage(stage, copy_run["checkpoints"], copy_run["rollouts"], *rest) == 2
@@ -114,14 +137,18 @@ def test_a_folder_where_a_file_belongs(copy_run, capsys):
 def test_a_finished_stage_writes_nothing(copy_run):
     """Not even the recipe: a finished run on read-only media still answers."""
     run = copy_run["dir"]
+
     def files() -> dict:
-        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file() and ".worldmodels." not in p.name}
+        return {
+            p: (p.stat().st_mtime_ns, p.read_bytes())
+            for p in run.rglob("*")
+            if p.is_file() and ".worldmodels." not in p.name
+        }
 
     before = files()
     for stage in ("train-vision", "train-memory", "train-controller"):
         assert cli_stage(stage, copy_run["checkpoints"], copy_run["rollouts"]) == 0
     assert files() == before
-
 
 
 def test_a_damaged_latent_file_is_named_and_encoded_again(copy_run, capsys):
@@ -144,16 +171,21 @@ def test_an_episode_of_the_wrong_shape_or_dtype_is_named(copy_rollouts, tmp_path
 
     path = copy_rollouts / "tiny" / "episodes" / "ep_000002.npz"
     episode = load_episode(path)
-    for name, broken in (("float obs", {"obs": episode["obs"].astype(np.float64)}),
-                         ("flat obs", {"obs": episode["obs"].reshape(len(episode["obs"]), -1)}),
-                         ("2-d reward", {"reward": episode["reward"][:, None]})):
+    for _name, broken in (
+        ("float obs", {"obs": episode["obs"].astype(np.float64)}),
+        ("flat obs", {"obs": episode["obs"].reshape(len(episode["obs"]), -1)}),
+        ("2-d reward", {"reward": episode["reward"][:, None]}),
+    ):
         save_episode(path, episode | broken)
         with pytest.raises(CorruptEpisode, match="ep_000002"):
             load_episode(path)
     # collect names it and collects it again; the rest of the folder is kept
     assert cli_stage("collect", tmp_path / "ck", copy_rollouts) == 0
     out = capsys.readouterr().out
-    assert "skipping corrupt episode ep_000002.npz" in out and "collecting 1 corrupt episode(s) again: ep_000002.npz" in out
+    assert (
+        "skipping corrupt episode ep_000002.npz" in out
+        and "collecting 1 corrupt episode(s) again: ep_000002.npz" in out
+    )
     assert load_episode(path)["obs"].dtype == np.uint8
 
 
@@ -185,12 +217,16 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(small_disk, tiny_rol
 def test_a_finished_run_on_read_only_media_still_answers(small_disk, copy_run, capsys):
     import shutil
 
-    assert cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 0  # finishes the run: samples, report
+    assert (
+        cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 0
+    )  # finishes the run: samples, report
     shutil.copytree(copy_run["checkpoints"], small_disk / "ck")
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     assert cli_stage("pipeline", small_disk / "ck", copy_run["rollouts"]) == 0  # every stage finished: nothing to write
     capsys.readouterr()
-    assert cli_stage("train-controller", small_disk / "ck", copy_run["rollouts"], "--set", "controller.generations=3") == 2
+    assert (
+        cli_stage("train-controller", small_disk / "ck", copy_run["rollouts"], "--set", "controller.generations=3") == 2
+    )
     assert "Read-only file system" in one_error_line(capsys, "train-controller")
 
 

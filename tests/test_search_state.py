@@ -8,18 +8,18 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import cli_stage
+from test_errors import one_error_line
 
 from worldmodels import checkpoints, search_state
 from worldmodels.search_state import Progress
-
-from conftest import cli_stage
-from test_errors import one_error_line
 
 SEARCH = {"dim": 20, "population": 8, "sigma0": 0.3, "seed": 4}
 
 
 def advance(es, start: int, stop: int):
-    """Generations start..stop on a fixed noisy objective (the draws come from numpy's global generator, as in a run)."""
+    """Generations start..stop on a fixed noisy objective (the draws come from numpy's global generator,
+    as in a run)."""
     for g in range(start, stop):
         candidates = es.ask()
         es.tell(candidates, [float(np.sum(x**2)) + np.random.default_rng(g).normal() for x in candidates])
@@ -29,8 +29,13 @@ def advance(es, start: int, stop: int):
 def test_a_rebuilt_search_continues_bit_for_bit(tmp_path):
     straight = advance(search_state.fresh_search(SEARCH), 0, 40)
     interrupted = advance(search_state.fresh_search(SEARCH), 0, 12)
-    progress = Progress(generation=12, best_score=1.5, best=np.arange(3.0), archive={(1, 2): 0.5},
-                        history=[{"generation": 10, "kind": "mean", "params": np.ones(4), "score": -2.0}])
+    progress = Progress(
+        generation=12,
+        best_score=1.5,
+        best=np.arange(3.0),
+        archive={(1, 2): 0.5},
+        history=[{"generation": 10, "kind": "mean", "params": np.ones(4), "score": -2.0}],
+    )
     search_state.save(tmp_path / "cmaes.pt", interrupted, SEARCH, progress)
     np.random.seed(123)  # whatever ran meanwhile; the state file restores numpy's generator
     es, restored, np_state = search_state.load(tmp_path / "cmaes.pt", SEARCH)
@@ -39,7 +44,11 @@ def test_a_rebuilt_search_continues_bit_for_bit(tmp_path):
     advance(es, 12, 40)
     assert np.array_equal(es.mean, straight.mean) and es.sigma == straight.sigma
     assert np.array_equal(es.sm.C, straight.sm.C) and es.countevals == straight.countevals
-    assert restored.archive == {(1, 2): 0.5} and restored.best_score == 1.5 and np.array_equal(restored.best, np.arange(3.0))
+    assert (
+        restored.archive == {(1, 2): 0.5}
+        and restored.best_score == 1.5
+        and np.array_equal(restored.best, np.arange(3.0))
+    )
     assert restored.history[0]["kind"] == "mean" and np.array_equal(restored.history[0]["params"], np.ones(4))
 
 
@@ -72,11 +81,18 @@ def test_an_old_pickled_state_is_refused_and_never_unpickled(copy_run, capsys, t
     marker = tmp_path / "pwned"
     (run / "cmaes.pt").unlink()
     (run / "cmaes.pkl").write_bytes(pickle.dumps(Payload(str(marker))))
-    assert cli_stage("train-controller", copy_run["checkpoints"], copy_run["rollouts"], "--set", "controller.generations=3") == 2
+    assert (
+        cli_stage(
+            "train-controller", copy_run["checkpoints"], copy_run["rollouts"], "--set", "controller.generations=3"
+        )
+        == 2
+    )
     line = one_error_line(capsys, "train-controller")
     assert "cmaes.pkl" in line and "Delete it" in line
     assert not marker.exists()
-    assert cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 2  # the pipeline refuses it the same way
+    assert (
+        cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 2
+    )  # the pipeline refuses it the same way
     assert "cmaes.pkl" in one_error_line(capsys, "pipeline") and not marker.exists()
 
 
@@ -87,15 +103,25 @@ def test_a_crafted_state_file_runs_nothing(copy_run, capsys, tmp_path):
         "pickled object": lambda: torch.save({"kind": "cmaes", "x": Payload(str(marker))}, run / "cmaes.pt"),
         "foreign class": lambda: checkpoints.save(run / "cmaes.pt", saved | {"es": {"$obj": "os:system", "attrs": {}}}),
         "code the search lacks": lambda: checkpoints.save(
-            run / "cmaes.pt", saved | {"es": saved["es"] | {"attrs": saved["es"]["attrs"] | {"evil": {"$code": True}}}}),
+            run / "cmaes.pt", saved | {"es": saved["es"] | {"attrs": saved["es"]["attrs"] | {"evil": {"$code": True}}}}
+        ),
         "options from the file": lambda: checkpoints.save(
-            run / "cmaes.pt", saved | {"es": saved["es"] | {"attrs": saved["es"]["attrs"] | {
-                "opts": {"$obj": "cma.options_parameters:CMAOptions", "attrs": {}}}}}),
+            run / "cmaes.pt",
+            saved
+            | {
+                "es": saved["es"]
+                | {"attrs": saved["es"]["attrs"] | {"opts": {"$obj": "cma.options_parameters:CMAOptions", "attrs": {}}}}
+            },
+        ),
     }
     for name, write in crafted.items():
         write()
-        assert cli_stage("train-controller", copy_run["checkpoints"], copy_run["rollouts"],
-                         "--set", "controller.generations=3") == 2, name
+        assert (
+            cli_stage(
+                "train-controller", copy_run["checkpoints"], copy_run["rollouts"], "--set", "controller.generations=3"
+            )
+            == 2
+        ), name
         line = one_error_line(capsys, "train-controller")
         assert "cmaes.pt" in line, (name, line)
         assert not marker.exists(), name

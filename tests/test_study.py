@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import TINY, run_cli
 from scipy import stats as scipy_stats
 
-from conftest import TINY, run_cli
 from worldmodels import config as config_lib
 from worldmodels.study import seed_config, statistics
 
@@ -74,7 +74,9 @@ def test_study_writes_json_picture_and_tensorboard(two_seeds):
 def test_two_seeds_differ_and_the_same_seed_repeats(two_seeds, tmp_path):
     root = two_seeds / "ck" / "tiny_study"
     v0, v1 = ((root / f"seed_{s}" / "vision.pt").read_bytes() for s in (0, 1))
-    e0, e1 = ((two_seeds / "ro" / "tiny_study" / f"seed_{s}" / "episodes" / "ep_000000.npz").read_bytes() for s in (0, 1))
+    e0, e1 = (
+        (two_seeds / "ro" / "tiny_study" / f"seed_{s}" / "episodes" / "ep_000000.npz").read_bytes() for s in (0, 1)
+    )
     assert v0 != v1 and e0 != e1  # other episodes, another V
     assert study(tmp_path, "--seeds", "1") == 0
     again = json.loads((tmp_path / "ck" / "tiny_study" / "study.json").read_text())["seeds"][0]
@@ -118,10 +120,11 @@ def test_bad_seeds_exit_2(tmp_path, capsys):
 
 
 def test_final_selection_keeps_the_best_of_the_top_rescored(copy_run, capsys):
-    """controller.select_top: the kept controller is the best of the top contenders over the selection's own episodes."""
+    """controller.select_top: the kept controller is the best of the top contenders over the
+    selection's own episodes."""
     import torch
-
     from conftest import cli_stage
+
     from worldmodels import search_state
     from worldmodels.backends import real_evaluator
     from worldmodels.checkpoints import Run
@@ -130,7 +133,14 @@ def test_final_selection_keeps_the_best_of_the_top_rescored(copy_run, capsys):
     ck, ro, run_dir = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
     for name in ("controller.pt", "cmaes.pt"):
         (run_dir / name).unlink()
-    sets = ["--set", "controller.select_top=3", "--set", "controller.select_rollouts=4", "--set", "controller.generations=3"]
+    sets = [
+        "--set",
+        "controller.select_top=3",
+        "--set",
+        "controller.select_rollouts=4",
+        "--set",
+        "controller.generations=3",
+    ]
     assert cli_stage("train-controller", ck, ro, *sets) == 0
     assert "re-scored on 4 episodes" in capsys.readouterr().out
     progress = search_state.load_progress(run_dir / "cmaes.pt")

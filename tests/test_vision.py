@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY
 
 from worldmodels import config as config_lib
 from worldmodels.vision import ConvVAE, Latent, VAEConfig, build_vision, vision_config
-
-from conftest import TINY
 
 
 def make_vae(frame_size: int = 16, latent_dim: int = 4, seed: int = 0, **kwargs) -> ConvVAE:
@@ -57,8 +56,13 @@ def test_kl_equals_closed_form():
     fixed_latent(vae, mean, logstd)
     torch.manual_seed(2)
     out = vae.loss(torch.rand(6, 3, 16, 16))
-    expected = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mean, logstd.exp()), torch.distributions.Normal(0.0, 1.0)).sum(1).mean()
+    expected = (
+        torch.distributions.kl_divergence(
+            torch.distributions.Normal(mean, logstd.exp()), torch.distributions.Normal(0.0, 1.0)
+        )
+        .sum(1)
+        .mean()
+    )
     assert out["kl"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert out["loss"].item() == pytest.approx(out["recon"].item() + expected.item(), rel=1e-5)
 
@@ -143,8 +147,14 @@ def test_training_lowers_reconstruction():
 def test_vision_config_from_recipe_builds_the_model():
     cfg = config_lib.load(TINY, ["vision.free_bits=0.25"])
     model_config = vision_config(cfg)
-    assert model_config == {"model": "vae", "frame_size": 16, "latent_dim": 4, "channels": [4, 8, 8, 8],
-                            "free_bits": 0.25, "kl_weight": 1.0}
+    assert model_config == {
+        "model": "vae",
+        "frame_size": 16,
+        "latent_dim": 4,
+        "channels": [4, 8, 8, 8],
+        "free_bits": 0.25,
+        "kl_weight": 1.0,
+    }
     model = build_vision(model_config)
     assert isinstance(model, ConvVAE) and model.latent_dim == 4 and model.cfg.free_bits == 0.25
     assert model.encode(torch.rand(2, 3, 16, 16)).mean.shape == (2, 4)

@@ -57,7 +57,9 @@ def ema_step(state: dict, x: np.ndarray, decay: float, eps: float) -> tuple[dict
 
 
 def buffers(vq: VectorQuantizer) -> dict:
-    return {name: getattr(vq, name).double().numpy().copy() for name in ("embedding", "cluster_size", "embed_sum", "unused")}
+    return {
+        name: getattr(vq, name).double().numpy().copy() for name in ("embedding", "cluster_size", "embed_sum", "unused")
+    }
 
 
 def set_codebook(vq: VectorQuantizer, embedding, cluster_size) -> None:
@@ -181,7 +183,9 @@ def test_ema_update_matches_hand_computation():
     x = np.array([[0.5, -0.2], [-0.3, 0.1], [3.5, 0.4], [4.4, -0.1], [0.2, 0.3], [1.0, 3.0]])
     for _ in range(3):
         out, codes, _ = vq(torch.tensor(x, dtype=torch.float32))
-        np.testing.assert_allclose(out.numpy(), state["embedding"][codes.numpy()], rtol=1e-6)  # the code before the update
+        np.testing.assert_allclose(
+            out.numpy(), state["embedding"][codes.numpy()], rtol=1e-6
+        )  # the code before the update
         state, expected_codes = ema_step(state, x, decay, eps)
         np.testing.assert_array_equal(codes.numpy(), expected_codes)
         for name, value in buffers(vq).items():
@@ -240,7 +244,7 @@ def test_kmeans_init_on_first_training_batch():
     decay, eps = 0.95, 1e-5
     g = torch.Generator().manual_seed(6)
     blobs = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]])
-    x = (blobs.repeat_interleave(10, 0) + 0.1 * torch.randn(30, 2, generator=g))
+    x = blobs.repeat_interleave(10, 0) + 0.1 * torch.randn(30, 2, generator=g)
     vq = VectorQuantizer(3, 2, decay=decay, dead_after=1000, init="kmeans", eps=eps)
     assert not bool(vq.initialised)
     vq.eval()(x)
@@ -251,8 +255,12 @@ def test_kmeans_init_on_first_training_batch():
     torch.manual_seed(11)  # the same rows to start from
     vq.train()(x)
     assert bool(vq.initialised)
-    state = {"embedding": centres.double().numpy(), "cluster_size": np.ones(3), "embed_sum": centres.double().numpy(),
-             "unused": np.zeros(3)}
+    state = {
+        "embedding": centres.double().numpy(),
+        "cluster_size": np.ones(3),
+        "embed_sum": centres.double().numpy(),
+        "unused": np.zeros(3),
+    }
     state, _ = ema_step(state, x.double().numpy(), decay, eps)
     np.testing.assert_allclose(vq.embedding.numpy(), state["embedding"], rtol=1e-5, atol=1e-5)
     # and the second batch is an EMA step, not a second initialisation
@@ -267,8 +275,11 @@ def test_kmeans_init_on_first_training_batch():
 
 def small_vqvae(frame_size: int, seed: int = 0, **overrides) -> VQVAE:
     torch.manual_seed(seed)
-    return VQVAE(VQVAEConfig(**({"frame_size": frame_size, "channels": [4, 8, 8, 8], "embed_dim": 3,
-                                 "num_embeddings": 8} | overrides)))
+    return VQVAE(
+        VQVAEConfig(
+            **({"frame_size": frame_size, "channels": [4, 8, 8, 8], "embed_dim": 3, "num_embeddings": 8} | overrides)
+        )
+    )
 
 
 def frames(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -302,8 +313,9 @@ def test_vqvae_encode_and_decode_match_brute_force(frame_size):
                 code = latent.codes[b, p].item()
                 assert distances[code] <= distances.min() + 1e-6  # the nearest code (up to float32 ties)
                 # the straight-through value x + (q - x) is q up to float32 rounding
-                np.testing.assert_allclose(latent.mean[b, p * d : (p + 1) * d].numpy(), model.codebook[code].numpy(),
-                                           rtol=0, atol=1e-6)
+                np.testing.assert_allclose(
+                    latent.mean[b, p * d : (p + 1) * d].numpy(), model.codebook[code].numpy(), rtol=0, atol=1e-6
+                )
     assert len(latent.codes.unique()) > 1
     torch.testing.assert_close(model.embed(latent.codes), latent.mean, rtol=0, atol=1e-6)
     torch.testing.assert_close(latent.sample(), latent.mean, rtol=0, atol=0)  # no spread
@@ -365,15 +377,26 @@ def test_vqvae_sample_at_low_temperature_is_the_most_used_code():
     model = small_vqvae(16, num_embeddings=4, embed_dim=2)
     model.quantizer.embedding.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
     model.decode = lambda z: z
-    model.quantizer.cluster_size.copy_(torch.tensor([1.0, 2.0, 3.0, 0.0]))  # small EMA counts, as after a short training
+    model.quantizer.cluster_size.copy_(
+        torch.tensor([1.0, 2.0, 3.0, 0.0])
+    )  # small EMA counts, as after a short training
     torch.manual_seed(0)
     codes = nearest(model.sample(50, temperature=0.01), model.codebook)  # temperatures down to 1e-3 are accepted
     assert (codes == 2).all()
 
 
 def test_build_vision_vqvae_from_config():
-    config = {"model": "vqvae", "frame_size": 32, "channels": [4, 8, 8, 8], "embed_dim": 2, "num_embeddings": 5,
-              "commitment": 0.1, "ema_decay": 0.5, "dead_after": 7, "codebook_init": "random"}
+    config = {
+        "model": "vqvae",
+        "frame_size": 32,
+        "channels": [4, 8, 8, 8],
+        "embed_dim": 2,
+        "num_embeddings": 5,
+        "commitment": 0.1,
+        "ema_decay": 0.5,
+        "dead_after": 7,
+        "codebook_init": "random",
+    }
     model = build_vision(config)
     assert isinstance(model, VQVAE) and model.latent_dim == 8 and model.codebook.shape == (5, 2)
     q = model.quantizer
@@ -387,8 +410,14 @@ def test_categorical_memory_loss_is_masked_mean_cross_entropy():
     B, T, P, K = 3, 5, 4, 6
     g = torch.Generator().manual_seed(7)
     logits = torch.randn(B, T, P, K, generator=g, dtype=torch.float64) * 2
-    pred = Prediction(None, None, None, torch.randn(B, T, generator=g, dtype=torch.float64),
-                      torch.randn(B, T, generator=g, dtype=torch.float64), logits)
+    pred = Prediction(
+        None,
+        None,
+        None,
+        torch.randn(B, T, generator=g, dtype=torch.float64),
+        torch.randn(B, T, generator=g, dtype=torch.float64),
+        logits,
+    )
     codes = torch.randint(K, (B, T, P), generator=g)
     mask = torch.ones(B, T, dtype=torch.float64)
     mask[0, 2:] = 0
@@ -413,8 +442,14 @@ def test_categorical_memory_loss_is_masked_mean_cross_entropy():
     changed[0, 3] += 5 * torch.randn(P, K, dtype=torch.float64)  # masked step
     codes2 = codes.clone()
     codes2[2, 4] = (codes2[2, 4] + 1) % K
-    out2 = memory_loss(Prediction(None, None, None, pred.reward, pred.done_logit, changed), next_z, reward, done, mask,
-                       next_codes=codes2)
+    out2 = memory_loss(
+        Prediction(None, None, None, pred.reward, pred.done_logit, changed),
+        next_z,
+        reward,
+        done,
+        mask,
+        next_codes=codes2,
+    )
     assert out2["nll"].item() == pytest.approx(out["nll"].item(), rel=1e-12)
     codes2[1, 1, 0] = (codes2[1, 1, 0] + 1) % K  # an unmasked step does move it
     out3 = memory_loss(pred, next_z, reward, done, mask, next_codes=codes2)
@@ -463,7 +498,9 @@ def test_draw_codes_frequencies_and_temperature():
 
 def categorical_memory(seed: int = 0) -> MDNRNN:
     torch.manual_seed(seed)
-    memory = MDNRNN(MemoryModelConfig(latent_dim=6, action_dim=2, hidden_size=8, num_gaussians=3, positions=3, num_codes=5))
+    memory = MDNRNN(
+        MemoryModelConfig(latent_dim=6, action_dim=2, hidden_size=8, num_gaussians=3, positions=3, num_codes=5)
+    )
     memory.codebook.copy_(torch.randn(5, 2))
     return memory.eval()
 
@@ -495,14 +532,26 @@ def test_categorical_mdnrnn_step_matches_forward_and_draws_codebook_rows():
 
 # ---------------------------------------------------------------- the tiny recipe with a VQ-VAE
 
-VQ = ("--run", "tinyvq", "--set", 'vision.model="vqvae"', "--set", "vision.num_embeddings=8", "--set", "vision.embed_dim=2",
-      "--set", "env.frame_size=32")  # 32-pixel frames: a 2 x 2 grid, so z is 4 codebook rows
+VQ = (
+    "--run",
+    "tinyvq",
+    "--set",
+    'vision.model="vqvae"',
+    "--set",
+    "vision.num_embeddings=8",
+    "--set",
+    "vision.embed_dim=2",
+    "--set",
+    "env.frame_size=32",
+)  # 32-pixel frames: a 2 x 2 grid, so z is 4 codebook rows
 
 
 def vq_cfg():
     """The recipe of the VQ run, as the CLI resolves it."""
-    return config_lib.load(TINY, ['name="tinyvq"', 'vision.model="vqvae"', "vision.num_embeddings=8",
-                                  "vision.embed_dim=2", "env.frame_size=32"])
+    return config_lib.load(
+        TINY,
+        ['name="tinyvq"', 'vision.model="vqvae"', "vision.num_embeddings=8", "vision.embed_dim=2", "env.frame_size=32"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -556,8 +605,9 @@ def test_vq_run_latents_hold_codes_and_m_holds_the_codebook(vq_run):
     assert item["codes"].dtype == torch.long and item["codes"].shape == (16, 4)
     # each of mu's rows is nearest to its own code's row
     ep = episodes[0]
-    np.testing.assert_array_equal(nearest(torch.from_numpy(ep.mu).reshape(-1, 2), vision.codebook).reshape(-1, 4).numpy(),
-                                  ep.codes)
+    np.testing.assert_array_equal(
+        nearest(torch.from_numpy(ep.mu).reshape(-1, 2), vision.codebook).reshape(-1, 4).numpy(), ep.codes
+    )
 
     assert (run / "report.json").is_file() and (run / "report_dream.json").is_file()
     assert {p.name for p in (run / "samples").glob("*.png")} == {"reconstructions.png", "prior.png"}
@@ -586,13 +636,16 @@ def test_vq_dream_z_is_always_codebook_rows(vq_run, start):
     assert len(used) > 1
 
 
-@pytest.mark.parametrize("override, message", [
-    ('vision.model="vqgan"', "vision.model must be 'vae', 'vqvae' or 'nvae'"),
-    ('vision.codebook_init="zeros"', "vision.codebook_init must be 'kmeans' or 'random'"),
-    ("vision.num_embeddings=1", "vision.num_embeddings must be 2..32767"),
-    ("vision.dead_after=-1", "vision.dead_after must not be negative, got -1"),
-    ('controller.world="codebook"', "the codebook world needs vision.model = 'vqvae'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ('vision.model="vqgan"', "vision.model must be 'vae', 'vqvae' or 'nvae'"),
+        ('vision.codebook_init="zeros"', "vision.codebook_init must be 'kmeans' or 'random'"),
+        ("vision.num_embeddings=1", "vision.num_embeddings must be 2..32767"),
+        ("vision.dead_after=-1", "vision.dead_after must not be negative, got -1"),
+        ('controller.world="codebook"', "the codebook world needs vision.model = 'vqvae'"),
+    ],
+)
 def test_bad_vq_recipe_values_exit_2_with_one_line(tmp_path, capsys, override, message):
     assert cli_stage("train-vision", tmp_path / "ck", tmp_path / "ro", "--set", override) == 2
     err = capsys.readouterr().err

@@ -55,8 +55,13 @@ class WorldModel:
         return cls.from_checkpoints(*saved, device, names=(vision_path, memory_path))
 
     @classmethod
-    def from_checkpoints(cls, vision: dict, memory: dict, device: torch.device | str = "cpu",
-                         names: tuple = ("V's checkpoint", "M's checkpoint")) -> "WorldModel":
+    def from_checkpoints(
+        cls,
+        vision: dict,
+        memory: dict,
+        device: torch.device | str = "cpu",
+        names: tuple = ("V's checkpoint", "M's checkpoint"),
+    ) -> "WorldModel":
         """V and M from their loaded checkpoints (what remote workers receive), checked against each other."""
         vision_path, memory_path = names
         world_model = cls(vision_from_checkpoint(vision, device), memory_from_checkpoint(memory, device))
@@ -66,9 +71,13 @@ class WorldModel:
                 f"but '{vision_path}' makes {world_model.vision.latent_dim}; retrain memory"
             )
         memory = world_model.memory
-        if memory.categorical and not torch.equal(memory.codebook, world_model.vision.codebook.to(memory.codebook.device)):
-            raise WorldModelsError(f"'{memory_path}' dreams with another codebook than '{vision_path}' has (V trained on since); "
-                                   "retrain memory")
+        if memory.categorical and not torch.equal(
+            memory.codebook, world_model.vision.codebook.to(memory.codebook.device)
+        ):
+            raise WorldModelsError(
+                f"'{memory_path}' dreams with another codebook than '{vision_path}' has (V trained on since); "
+                "retrain memory"
+            )
         return world_model
 
     @property
@@ -97,7 +106,9 @@ class EpisodeRecord:
         self.steps: dict[str, list] = {"obs": [obs], "action": [], "reward": [], "terminated": [], "truncated": []}
 
     def add(self, obs: np.ndarray, action, reward: float, terminated: bool, truncated: bool, frames: int = 1) -> None:
-        for key, value in zip(("obs", "action", "reward", "terminated", "truncated"), (obs, action, reward, terminated, truncated)):
+        for key, value in zip(
+            ("obs", "action", "reward", "terminated", "truncated"), (obs, action, reward, terminated, truncated)
+        ):
             self.steps[key].append(value)
         self.frames += frames
 
@@ -140,7 +151,9 @@ def play(
     space = worlds[0].action_space
     while alive:
         z = model.see(np.stack([obs[k] for k in alive]))  # (B, Z)
-        noise = exploration * np.stack([rngs[k].standard_normal(controller.out) for k in alive]) if exploration else None
+        noise = (
+            exploration * np.stack([rngs[k].standard_normal(controller.out) for k in alive]) if exploration else None
+        )
         actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=alive, noise=noise)
         still = []
         for row, (k, action) in enumerate(zip(alive, actions)):
@@ -204,8 +217,12 @@ def play_vector(
         rows = [max(k, 0) for k in playing]  # idle copies act with any controller; their steps are dropped
         noise = None
         if exploration:
-            noise = np.stack([exploration * rngs[k].standard_normal(controller.out) if k >= 0 else np.zeros(controller.out)
-                              for k in playing])
+            noise = np.stack(
+                [
+                    exploration * rngs[k].standard_normal(controller.out) if k >= 0 else np.zeros(controller.out)
+                    for k in playing
+                ]
+            )
         actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=rows, noise=noise)
         obs[:], reward, terminated, truncated, info = envs.step(np.asarray(actions))
         state = model.remember(z, actions, space, state)

@@ -62,7 +62,9 @@ def _collect_chunk(job: tuple[np.ndarray, list[int], float]) -> list[tuple[float
     """Play one episode per seed with one controller plus exploration noise: [(return, steps, episode)]."""
     flat, seeds, exploration = job
     worlds = _worker_worlds(len(seeds))
-    controller = Controller.from_flat(np.repeat(flat[None], len(seeds), 0), _model.controller_input, worlds[0].action_space)
+    controller = Controller.from_flat(
+        np.repeat(flat[None], len(seeds), 0), _model.controller_input, worlds[0].action_space
+    )
     episodes: list[dict] = []
     results = play(worlds, _model, controller, seeds, exploration, record=episodes)
     return [(ret, steps, episode) for (ret, steps), episode in zip(results, episodes)]
@@ -172,8 +174,12 @@ class RayPool:
                 idle.append(actor)
             except ray.exceptions.RayActorError as exc:  # the actor (or its node) died: never drop its episodes
                 deaths[index] = deaths.get(index, 0) + 1
-                if deaths[index] > self.MAX_DEATHS:  # not bad luck: the workers cannot run (e.g. a node lacks worldmodels)
-                    raise WorldModelsError(f"ray: {deaths[index]} workers died on the same episodes; the last: {exc}") from None
+                if (
+                    deaths[index] > self.MAX_DEATHS
+                ):  # not bad luck: the workers cannot run (e.g. a node lacks worldmodels)
+                    raise WorldModelsError(
+                        f"ray: {deaths[index]} workers died on the same episodes; the last: {exc}"
+                    ) from None
                 ray.kill(actor, no_restart=True)
                 self.actors.remove(actor)
                 fresh = self.worker.remote(self.init_args)
@@ -205,7 +211,9 @@ class Evaluator:
     def __init__(self, runner, workers: int, batch: int = 8):
         self.runner, self.workers, self.batch = runner, workers, batch
         self.steps = 0  # real env steps spent, for the logs
-        self.success: np.ndarray | None = None  # the last returns()' (P, N) is_success flags; None if the env reports none
+        self.success: np.ndarray | None = (
+            None  # the last returns()' (P, N) is_success flags; None if the env reports none
+        )
 
     def _chunk(self, episodes: int) -> int:
         """Episodes per job: small enough that every worker gets several, as episodes differ in length."""
@@ -218,8 +226,13 @@ class Evaluator:
         """
         pairs = [(x, s) for x in candidates for s in seeds]
         size = self._chunk(len(pairs))
-        jobs = [(np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]]) for i in range(0, len(pairs), size)]
-        counter = bar(total=len(pairs), desc=progress, unit="ep", disable=True if progress is None else None, leave=False)
+        jobs = [
+            (np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]])
+            for i in range(0, len(pairs), size)
+        ]
+        counter = bar(
+            total=len(pairs), desc=progress, unit="ep", disable=True if progress is None else None, leave=False
+        )
         results = []
         for chunk in self.runner.imap(_play_chunk, jobs):
             results += chunk
@@ -233,7 +246,9 @@ class Evaluator:
         self.success = None if None in flags else np.array(flags, dtype=bool).reshape(candidates, seeds)
         return np.array([r for r, _, _ in results], dtype=np.float64).reshape(candidates, seeds)
 
-    def collect(self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]) -> list[tuple[float, int]]:
+    def collect(
+        self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]
+    ) -> list[tuple[float, int]]:
         """Play and save one episode per seed with controller `flat` and noise on its outputs: [(return, steps)]."""
         size = self._chunk(len(seeds))
         jobs = [(flat, seeds[i : i + size], exploration) for i in range(0, len(seeds), size)]
@@ -267,10 +282,13 @@ class VectorEvaluator(Evaluator):
         self.model = WorldModel.from_checkpoints(vision, memory, pick_device(cfg.device))  # a GPU serves every copy
         make = functools.partial(make_world, cfg.env, max_steps)
         # spawned, not forked: this process has started torch's thread pools; autoreset off: play_vector resets
-        self.envs = gym.vector.AsyncVectorEnv([make] * copies, context="spawn",
-                                              autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        self.envs = gym.vector.AsyncVectorEnv(
+            [make] * copies, context="spawn", autoreset_mode=gym.vector.AutoresetMode.DISABLED
+        )
 
-    def _play(self, controller: Controller, seeds: list[int], exploration: float = 0.0, record: list | None = None) -> list:
+    def _play(
+        self, controller: Controller, seeds: list[int], exploration: float = 0.0, record: list | None = None
+    ) -> list:
         return play_vector(self.envs, self.model, controller, seeds, exploration, record)
 
     def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
@@ -279,9 +297,12 @@ class VectorEvaluator(Evaluator):
         every = population.select(torch.arange(len(candidates)).repeat_interleave(len(seeds)))
         return self._tally(self._play(every, seeds * len(candidates)), len(candidates), len(seeds))
 
-    def collect(self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]) -> list[tuple[float, int]]:
-        controller = Controller.from_flat(np.repeat(flat[None], len(seeds), 0), self.model.controller_input,
-                                          self.envs.single_action_space)
+    def collect(
+        self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]
+    ) -> list[tuple[float, int]]:
+        controller = Controller.from_flat(
+            np.repeat(flat[None], len(seeds), 0), self.model.controller_input, self.envs.single_action_space
+        )
         episodes: list[dict] = []
         results = self._play(controller, seeds, exploration, episodes)
         return self._save([(ret, steps, episode) for (ret, steps, _), episode in zip(results, episodes)], paths)
@@ -297,7 +318,9 @@ def weights(saved: dict) -> dict:
 
 def real_evaluator(cfg: Config, vision_path: Path, memory_path: Path, workers: int, max_steps: int = 0) -> Evaluator:
     """The recipe's backend (controller.backend) scoring controllers in the real world with `workers` workers."""
-    vision, memory = (weights(checkpoints.load(path, kind)) for path, kind in ((vision_path, "vision"), (memory_path, "memory")))
+    vision, memory = (
+        weights(checkpoints.load(path, kind)) for path, kind in ((vision_path, "vision"), (memory_path, "memory"))
+    )
     WorldModel.from_checkpoints(vision, memory, names=(vision_path, memory_path))  # mismatches fail here, in one line
     backend = cfg.controller.backend
     if backend == "vector":

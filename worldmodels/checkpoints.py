@@ -50,7 +50,9 @@ def load(path: Path, kind: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise WorldModelsError(f"checkpoint '{path}' is unreadable ({type(exc).__name__}); delete it to retrain") from None
+        raise WorldModelsError(
+            f"checkpoint '{path}' is unreadable ({type(exc).__name__}); delete it to retrain"
+        ) from None
     if not isinstance(payload, dict) or payload.get("kind") != kind:
         raise WorldModelsError(f"checkpoint '{path}' is not a {kind} checkpoint")
     return payload
@@ -76,7 +78,8 @@ def read_json(path: Path, kind: type = dict) -> Any:
 
 
 def write_if_changed(path: Path, content: str | bytes) -> bool:
-    """Write `content` atomically unless the file already holds it (a finished stage, run again, writes nothing); True if written."""
+    """Write `content` atomically unless the file already holds it (a finished stage, run again, writes nothing);
+    True if written."""
     path, data = Path(path), content.encode() if isinstance(content, str) else content
     if path.is_file() and path.read_bytes() == data:
         return False
@@ -137,5 +140,6 @@ class Run:
         return path
 
     def write_recipe(self) -> None:
-        """Record the resolved recipe this run was made with (left untouched when it says the same: a finished run writes nothing)."""
+        """Record the resolved recipe this run was made with (left untouched when it says the same:
+        a finished run writes nothing)."""
         write_if_changed(self.dir / "recipe.toml", config_lib.dumps(self.cfg))

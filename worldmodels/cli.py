@@ -19,7 +19,14 @@ from . import config as config_lib
 from .errors import WorldModelsError
 
 CODEBOOK_STAGES = ["train-vision", "train-controller", "evaluate", "pipeline", "study"]
-WRITING_STAGES = ["collect", "train-vision", "train-memory", "train-controller", "pipeline", "study"]  # these make the run's folders
+WRITING_STAGES = [
+    "collect",
+    "train-vision",
+    "train-memory",
+    "train-controller",
+    "pipeline",
+    "study",
+]  # these make the run's folders
 DATA_PARALLEL_STAGES = ["train-vision", "train-memory"]  # the stages torchrun can spread over processes
 STAGES = {  # each stage and what it does, for --help
     "collect": "play the collection policy in the real world and store the episodes",
@@ -32,28 +39,49 @@ STAGES = {  # each stage and what it does, for --help
     "pipeline": "every stage in order, each skipping itself when done (plus iterative rounds for dream recipes)",
     "dream": "GIFs of M's dream beside the real episode it starts from",
     "tau-sweep": "the dream-trained controller's real score across dream temperatures",
-    "study": "the pipeline once per seed, each in its own run folder, and the score's interquartile mean with a 95% interval",
+    "study": (
+        "the pipeline once per seed, each in its own run folder, and the score's interquartile mean with a 95% interval"
+    ),
 }
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="worldmodels", description="World Models agents: V (VAE), M (MDN-RNN), C (CMA-ES).")
+    p = argparse.ArgumentParser(
+        prog="worldmodels", description="World Models agents: V (VAE), M (MDN-RNN), C (CMA-ES)."
+    )
     p.add_argument("--version", action="version", version=f"worldmodels {__version__}")
     sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    sub.add_parser("recipes", help="list the recipes that ship with the package", description="list the shipped recipes")
-    show = sub.add_parser("recipe", help="print a recipe with every field and its meaning",
-                          description="print a recipe (a shipped name or a path) with every field and its meaning")
+    sub.add_parser(
+        "recipes", help="list the recipes that ship with the package", description="list the shipped recipes"
+    )
+    show = sub.add_parser(
+        "recipe",
+        help="print a recipe with every field and its meaning",
+        description="print a recipe (a shipped name or a path) with every field and its meaning",
+    )
     show.add_argument("action", choices=["show"])
     show.add_argument("name", help="a shipped recipe's name (see `worldmodels recipes`) or a path")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     for stage, description in STAGES.items():
         s = sub.add_parser(stage, help=description, description=description)
-        s.add_argument("recipe", help="a TOML recipe, e.g. envs/cartpole.toml, or a shipped recipe's name, e.g. cartpole")
-        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a recipe value (repeatable)")
-        s.add_argument("--run", "--run-name", dest="run",
-                       help="run name (default: the recipe's name); under torchrun write --run-name, which torchrun "
-                            "does not take for its own --run-path")
+        s.add_argument(
+            "recipe", help="a TOML recipe, e.g. envs/cartpole.toml, or a shipped recipe's name, e.g. cartpole"
+        )
+        s.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override a recipe value (repeatable)",
+        )
+        s.add_argument(
+            "--run",
+            "--run-name",
+            dest="run",
+            help="run name (default: the recipe's name); under torchrun write --run-name, which torchrun "
+            "does not take for its own --run-path",
+        )
         s.add_argument("--checkpoints", default="checkpoints", help="folder of run folders")
         s.add_argument("--rollouts", default="rollouts", help="folder of collected episodes")
         s.add_argument("--device", help="auto | cpu | cuda | mps (default: the recipe's)")
@@ -61,22 +89,38 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("-n", type=int, default=16, help="frames per grid")
             s.add_argument("--temperature", type=float, default=1.0, help="prior spread")
         if stage in ("train-controller", "evaluate"):
-            s.add_argument("--world", choices=["real", "dream", "codebook"] if stage == "train-controller" else ["real", "dream"],
-                           help="where C acts (default: the recipe's controller.world for training, real for evaluate)")
+            s.add_argument(
+                "--world",
+                choices=["real", "dream", "codebook"] if stage == "train-controller" else ["real", "dream"],
+                help="where C acts (default: the recipe's controller.world for training, real for evaluate)",
+            )
         if stage == "study":
-            s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds, one pipeline each (default: 0-4)")
-            s.add_argument("--from", dest="start", choices=["memory", "controller"], default="collect",
-                           help="reseed only this stage and the later ones; the earlier ones run once and every seed shares "
-                                "them (default: every stage reseeded)")
+            s.add_argument(
+                "--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds, one pipeline each (default: 0-4)"
+            )
+            s.add_argument(
+                "--from",
+                dest="start",
+                choices=["memory", "controller"],
+                default="collect",
+                help="reseed only this stage and the later ones; the earlier ones run once and every seed shares "
+                "them (default: every stage reseeded)",
+            )
         if stage in ("train-controller", "evaluate", "pipeline", "tau-sweep", "study"):
-            s.add_argument("--backend", choices=["pool", "vector", "ray"],
-                           help="where real episodes run (default: the recipe's controller.backend)")
+            s.add_argument(
+                "--backend",
+                choices=["pool", "vector", "ray"],
+                help="where real episodes run (default: the recipe's controller.backend)",
+            )
             s.add_argument("--address", help="ray: 'auto' or HOST:PORT of a running Ray cluster (default: a local one)")
         if stage in ("evaluate", "tau-sweep"):
             s.add_argument("--episodes", type=int, help="episodes (default: the recipe's evaluate.episodes)")
         if stage == "evaluate":
-            s.add_argument("--policy", help="play an outside policy on [z, h] instead of C: module:callable, or an SB3 zip "
-                                            "(with --algo); the report goes to report_policy.json")
+            s.add_argument(
+                "--policy",
+                help="play an outside policy on [z, h] instead of C: module:callable, or an SB3 zip "
+                "(with --algo); the report goes to report_policy.json",
+            )
             s.add_argument("--algo", help="the SB3 algorithm of a --policy zip: ppo, a2c, dqn, sac, td3 or ddpg")
         if stage == "tau-sweep":
             s.add_argument("--tau", type=float, nargs="+", help="dream temperatures (default: the recipe's dream.tau)")
@@ -125,13 +169,22 @@ def run_stage(args: argparse.Namespace) -> object:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Numbers given on the command line, refused like the recipe's own: one line naming the option."""
-    numbers = {"-n": getattr(args, "n", None), "--temperature": getattr(args, "temperature", None),
-               "--scale": getattr(args, "scale", None), "--seed": getattr(args, "seed", None)}
-    numbers |= {"--tau": t for t in (args.tau if isinstance(getattr(args, "tau", None), list) else [getattr(args, "tau", None)])}
-    for option, value in numbers.items():
+    numbers = [
+        ("-n", getattr(args, "n", None)),
+        ("--temperature", getattr(args, "temperature", None)),
+        ("--scale", getattr(args, "scale", None)),
+        ("--seed", getattr(args, "seed", None)),
+    ]
+    numbers += [
+        ("--tau", t)
+        for t in (args.tau if isinstance(getattr(args, "tau", None), list) else [getattr(args, "tau", None)])
+    ]
+    for option, value in numbers:
         if value is not None and (not math.isfinite(value) or value < 0 or value == 0 and option in ("-n", "--scale")):
-            raise WorldModelsError(f"{option} must be a finite number{' above 0' if option in ('-n', '--scale') else ', 0 or more'}, "
-                                   f"got {value}")
+            raise WorldModelsError(
+                f"{option} must be a finite number{' above 0' if option in ('-n', '--scale') else ', 0 or more'}, "
+                f"got {value}"
+            )
 
 
 def refuse_stage(args: argparse.Namespace, cfg: config_lib.Config) -> None:
@@ -140,10 +193,14 @@ def refuse_stage(args: argparse.Namespace, cfg: config_lib.Config) -> None:
 
     codebook = cfg.controller.world == "codebook"
     if distributed.launched() and (args.stage not in DATA_PARALLEL_STAGES or codebook):
-        raise WorldModelsError(f"'{args.stage}' runs in one process; under torchrun only "
-                               f"{' and '.join(DATA_PARALLEL_STAGES)} of frame recipes do")
+        raise WorldModelsError(
+            f"'{args.stage}' runs in one process; under torchrun only "
+            f"{' and '.join(DATA_PARALLEL_STAGES)} of frame recipes do"
+        )
     if codebook and args.stage not in CODEBOOK_STAGES:
-        raise WorldModelsError(f"a codebook-world recipe has no '{args.stage}' stage; its stages are {', '.join(CODEBOOK_STAGES)}")
+        raise WorldModelsError(
+            f"a codebook-world recipe has no '{args.stage}' stage; its stages are {', '.join(CODEBOOK_STAGES)}"
+        )
     if codebook and getattr(args, "world", None) not in (None, "codebook"):
         raise WorldModelsError(f"a codebook-world recipe is evaluated in the codebook world, not '{args.world}'")
 
@@ -195,12 +252,15 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_r
         from .study import study
 
         result = study(cfg, run.dir, rollouts_root / cfg.name, args.seeds, args.start)
-        return {k: v for k, v in result.items() if k != "seeds"} | {"seeds": {r["seed"]: r["mean"] for r in result["seeds"]}}
+        return {k: v for k, v in result.items() if k != "seeds"} | {
+            "seeds": {r["seed"]: r["mean"] for r in result["seeds"]}
+        }
     return summary(pipeline(cfg, run, rollouts_root))
 
 
 def recipes_command(args: argparse.Namespace) -> str:
-    """`recipes`: each shipped recipe with its first comment line; `recipe show`: a recipe with every field explained."""
+    """`recipes`: each shipped recipe with its first comment line; `recipe show`:
+    a recipe with every field explained."""
     if args.stage == "recipe":
         return config_lib.explain(config_lib.load(args.name, args.overrides))
     lines = []
@@ -211,7 +271,18 @@ def recipes_command(args: argparse.Namespace) -> str:
 
 
 def summary(report: dict) -> dict:
-    keys = ("world", "env", "episodes", "mean", "std", "success_rate", "real_steps", "surrogate_queries", "controller_search", "random_search")
+    keys = (
+        "world",
+        "env",
+        "episodes",
+        "mean",
+        "std",
+        "success_rate",
+        "real_steps",
+        "surrogate_queries",
+        "controller_search",
+        "random_search",
+    )
     return {k: report[k] for k in keys if k in report}
 
 
@@ -236,10 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"worldmodels {args.stage}{where}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except OSError as exc:  # read-only or full disk, a folder where a file belongs, permissions: the path and the reason
+    except (
+        OSError
+    ) as exc:  # read-only or full disk, a folder where a file belongs, permissions: the path and the reason
         where_file = f" '{exc.filename}'" if exc.filename else ""
-        print(f"worldmodels {args.stage}{where}: error: {exc.strerror or exc}{where_file}; nothing half-written was left",
-              file=sys.stderr)
+        print(
+            f"worldmodels {args.stage}{where}: error: {exc.strerror or exc}{where_file}; nothing half-written was left",
+            file=sys.stderr,
+        )
         return 2
     finally:
         if "worldmodels.distributed" in sys.modules:

@@ -63,7 +63,9 @@ class VisionConfig:
 
     model: str = "vae"  # vae | vqvae | nvae
     latent_dim: int = 32  # vae and nvae; a VQ-VAE's z is (frame_size / 16)^2 positions x embed_dim
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # vae and vqvae: widths of the four conv layers
+    channels: list[int] = field(
+        default_factory=lambda: [32, 64, 128, 256]
+    )  # vae and vqvae: widths of the four conv layers
     free_bits: float = 0.5  # KL floor per latent dimension, in nats (Ha's kl_tolerance)
     kl_weight: float = 1.0  # vae and nvae: beta, the KL's weight
     num_embeddings: int = 64  # vqvae: codes in the codebook
@@ -76,7 +78,9 @@ class VisionConfig:
     scales: list[int] = field(default_factory=lambda: [4, 8])  # nvae: side of each scale's latent grid, top first
     groups_per_scale: int = 2  # nvae: latent groups per scale
     latent_channels: int = 2  # nvae: channels of a latent group
-    top_groups: int = 1  # nvae: top groups that make z; latent_dim must equal top_groups x latent_channels x scales[0]^2
+    top_groups: int = (
+        1  # nvae: top groups that make z; latent_dim must equal top_groups x latent_channels x scales[0]^2
+    )
     cells_per_group: int = 1  # nvae: residual cells per group in the encoder and the decoder
     kl_warmup: float = 0.3  # nvae: the KL weight rises linearly from 1e-4 to 1 over this fraction of training
     spectral_lambda: float = 0.1  # nvae: weight of the spectral and batch-norm regularisation (seed 004: 0.1)
@@ -104,7 +108,9 @@ class MemoryConfig:
     reward_weight: float = 1.0  # the reward head's share of the loss
     done_loss_weight: float = 1.0  # the done head's share of the loss
     dropout: float = 0.0  # on the LSTM's output before the heads, in training (and in the dream with dream.dropout)
-    holdout: float = 0.0  # fraction of episodes kept out of M's training for its fidelity report; 0: report on training data
+    holdout: float = (
+        0.0  # fraction of episodes kept out of M's training for its fidelity report; 0: report on training data
+    )
     seed: int = 0  # initial weights and the order of windows
 
 
@@ -123,12 +129,15 @@ class ControllerConfig:
     eval_every: int = 5  # re-evaluate the best and the mean solution every N generations
     eval_rollouts: int = 8  # fresh episodes for each re-evaluation
     select_top: int = 0  # at the search's end, re-score the N best re-evaluated controllers on select_rollouts shared
-    #                      fresh episodes and keep the best of those: the top of many 8-episode scores is a lucky one; 0: off
+    #                      fresh episodes and keep the best of those: the top of many 8-episode scores is a lucky one;
+    #                      0: off
     select_rollouts: int = 32  # episodes for each of them in that final re-scoring
     target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
     max_steps: int = 0  # 0: the environment's own time limit
     real_rollouts: int = 0  # dream training only: real episodes played at each re-evaluation, to log dream vs real
-    fidelity_controllers: int = 6  # dream training: controllers from the search's history scored in dream and real; 0: none
+    fidelity_controllers: int = (
+        6  # dream training: controllers from the search's history scored in dream and real; 0: none
+    )
     fidelity_episodes: int = 4  # real episodes for each of them (they only watch; nothing feeds the search)
     seed: int = 0  # CMA-ES's sampling and the rollout seeds
 
@@ -142,7 +151,9 @@ class DreamConfig:
     done: str = "sample"  # sample: Bernoulli from M's done head | threshold | never
     done_threshold: float = 0.5  # done = "threshold": an episode ends once M's done probability passes it
     start: str = "data"  # data: first frames of real episodes | prior: V's N(0, I)
-    dropout: bool = False  # keep M's dropout (memory.dropout) on while dreaming, a fresh mask every step ("Dropout's Dream Land")
+    dropout: bool = (
+        False  # keep M's dropout (memory.dropout) on while dreaming, a fresh mask every step ("Dropout's Dream Land")
+    )
     batch: int = 0  # episodes dreamt at once; 0: the whole population x rollouts
     rounds: int = 0  # iterations after the first: collect with C, retrain M, retrain C in the dream
     round_episodes: int = 100  # real episodes collected per round
@@ -153,7 +164,8 @@ class DreamConfig:
 
 @dataclass
 class CodebookConfig:
-    """Seed 000's codebook world: C edits a latent of V's codebook vectors, scored by a surrogate of the decoded network."""
+    """Seed 000's codebook world: C edits a latent of V's codebook vectors, scored by a surrogate of the decoded
+    network."""
 
     max_allowed_actions: int = 8  # writes per episode
     num_previous_actions: int = 3  # actions C sees in its observation
@@ -266,23 +278,70 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 SIGNED = {"env.action_low", "env.action_high", "collect.keep.low", "collect.keep.high", "controller.target"}
 INFINITE_OK = {"collect.keep.low", "collect.keep.high", "controller.target"}
 POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that cannot move
-    "env.frame_size", "env.action_repeat", "collect.episodes", "collect.workers", "collect.brownian_sigma",
-    "vision.latent_dim", "vision.channels", "vision.epochs", "vision.batch_size", "vision.lr", "vision.buffer_episodes",
-    "vision.embed_dim", "memory.hidden_size", "memory.num_gaussians", "memory.seq_len", "memory.epochs",
-    "memory.batch_size", "memory.lr", "controller.population", "controller.sigma0", "controller.rollouts",
-    "controller.generations", "controller.workers", "controller.eval_every", "controller.eval_rollouts",
-    "controller.fidelity_episodes", "controller.select_rollouts", "dream.max_steps", "dream.round_episodes", "evaluate.episodes", "evaluate.workers",
-    "nas.samples", "nas.slots", "nas.hidden", "nas.final_seeds", "codebook.max_allowed_actions",
+    "env.frame_size",
+    "env.action_repeat",
+    "collect.episodes",
+    "collect.workers",
+    "collect.brownian_sigma",
+    "vision.latent_dim",
+    "vision.channels",
+    "vision.epochs",
+    "vision.batch_size",
+    "vision.lr",
+    "vision.buffer_episodes",
+    "vision.embed_dim",
+    "memory.hidden_size",
+    "memory.num_gaussians",
+    "memory.seq_len",
+    "memory.epochs",
+    "memory.batch_size",
+    "memory.lr",
+    "controller.population",
+    "controller.sigma0",
+    "controller.rollouts",
+    "controller.generations",
+    "controller.workers",
+    "controller.eval_every",
+    "controller.eval_rollouts",
+    "controller.fidelity_episodes",
+    "controller.select_rollouts",
+    "dream.max_steps",
+    "dream.round_episodes",
+    "evaluate.episodes",
+    "evaluate.workers",
+    "nas.samples",
+    "nas.slots",
+    "nas.hidden",
+    "nas.final_seeds",
+    "codebook.max_allowed_actions",
 }
 MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust memory or budgets that never end
-    "env.frame_size": 1024, "env.action_repeat": 1000, "collect.episodes": 1_000_000, "collect.workers": 1024,
-    "vision.latent_dim": 65_536, "vision.channels": 8192, "vision.batch_size": 65_536, "vision.buffer_episodes": 1_000_000,
-    "vision.embed_dim": 4096, "vision.base_channels": 4096, "memory.hidden_size": 16_384, "memory.num_gaussians": 1024,
-    "memory.seq_len": 100_000, "memory.batch_size": 65_536, "controller.population": 100_000,
-    "controller.rollouts": 100_000, "controller.generations": 10_000_000, "controller.workers": 1024,
-    "controller.eval_rollouts": 100_000, "controller.select_top": 100_000, "controller.select_rollouts": 100_000,
-    "dream.max_steps": 10_000_000, "dream.batch": 10_000_000,
-    "dream.round_episodes": 1_000_000, "evaluate.episodes": 1_000_000, "evaluate.workers": 1024,
+    "env.frame_size": 1024,
+    "env.action_repeat": 1000,
+    "collect.episodes": 1_000_000,
+    "collect.workers": 1024,
+    "vision.latent_dim": 65_536,
+    "vision.channels": 8192,
+    "vision.batch_size": 65_536,
+    "vision.buffer_episodes": 1_000_000,
+    "vision.embed_dim": 4096,
+    "vision.base_channels": 4096,
+    "memory.hidden_size": 16_384,
+    "memory.num_gaussians": 1024,
+    "memory.seq_len": 100_000,
+    "memory.batch_size": 65_536,
+    "controller.population": 100_000,
+    "controller.rollouts": 100_000,
+    "controller.generations": 10_000_000,
+    "controller.workers": 1024,
+    "controller.eval_rollouts": 100_000,
+    "controller.select_top": 100_000,
+    "controller.select_rollouts": 100_000,
+    "dream.max_steps": 10_000_000,
+    "dream.batch": 10_000_000,
+    "dream.round_episodes": 1_000_000,
+    "evaluate.episodes": 1_000_000,
+    "evaluate.workers": 1024,
     "nas.samples": 10_000_000,
 }
 
@@ -321,8 +380,10 @@ def check_numbers(cfg: Config) -> None:
 def check_name(name: str) -> None:
     """A run name is one folder name: no path separators, no '..', no quotes or other shell-special characters."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name) or ".." in name:
-        raise WorldModelsError(f"run name {name!r} must be letters, digits, '.', '_' or '-' (starting with a letter or "
-                               "digit, no '..'): it names a folder inside --checkpoints and --rollouts")
+        raise WorldModelsError(
+            f"run name {name!r} must be letters, digits, '.', '_' or '-' (starting with a letter or "
+            "digit, no '..'): it names a folder inside --checkpoints and --rollouts"
+        )
 
 
 def validate(cfg: Config) -> Config:
@@ -330,29 +391,62 @@ def validate(cfg: Config) -> Config:
     check_name(cfg.name)
     check_numbers(cfg)
     checks = [
-        (cfg.vision.model in ("vae", "vqvae", "nvae"), f"vision.model must be 'vae', 'vqvae' or 'nvae', got '{cfg.vision.model}'"),
-        *[(getattr(cfg.vision, key) >= 1, f"vision.{key} must be at least 1, got {getattr(cfg.vision, key)}")
-          for key in ("base_channels", "groups_per_scale", "latent_channels", "cells_per_group")],
-        (0 <= cfg.vision.kl_warmup <= 1, f"vision.kl_warmup must be a fraction of training in [0, 1], got {cfg.vision.kl_warmup}"),
-        *[(getattr(cfg.vision, key) >= 0, f"vision.{key} must not be negative, got {getattr(cfg.vision, key)}")
-          for key in ("spectral_lambda", "lower_temperature", "kl_weight")],
-        (cfg.vision.codebook_init in ("kmeans", "random"), f"vision.codebook_init must be 'kmeans' or 'random', got '{cfg.vision.codebook_init}'"),
-        (2 <= cfg.vision.num_embeddings <= 32767 and cfg.vision.embed_dim >= 1 and cfg.vision.dead_after >= 0,
-         "vision.num_embeddings must be 2..32767 (codes are stored as int16), vision.embed_dim at least 1, "
-         "vision.dead_after not negative"),
-        (cfg.controller.backend in ("pool", "vector", "ray"),
-         f"controller.backend must be 'pool', 'vector' or 'ray', got '{cfg.controller.backend}'"),
-        (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be 'auto', 'bf16' or 'fp32', got '{cfg.precision}'"),
-        (cfg.collect.policy in ("random", "brownian"), f"collect.policy must be 'random' or 'brownian', got '{cfg.collect.policy}'"),
-        (cfg.env.frame_size % 16 == 0 and cfg.env.frame_size > 0, f"env.frame_size must be a positive multiple of 16, got {cfg.env.frame_size}"),
-        (len(cfg.env.crop) == 4 and 0 <= cfg.env.crop[0] < cfg.env.crop[1] <= 1 and 0 <= cfg.env.crop[2] < cfg.env.crop[3] <= 1,
-         f"env.crop must be [top, bottom, left, right] fractions with top < bottom and left < right, got {cfg.env.crop}"),
+        (
+            cfg.vision.model in ("vae", "vqvae", "nvae"),
+            f"vision.model must be 'vae', 'vqvae' or 'nvae', got '{cfg.vision.model}'",
+        ),
+        *[
+            (getattr(cfg.vision, key) >= 1, f"vision.{key} must be at least 1, got {getattr(cfg.vision, key)}")
+            for key in ("base_channels", "groups_per_scale", "latent_channels", "cells_per_group")
+        ],
+        (
+            0 <= cfg.vision.kl_warmup <= 1,
+            f"vision.kl_warmup must be a fraction of training in [0, 1], got {cfg.vision.kl_warmup}",
+        ),
+        *[
+            (getattr(cfg.vision, key) >= 0, f"vision.{key} must not be negative, got {getattr(cfg.vision, key)}")
+            for key in ("spectral_lambda", "lower_temperature", "kl_weight")
+        ],
+        (
+            cfg.vision.codebook_init in ("kmeans", "random"),
+            f"vision.codebook_init must be 'kmeans' or 'random', got '{cfg.vision.codebook_init}'",
+        ),
+        (
+            2 <= cfg.vision.num_embeddings <= 32767 and cfg.vision.embed_dim >= 1 and cfg.vision.dead_after >= 0,
+            "vision.num_embeddings must be 2..32767 (codes are stored as int16), vision.embed_dim at least 1, "
+            "vision.dead_after not negative",
+        ),
+        (
+            cfg.controller.backend in ("pool", "vector", "ray"),
+            f"controller.backend must be 'pool', 'vector' or 'ray', got '{cfg.controller.backend}'",
+        ),
+        (
+            cfg.precision in ("auto", "bf16", "fp32"),
+            f"precision must be 'auto', 'bf16' or 'fp32', got '{cfg.precision}'",
+        ),
+        (
+            cfg.collect.policy in ("random", "brownian"),
+            f"collect.policy must be 'random' or 'brownian', got '{cfg.collect.policy}'",
+        ),
+        (
+            cfg.env.frame_size % 16 == 0 and cfg.env.frame_size > 0,
+            f"env.frame_size must be a positive multiple of 16, got {cfg.env.frame_size}",
+        ),
+        (
+            len(cfg.env.crop) == 4
+            and 0 <= cfg.env.crop[0] < cfg.env.crop[1] <= 1
+            and 0 <= cfg.env.crop[2] < cfg.env.crop[3] <= 1,
+            "env.crop must be [top, bottom, left, right] fractions with top < bottom and left < right, "
+            f"got {cfg.env.crop}",
+        ),
         (len(cfg.vision.channels) == 4, "vision.channels must list 4 conv widths"),
         (cfg.collect.episodes > 0, "collect.episodes must be positive"),
         (cfg.env.action_repeat >= 1, f"env.action_repeat must be at least 1, got {cfg.env.action_repeat}"),
-        (len(cfg.env.action_low) == len(cfg.env.action_high)
-         and all(lo < hi for lo, hi in zip(cfg.env.action_low, cfg.env.action_high)),
-         "env.action_low and env.action_high must have the same length, each low below its high"),
+        (
+            len(cfg.env.action_low) == len(cfg.env.action_high)
+            and all(lo < hi for lo, hi in zip(cfg.env.action_low, cfg.env.action_high)),
+            "env.action_low and env.action_high must have the same length, each low below its high",
+        ),
         (cfg.controller.population >= 2, "controller.population must be at least 2"),
         (cfg.controller.rollouts >= 1, "controller.rollouts must be at least 1"),
         (cfg.evaluate.episodes >= 1, "evaluate.episodes must be at least 1"),
@@ -360,17 +454,31 @@ def validate(cfg: Config) -> Config:
         (cfg.controller.eval_every >= 1, "controller.eval_every must be at least 1"),
         (0 <= cfg.memory.dropout < 1, f"memory.dropout must be in [0, 1), got {cfg.memory.dropout}"),
         (0 <= cfg.memory.holdout < 1, f"memory.holdout must be a fraction in [0, 1), got {cfg.memory.holdout}"),
-        (cfg.controller.fidelity_controllers >= 0 and cfg.controller.fidelity_episodes >= 1,
-         "controller.fidelity_controllers must not be negative, controller.fidelity_episodes at least 1"),
-        (cfg.controller.world in ("real", "dream", "codebook"),
-         f"controller.world must be 'real', 'dream' or 'codebook', got '{cfg.controller.world}'"),
-        ((cfg.controller.world == "codebook") <= (cfg.vision.model == "vqvae"), "the codebook world needs vision.model = 'vqvae'"),
-        (cfg.codebook.max_allowed_actions >= 1 and cfg.codebook.num_previous_actions >= 0,
-         "codebook.max_allowed_actions must be at least 1, codebook.num_previous_actions not negative"),
-        (min(cfg.nas.samples, cfg.nas.slots, cfg.nas.hidden, cfg.nas.final_seeds) >= 1,
-         "nas.samples, nas.slots, nas.hidden and nas.final_seeds must be at least 1"),
+        (
+            cfg.controller.fidelity_controllers >= 0 and cfg.controller.fidelity_episodes >= 1,
+            "controller.fidelity_controllers must not be negative, controller.fidelity_episodes at least 1",
+        ),
+        (
+            cfg.controller.world in ("real", "dream", "codebook"),
+            f"controller.world must be 'real', 'dream' or 'codebook', got '{cfg.controller.world}'",
+        ),
+        (
+            (cfg.controller.world == "codebook") <= (cfg.vision.model == "vqvae"),
+            "the codebook world needs vision.model = 'vqvae'",
+        ),
+        (
+            cfg.codebook.max_allowed_actions >= 1 and cfg.codebook.num_previous_actions >= 0,
+            "codebook.max_allowed_actions must be at least 1, codebook.num_previous_actions not negative",
+        ),
+        (
+            min(cfg.nas.samples, cfg.nas.slots, cfg.nas.hidden, cfg.nas.final_seeds) >= 1,
+            "nas.samples, nas.slots, nas.hidden and nas.final_seeds must be at least 1",
+        ),
         (0 <= cfg.vision.ema_decay < 1, f"vision.ema_decay must be in [0, 1), got {cfg.vision.ema_decay}"),
-        (cfg.dream.done in ("sample", "threshold", "never"), f"dream.done must be 'sample', 'threshold' or 'never', got '{cfg.dream.done}'"),
+        (
+            cfg.dream.done in ("sample", "threshold", "never"),
+            f"dream.done must be 'sample', 'threshold' or 'never', got '{cfg.dream.done}'",
+        ),
         (cfg.dream.start in ("data", "prior"), f"dream.start must be 'data' or 'prior', got '{cfg.dream.start}'"),
         (cfg.dream.tau >= 0, f"dream.tau must be at least 0, got {cfg.dream.tau}"),
         (cfg.dream.max_steps >= 1, "dream.max_steps must be at least 1"),
@@ -385,22 +493,31 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def nvae_latent_dim(frame_size: int, scales: list[int], groups_per_scale: int, top_groups: int,
-                    latent_channels: int, latent_dim: int) -> int:
+def nvae_latent_dim(
+    frame_size: int, scales: list[int], groups_per_scale: int, top_groups: int, latent_channels: int, latent_dim: int
+) -> int:
     """The size of NVAE's z for these sizes, or one clear error saying which recipe value to change."""
     if not scales or min(scales) < 2 or any(b != 2 * a for a, b in zip(scales, scales[1:])):
         # a 1x1 grid would leave batch norm a single value per channel on a one-frame batch
-        raise WorldModelsError(f"vision.scales must start at 2 or more and double from one scale to the next, top first, "
-                               f"e.g. [4, 8]; got {scales}")
+        raise WorldModelsError(
+            f"vision.scales must start at 2 or more and double from one scale to the next, top first, "
+            f"e.g. [4, 8]; got {scales}"
+        )
     ratio = frame_size // scales[-1]
     if frame_size % scales[-1] or ratio & (ratio - 1):
-        raise WorldModelsError(f"env.frame_size {frame_size} must be the finest scale {scales[-1]} times a power of two")
+        raise WorldModelsError(
+            f"env.frame_size {frame_size} must be the finest scale {scales[-1]} times a power of two"
+        )
     if not 1 <= top_groups <= groups_per_scale:
-        raise WorldModelsError(f"vision.top_groups must be between 1 and groups_per_scale ({groups_per_scale}), got {top_groups}")
+        raise WorldModelsError(
+            f"vision.top_groups must be between 1 and groups_per_scale ({groups_per_scale}), got {top_groups}"
+        )
     flat = top_groups * latent_channels * scales[0] ** 2
     if latent_dim != flat:
-        raise WorldModelsError(f"vision.latent_dim is {latent_dim} but NVAE's z is top_groups x latent_channels x "
-                               f"scales[0]^2 = {flat}; make them equal")
+        raise WorldModelsError(
+            f"vision.latent_dim is {latent_dim} but NVAE's z is top_groups x latent_channels x "
+            f"scales[0]^2 = {flat}; make them equal"
+        )
     return flat
 
 
@@ -418,15 +535,21 @@ def shipped_recipes() -> dict[str, Path]:
 
 
 def find_recipe(name: str | Path) -> Path:
-    """A recipe file: the path itself when it exists, else the shipped recipe of that name ("cartpole", "envs/cartpole.toml")."""
+    """A recipe file: the path itself when it exists, else the shipped recipe of that name ("cartpole",
+    "envs/cartpole.toml")."""
     path = Path(name)
     if path.is_file():
         return path
     shipped = shipped_recipes()
-    if path.suffix in ("", ".toml") and path.stem in shipped and (path.parent == Path(".") or path.parent.name == "envs"):
+    if (
+        path.suffix in ("", ".toml")
+        and path.stem in shipped
+        and (path.parent == Path(".") or path.parent.name == "envs")
+    ):
         return shipped[path.stem]
-    raise WorldModelsError(f"recipe '{path}' not found; the shipped recipes are {', '.join(shipped)} "
-                           "(`worldmodels recipes` lists them)")
+    raise WorldModelsError(
+        f"recipe '{path}' not found; the shipped recipes are {', '.join(shipped)} (`worldmodels recipes` lists them)"
+    )
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -1,4 +1,5 @@
-"""C: a linear controller a = tanh(W [z, h] + b) (the argmax of W [z, h] + b for choices), seen by CMA-ES as one flat vector."""
+"""C: a linear controller a = tanh(W [z, h] + b) (the argmax of W [z, h] + b for choices),
+seen by CMA-ES as one flat vector."""
 
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ class Controller:
         logits = self.logits(z, h, rows)
         return logits if isinstance(self.space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)) else torch.tanh(logits)
 
-    def act(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None, noise: np.ndarray | None = None) -> list:
+    def act(
+        self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None, noise: np.ndarray | None = None
+    ) -> list:
         """Actions in the environment's action space, one per controller (or per entry of `rows`).
 
         `noise` (B, A) is added to tanh of the logits before they are mapped: exploration while collecting.
@@ -83,7 +86,8 @@ def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:
 
 
 def to_action(y: np.ndarray, space: gym.Space):
-    """Map one controller output in [-1, 1]^A onto the action space: argmax (per group) for (Multi)Discrete, bounds for Box."""
+    """Map one controller output in [-1, 1]^A onto the action space: argmax (per group) for (Multi)Discrete,
+    bounds for Box."""
     if isinstance(space, gym.spaces.Discrete):
         return int(space.start + np.argmax(y))
     if isinstance(space, gym.spaces.MultiDiscrete):

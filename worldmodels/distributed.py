@@ -64,7 +64,8 @@ def local_batch(global_batch: int, key: str) -> int:
 
 
 def interleave(items: Iterable[T]) -> Iterator[T]:
-    """This process's items of a stream every process reads alike: item r of each group of W; a last short group is dropped.
+    """This process's items of a stream every process reads alike: item r of each group of W; a last short group
+    is dropped.
 
     Dropping it keeps every process at the same number of batches, which DDP's collectives need.
     """

@@ -36,11 +36,13 @@ class DreamEvaluator:
         self.steps = 0  # dream steps spent, for the logs
 
     def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
-        """(P, N) candidates x seeds -> (P, len(seeds)) dream returns; every candidate dreams the same seeds (in seconds:
-        no bar)."""
+        """(P, N) candidates x seeds -> (P, len(seeds)) dream returns; every candidate dreams the same seeds
+        (in seconds: no bar)."""
         p, r = len(candidates), len(seeds)
         population = Controller.from_flat(candidates, self.input_dim, self.space)
-        returns, steps = play_dream(self.dream, population.select(torch.arange(p).repeat_interleave(r)), seeds * p, self.batch)
+        returns, steps = play_dream(
+            self.dream, population.select(torch.arange(p).repeat_interleave(r)), seeds * p, self.batch
+        )
         self.steps += int(steps.sum())
         return returns.reshape(p, r)
 
@@ -64,13 +66,16 @@ def generation_seeds(seed: int, generation: int, count: int) -> list[int]:
 
 
 def save_controller(path: Path, flat: np.ndarray, input_dim: int, score: float, generation: int) -> None:
-    checkpoints.save(path, {
-        "kind": "controller",
-        "config": {"input_dim": input_dim},
-        "params": torch.as_tensor(flat, dtype=torch.float32),
-        "score": float(score),
-        "generation": generation,
-    })
+    checkpoints.save(
+        path,
+        {
+            "kind": "controller",
+            "config": {"input_dim": input_dim},
+            "params": torch.as_tensor(flat, dtype=torch.float32),
+            "score": float(score),
+            "generation": generation,
+        },
+    )
 
 
 def load_controller(path: Path, model: WorldModel) -> dict:
@@ -94,7 +99,9 @@ def log_dream_rollout(writer: SummaryWriter, evaluator: DreamEvaluator, flat: np
 def select_kept(evaluator, progress: Progress, c: ControllerConfig) -> np.ndarray:
     """Re-score the kept controller and this round's `c.select_top` best re-evaluated ones on `c.select_rollouts` fresh
     episodes they share; keep the best of those, with that score. Returns the scores, the kept one's first."""
-    history = sorted((h for h in progress.history or [] if h["generation"] > progress.round_start), key=lambda h: -h["score"])
+    history = sorted(
+        (h for h in progress.history or [] if h["generation"] > progress.round_start), key=lambda h: -h["score"]
+    )
     contenders, seen = [], set()
     for flat in [progress.best] + [h["params"] for h in history]:
         if flat.tobytes() not in seen and len(contenders) < max(c.select_top, 1):
@@ -122,7 +129,9 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
         input_dim, space, rules = world.input_dim, world.space, world.rules
     else:
         device = pick_device(cfg.device) if dreaming else "cpu"
-        model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device)
+        model = WorldModel.load(
+            run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device
+        )
         input_dim, space, rules = model.controller_input, action_space(cfg.env), None
     dim = Controller(input_dim, space).num_params
     search = {"dim": dim, "population": c.population, "sigma0": c.sigma0, "seed": c.seed}
@@ -131,11 +140,15 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
         es, progress, np_state = search_state.load(run.cmaes, search)
         np.random.set_state(np_state)  # pycma samples from numpy's global generator
         if progress.world != c.world:  # scores from the two worlds do not compare
-            raise WorldModelsError(f"'{run.cmaes}' holds a search in the {progress.world} world, not the {c.world} one; "
-                                   "delete it and controller.pt, or use another --run")
+            raise WorldModelsError(
+                f"'{run.cmaes}' holds a search in the {progress.world} world, not the {c.world} one; "
+                "delete it and controller.pt, or use another --run"
+            )
         if progress.rules != rules:  # another objective or episode length: the scores so far mean something else
-            raise WorldModelsError(f"'{run.cmaes}' holds a search under other codebook-world settings ({progress.rules}); "
-                                   "delete it and controller.pt, or use another --run")
+            raise WorldModelsError(
+                f"'{run.cmaes}' holds a search under other codebook-world settings ({progress.rules}); "
+                "delete it and controller.pt, or use another --run"
+            )
     else:
         es = search_state.fresh_search(search)
         progress = Progress(world=c.world, rules=rules)
@@ -151,14 +164,21 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
     def selected() -> bool:
         return not c.select_top or progress.best is None or progress.selected == progress.generation
 
-    result = {"world": c.world, "generation": progress.generation, "best_score": progress.best_score, "steps": progress.env_steps}
+    result = {
+        "world": c.world,
+        "generation": progress.generation,
+        "best_score": progress.best_score,
+        "steps": progress.env_steps,
+    }
     if finished() and not new_round and selected():
         tqdm.write(f"controller: already searched {progress.generation} generations, skipping")
         return result
     if progress.generation:
         tqdm.write(f"controller: resuming after generation {progress.generation}")
     writer = SummaryWriter(run.tensorboard)
-    tqdm.write(f"controller: {dim} parameters, population {c.population} x {c.rollouts} rollouts in the {c.world} world")
+    tqdm.write(
+        f"controller: {dim} parameters, population {c.population} x {c.rollouts} rollouts in the {c.world} world"
+    )
     with contextlib.ExitStack() as stack:
         if codebook:
             evaluator = stack.enter_context(world)
@@ -193,7 +213,9 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
             writer.add_scalar("controller/fitness_mean", fitness.mean(), progress.generation)
             writer.add_scalar("controller/fitness_worst", fitness.min(), progress.generation)
             writer.add_scalar("controller/sigma", es.sigma, progress.generation)
-            generations.set_postfix(best=f"{fitness.max():.1f}", mean=f"{fitness.mean():.1f}", kept=f"{progress.best_score:.1f}")
+            generations.set_postfix(
+                best=f"{fitness.max():.1f}", mean=f"{fitness.mean():.1f}", kept=f"{progress.best_score:.1f}"
+            )
             if progress.generation % c.eval_every == 0 or progress.generation == until():
                 # re-score the generation's best and the distribution mean on fresh seeds; keep the better
                 seeds = generation_seeds(c.seed + 1, generation, c.eval_rollouts)
@@ -203,7 +225,8 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
                 writer.add_scalar("controller/eval_mean", scores[1], progress.generation)
                 progress.history = (progress.history or []) + [
                     {"generation": progress.generation, "kind": kind, "params": flat, "score": float(score)}
-                    for kind, flat, score in zip(("best", "mean"), contenders, scores)]
+                    for kind, flat, score in zip(("best", "mean"), contenders, scores)
+                ]
                 line = f"generation {progress.generation}: re-evaluated best {scores[0]:.4g}, mean {scores[1]:.4g}"
                 if scores.max() > progress.best_score:
                     progress.best_score, progress.best = float(scores.max()), contenders[scores.argmax()]
@@ -211,10 +234,14 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
                     if dreaming:
                         log_dream_rollout(writer, evaluator, progress.best, seeds[0], progress.generation)
                 if watcher:
-                    real = watcher.returns(progress.best[None], generation_seeds(c.seed + 3, generation, c.real_rollouts)).mean()
+                    real = watcher.returns(
+                        progress.best[None], generation_seeds(c.seed + 3, generation, c.real_rollouts)
+                    ).mean()
                     progress.real_steps += watcher.steps
                     watcher.steps = 0
-                    writer.add_scalars("controller/dream_vs_real", {"dream": progress.best_score, "real": real}, progress.generation)
+                    writer.add_scalars(
+                        "controller/dream_vs_real", {"dream": progress.best_score, "real": real}, progress.generation
+                    )
                     line += f"; kept controller: dream {progress.best_score:.1f}, real {real:.1f}"
                 tqdm.write(line)
             progress.env_steps += evaluator.steps
@@ -234,8 +261,11 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
             progress.env_steps += evaluator.steps
             evaluator.steps = 0
             writer.add_scalar("controller/selected_score", progress.best_score, progress.generation)
-            tqdm.write(f"controller: the kept controller and the top {len(scores) - 1} others re-scored on {c.select_rollouts} "
-                       f"episodes: {', '.join(f'{x:.4g}' for x in scores)}; kept {progress.best_score:.4g}")
+            tqdm.write(
+                f"controller: the kept controller and the top {len(scores) - 1} others re-scored "
+                f"on {c.select_rollouts} "
+                f"episodes: {', '.join(f'{x:.4g}' for x in scores)}; kept {progress.best_score:.4g}"
+            )
             search_state.save(run.cmaes, es, search, progress)
     writer.close()
     result.update(generation=progress.generation, best_score=progress.best_score, steps=progress.env_steps)
@@ -246,8 +276,14 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
 
 def returns_report(returns: np.ndarray, seeds: list[int], generation: int) -> dict:
     """The part of a report every world shares: the returns of the evaluation episodes and their seeds."""
-    return {"episodes": len(seeds), "mean": float(returns.mean()), "std": float(returns.std()),
-            "returns": [float(r) for r in returns], "seeds": seeds, "controller_generation": generation}
+    return {
+        "episodes": len(seeds),
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "returns": [float(r) for r in returns],
+        "seeds": seeds,
+        "controller_generation": generation,
+    }
 
 
 def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:

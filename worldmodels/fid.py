@@ -37,7 +37,9 @@ from .errors import WorldModelsError
 FeatureNet = Callable[[torch.Tensor], torch.Tensor]
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)), as pytorch-fid computes it."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
@@ -100,9 +102,13 @@ def load_feature_net(path: str | Path) -> torch.nn.Module:
     try:
         return torch.export.load(path).module()
     except Exception as exc:  # noqa: BLE001 - a bad archive fails in many ways (zip, pickle, version), all one to the user
-        raise WorldModelsError(f"feature network '{path}' is not a torch.export program: {type(exc).__name__}: {exc}") from None
+        raise WorldModelsError(
+            f"feature network '{path}' is not a torch.export program: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def fid(net: FeatureNet, real_frames: torch.Tensor, fake_frames: torch.Tensor, batch_size: int = 64) -> float:
     """Fréchet distance between the features of two sets of frames (N, 3, H, W) in [0, 1]."""
-    return frechet_distance(*feature_statistics(net, real_frames, batch_size), *feature_statistics(net, fake_frames, batch_size))
+    return frechet_distance(
+        *feature_statistics(net, real_frames, batch_size), *feature_statistics(net, fake_frames, batch_size)
+    )

@@ -27,7 +27,8 @@ from .worlds.real import action_space
 
 
 def held_out(name: str, fraction: float) -> bool:
-    """Whether an episode file is held out of M's training: a hash of its name, so the split stays put as rounds add episodes."""
+    """Whether an episode file is held out of M's training: a hash of its name, so the split stays put
+    as rounds add episodes."""
     return zlib.crc32(name.encode()) % 10_000 < fraction * 10_000
 
 
@@ -58,13 +59,22 @@ def memory_report(memory: MDNRNN, episodes: list[LatentEpisode], split: str) -> 
     steps, done, per_episode = np.concatenate(rewards, 1), np.concatenate(dones, 1), np.asarray(returns).T
     positives = int(done[1].sum())
     auc = float(roc_auc_score(done[1], done[0])) if 0 < positives < done.shape[1] else None
-    return {"split": split, "episodes": len(episodes), "steps": int(steps.shape[1]),
-            "reward_r2": r_squared(steps[0], steps[1]), "return_r2": r_squared(per_episode[0], per_episode[1]),
-            "return_mean_real": float(per_episode[1].mean()), "return_mean_predicted": float(per_episode[0].mean()),
-            "done_auc": auc, "done_positives": positives}
+    return {
+        "split": split,
+        "episodes": len(episodes),
+        "steps": int(steps.shape[1]),
+        "reward_r2": r_squared(steps[0], steps[1]),
+        "return_r2": r_squared(per_episode[0], per_episode[1]),
+        "return_mean_real": float(per_episode[1].mean()),
+        "return_mean_predicted": float(per_episode[0].mean()),
+        "done_auc": auc,
+        "done_positives": positives,
+    }
 
 
-def write_memory_report(run: checkpoints.Run, memory: MDNRNN, episodes: list[LatentEpisode], split: str, epoch: int) -> dict:
+def write_memory_report(
+    run: checkpoints.Run, memory: MDNRNN, episodes: list[LatentEpisode], split: str, epoch: int
+) -> dict:
     """The memory report, printed, written to memory_fidelity.json and to TensorBoard."""
     report = memory_report(memory, episodes, split) | {"epoch": epoch}
     if checkpoints.save_json(run.dir / "memory_fidelity.json", report):  # a finished stage, run again, writes nothing
@@ -77,9 +87,11 @@ def write_memory_report(run: checkpoints.Run, memory: MDNRNN, episodes: list[Lat
     def show(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
-    tqdm.write(f"memory fidelity ({split}, {report['episodes']} episodes): reward R^2 {show(report['reward_r2'])}, "
-               f"return R^2 {show(report['return_r2'])}, done AUC {show(report['done_auc'])} "
-               f"({report['done_positives']} dones)")
+    tqdm.write(
+        f"memory fidelity ({split}, {report['episodes']} episodes): reward R^2 {show(report['reward_r2'])}, "
+        f"return R^2 {show(report['return_r2'])}, done AUC {show(report['done_auc'])} "
+        f"({report['done_positives']} dones)"
+    )
     return report
 
 
@@ -123,8 +135,9 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
             tqdm.write(f"controller fidelity: {path} is up to date, skipping")
             return old
     flat = np.stack([h["params"] for h in history])
-    model = WorldModel.from_checkpoints(checkpoints.load(run.vision, "vision"), memory, pick_device(cfg.device),
-                                        names=(run.vision, run.memory))
+    model = WorldModel.from_checkpoints(
+        checkpoints.load(run.vision, "vision"), memory, pick_device(cfg.device), names=(run.vision, run.memory)
+    )
     space = action_space(cfg.env)
     with evolution.DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space) as dream:
         dreamt = dream.returns(flat, evolution.generation_seeds(c.seed + 4, 0, c.eval_rollouts))
@@ -133,21 +146,42 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
         real_steps = world.steps
     rho = rank_correlation(dreamt.mean(1), real.mean(1))
     report = {
-        "picked": picked, "real_seeds": real_seeds, "memory_id": memory_id,
-        "controllers": [{"generation": h["generation"], "kind": h["kind"], "dream_when_searched": h["score"],
-                         "dream": float(d.mean()), "real": float(r.mean()), "real_std": float(r.std())}
-                        for h, d, r in zip(history, dreamt, real)],
-        "spearman": rho, "dream_rollouts": c.eval_rollouts, "real_episodes": c.fidelity_episodes, "real_steps": int(real_steps),
+        "picked": picked,
+        "real_seeds": real_seeds,
+        "memory_id": memory_id,
+        "controllers": [
+            {
+                "generation": h["generation"],
+                "kind": h["kind"],
+                "dream_when_searched": h["score"],
+                "dream": float(d.mean()),
+                "real": float(r.mean()),
+                "real_std": float(r.std()),
+            }
+            for h, d, r in zip(history, dreamt, real)
+        ],
+        "spearman": rho,
+        "dream_rollouts": c.eval_rollouts,
+        "real_episodes": c.fidelity_episodes,
+        "real_steps": int(real_steps),
     }
     checkpoints.save_json(path, report)
     writer = SummaryWriter(run.tensorboard)
     for entry in report["controllers"]:
-        writer.add_scalars("fidelity/controller_returns", {"dream": entry["dream"], "real": entry["real"]}, entry["generation"])
+        writer.add_scalars(
+            "fidelity/controller_returns", {"dream": entry["dream"], "real": entry["real"]}, entry["generation"]
+        )
     if rho is not None:
         writer.add_scalar("fidelity/dream_real_spearman", rho, progress.generation)
     writer.close()
-    tqdm.write("controller fidelity (dream vs real return): " + ", ".join(
-        f"gen {e['generation']} {e['kind']}: {e['dream']:.0f} vs {e['real']:.0f}" for e in report["controllers"]))
-    tqdm.write(f"controller fidelity: Spearman rank correlation {'n/a' if rho is None else f'{rho:.2f}'} "
-               f"over {len(history)} controllers")
+    tqdm.write(
+        "controller fidelity (dream vs real return): "
+        + ", ".join(
+            f"gen {e['generation']} {e['kind']}: {e['dream']:.0f} vs {e['real']:.0f}" for e in report["controllers"]
+        )
+    )
+    tqdm.write(
+        f"controller fidelity: Spearman rank correlation {'n/a' if rho is None else f'{rho:.2f}'} "
+        f"over {len(history)} controllers"
+    )
     return report

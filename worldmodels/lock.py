@@ -1,4 +1,5 @@
-"""One writer per run folder: every stage holds the folder's lock, which the OS drops when the process ends, kill -9 included."""
+"""One writer per run folder: every stage holds the folder's lock, which the OS drops when the process ends,
+kill -9 included."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ HOLDER = ".worldmodels.pid"  # beside the lock: filelock empties the lock file i
 
 @contextlib.contextmanager
 def hold(folders: list[Path]) -> Iterator[None]:
-    """Hold the locks of `folders` (those that exist) for the block; a folder another process holds is one error line."""
+    """Hold the locks of `folders` (those that exist) for the block; a folder another process holds
+    is one error line."""
     with contextlib.ExitStack() as stack:
         for folder in dict.fromkeys(f.resolve() for f in folders):  # --checkpoints and --rollouts may be one folder
             if not folder.is_dir():
@@ -26,8 +28,10 @@ def hold(folders: list[Path]) -> Iterator[None]:
             try:
                 stack.enter_context(lock.acquire(timeout=0))
             except Timeout:
-                raise WorldModelsError(f"'{folder}' is in use by another worldmodels process ({holder(folder)}); "
-                                       "wait for it to end, or use another --run") from None
+                raise WorldModelsError(
+                    f"'{folder}' is in use by another worldmodels process ({holder(folder)}); "
+                    "wait for it to end, or use another --run"
+                ) from None
             except OSError:  # a read-only folder cannot be written to either: nothing to protect
                 continue
             with contextlib.suppress(OSError):
@@ -37,7 +41,8 @@ def hold(folders: list[Path]) -> Iterator[None]:
 
 
 def remove_orphans(folder: Path) -> None:
-    """Temp files of writers killed mid-write (atomic writes name them .NAME.*.tmp): with the lock held, nobody owns them."""
+    """Temp files of writers killed mid-write (atomic writes name them .NAME.*.tmp): with the lock held,
+    nobody owns them."""
     for pattern in (".*.tmp", "*/.*.tmp"):
         for orphan in folder.glob(pattern):
             with contextlib.suppress(OSError):

@@ -83,14 +83,17 @@ class MDNRNN(nn.Module):
         sigma = F.softplus(raw_sigma) + self.cfg.sigma_min
         return Prediction(logit_pi, mu, sigma, reward, done)
 
-    def forward(self, z: torch.Tensor, action: torch.Tensor, state: State | None = None,
-                keep: torch.Tensor | None = None) -> tuple[Prediction, State]:
+    def forward(
+        self, z: torch.Tensor, action: torch.Tensor, state: State | None = None, keep: torch.Tensor | None = None
+    ) -> tuple[Prediction, State]:
         """z (B, T, Z), action (B, T, A) -> prediction for z_{t+1} at every t, final LSTM state; `keep` (B, T, H) a 0/1
         dropout mask for the head."""
         out, state = self.lstm(torch.cat([z, action], dim=-1), state)  # (B, T, H)
         return self._predict(out, keep), state
 
-    def step(self, z: torch.Tensor, action: torch.Tensor, state: State, keep: torch.Tensor | None = None) -> tuple[Prediction, State]:
+    def step(
+        self, z: torch.Tensor, action: torch.Tensor, state: State, keep: torch.Tensor | None = None
+    ) -> tuple[Prediction, State]:
         """One time step for acting and dreaming: z (B, Z), action (B, A), `keep` (B, H)."""
         prediction, state = self.forward(z[:, None], action[:, None], state, None if keep is None else keep[:, None])
         return prediction.map(lambda t: t.squeeze(1)), state
@@ -119,7 +122,9 @@ def mixture_log_prob(prediction: Prediction, target: torch.Tensor) -> torch.Tens
     """log p(target) under the per-dimension mixtures, summed over dimensions: (..., Z) -> (...)."""
     log_pi = F.log_softmax(prediction.logit_pi, dim=-1)
     x = target.unsqueeze(-1)
-    log_normal = -0.5 * ((x - prediction.mu) / prediction.sigma) ** 2 - prediction.sigma.log() - 0.5 * math.log(2 * math.pi)
+    log_normal = (
+        -0.5 * ((x - prediction.mu) / prediction.sigma) ** 2 - prediction.sigma.log() - 0.5 * math.log(2 * math.pi)
+    )
     return torch.logsumexp(log_pi + log_normal, dim=-1).sum(-1)
 
 
@@ -140,7 +145,8 @@ def draw(prediction: Prediction, tau: float, uniform: torch.Tensor, normal: torc
 
 
 def draw_codes(logits: torch.Tensor, tau: float, uniform: torch.Tensor) -> torch.Tensor:
-    """A code per position from logits (..., P, K) at temperature tau, by inverse CDF of (..., P) uniforms; tau = 0: argmax."""
+    """A code per position from logits (..., P, K) at temperature tau, by inverse CDF of (..., P) uniforms;
+    tau = 0: argmax."""
     if tau <= 0:
         return logits.argmax(-1)
     cdf = F.softmax(logits / tau, dim=-1).cumsum(-1)
@@ -175,12 +181,16 @@ def memory_loss(
     steps = distributed.process_mean(mask.sum()).clamp(min=1)
     if prediction.code_logits is not None:
         logits = prediction.code_logits
-        ce = F.cross_entropy(logits.flatten(0, -2), next_codes.flatten().long(), reduction="none").view(next_codes.shape)
+        ce = F.cross_entropy(logits.flatten(0, -2), next_codes.flatten().long(), reduction="none").view(
+            next_codes.shape
+        )
         nll = (ce.mean(-1) * mask).sum() / steps
     else:
         nll = -(mixture_log_prob(prediction, next_z) * mask).sum() / (steps * next_z.shape[-1])
     reward_loss = ((prediction.reward - reward) ** 2 * mask).sum() / steps
     pos_weight = torch.tensor(done_weight, device=done.device)
-    done_loss = (F.binary_cross_entropy_with_logits(prediction.done_logit, done, pos_weight=pos_weight, reduction="none") * mask).sum() / steps
+    done_loss = (
+        F.binary_cross_entropy_with_logits(prediction.done_logit, done, pos_weight=pos_weight, reduction="none") * mask
+    ).sum() / steps
     loss = nll + reward_weight * reward_loss + done_loss_weight * done_loss
     return {"loss": loss, "nll": nll, "reward": reward_loss, "done": done_loss}

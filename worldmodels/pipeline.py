@@ -13,7 +13,8 @@ from .rollouts import EpisodeStore
 
 
 def real_steps(cfg: Config, rollouts_root: Path) -> dict:
-    """Real env steps (frames of the world) behind the run's data, from the episode store: random collection and each round."""
+    """Real env steps (frames of the world) behind the run's data, from the episode store:
+    random collection and each round."""
     episodes = EpisodeStore(stages.episodes_dir(rollouts_root, cfg)).manifest()["episodes"]
 
     def frames(entries) -> int:

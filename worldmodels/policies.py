@@ -20,8 +20,10 @@ def load_policy(spec: str, algo: str | None = None) -> Callable[[np.ndarray], An
     """obs [z, h] -> action: an SB3 zip (with its algorithm) or a `module:callable` taking one observation."""
     if spec.endswith(".zip"):
         if algo is None or algo.upper() not in SB3_ALGORITHMS:
-            raise WorldModelsError(f"--policy {spec} is a Stable-Baselines3 zip: name its algorithm with --algo "
-                                   f"({', '.join(a.lower() for a in SB3_ALGORITHMS)})")
+            raise WorldModelsError(
+                f"--policy {spec} is a Stable-Baselines3 zip: name its algorithm with --algo "
+                f"({', '.join(a.lower() for a in SB3_ALGORITHMS)})"
+            )
         if not Path(spec).is_file():
             raise WorldModelsError(f"policy '{spec}' not found")
         try:

@@ -1,4 +1,5 @@
-"""Progress bars and messages that show on a terminal, stay quiet in logs (CI, redirected output), and come from rank 0 alone."""
+"""Progress bars and messages that show on a terminal, stay quiet in logs (CI, redirected output),
+and come from rank 0 alone."""
 
 from tqdm import tqdm
 

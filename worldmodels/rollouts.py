@@ -102,7 +102,10 @@ def _check_layout(name: str, arrays: dict[str, tuple[tuple, np.dtype]]) -> None:
     (obs_shape, obs_dtype), steps = arrays["obs"], arrays["action"][0][0] if arrays["action"][0] else -1
     if obs_dtype != np.uint8 or len(obs_shape) != 4 or obs_shape[-1] != 3:
         raise CorruptEpisode(f"{name}: obs must be uint8 frames (steps + 1, H, W, 3), got {obs_dtype} {obs_shape}")
-    if any(len(arrays[k][0]) != 1 for k in ("reward", "terminated", "truncated")) or len(arrays["action"][0]) not in (1, 2):
+    if any(len(arrays[k][0]) != 1 for k in ("reward", "terminated", "truncated")) or len(arrays["action"][0]) not in (
+        1,
+        2,
+    ):
         raise CorruptEpisode(f"{name}: reward, terminated and truncated must be one value per step")
     if obs_shape[0] != steps + 1 or any(arrays[k][0][0] != steps for k in ("reward", "terminated", "truncated")):
         raise CorruptEpisode(f"{name}: array lengths disagree")
@@ -116,7 +119,11 @@ def check_episode_file(path: Path) -> None:
             for member in archive.namelist():
                 with archive.open(member) as f:
                     version = np.lib.format.read_magic(f)
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape, _, dtype = read(f)
                 arrays[member.removesuffix(".npy")] = (shape, dtype)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
@@ -147,12 +154,15 @@ class EpisodeStore:
             raise WorldModelsError(f"no episodes in '{self.root}'; run `worldmodels collect` first")
         try:
             manifest = json.loads(self.manifest_path.read_text())
-            if not isinstance(manifest, dict) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
-                                                         and "/" not in e["file"] for e in manifest["episodes"]):
+            if not isinstance(manifest, dict) or not all(
+                isinstance(e, dict) and isinstance(e.get("file"), str) and "/" not in e["file"]
+                for e in manifest["episodes"]
+            ):
                 raise ValueError("not an episode list")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise WorldModelsError(f"'{self.manifest_path}' is damaged; `worldmodels collect` rebuilds it from the "
-                                   "episodes present") from None
+            raise WorldModelsError(
+                f"'{self.manifest_path}' is damaged; `worldmodels collect` rebuilds it from the episodes present"
+            ) from None
         return manifest
 
     def complete(self, episodes: int) -> bool:
@@ -261,12 +271,18 @@ def collect(cfg: Config, root: Path) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):  # a corrupt episode is named, deleted and collected again, once
         _collect_missing(cfg, store, root)
-        entries = [episode_entry(path, episode) for path, episode in store.iter_episodes()
-                   if int(path.stem.split("_")[1]) < cfg.collect.episodes]
+        entries = [
+            episode_entry(path, episode)
+            for path, episode in store.iter_episodes()
+            if int(path.stem.split("_")[1]) < cfg.collect.episodes
+        ]
         corrupt = sorted(n for n in store.skipped if int(Path(n).stem.split("_")[1]) < cfg.collect.episodes)
         if not corrupt or attempt:
             break
-        say(f"collect: collecting {len(corrupt)} corrupt episode(s) again: {', '.join(corrupt[:5])}{' ...' if len(corrupt) > 5 else ''}")
+        say(
+            f"collect: collecting {len(corrupt)} corrupt episode(s) again: "
+            f"{', '.join(corrupt[:5])}{' ...' if len(corrupt) > 5 else ''}"
+        )
         for name in corrupt:
             (root / name).unlink()
         store.skipped.clear()

@@ -1,4 +1,5 @@
-"""Iterative training (Ha & Schmidhuber 2018, section 5): collect with C, retrain M on old + new episodes, retrain C in the dream.
+"""Iterative training (Ha & Schmidhuber 2018, section 5): collect with C, retrain M on old + new episodes,
+retrain C in the dream.
 
 A controller trained in a dream learns to exploit M where M is wrong; episodes collected with that controller
 show M the states it reaches, so the next dream is harder to cheat.
@@ -42,8 +43,12 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
         entries.append(episode_entry(path, episode, round=r))
         returns.append(float(episode["reward"].sum()))
     store.add(entries)
-    return {"round": r, "episodes": len(entries), "real_steps": sum(e["frames"] for e in entries),
-            "real_return_explore": float(np.mean(returns)) if returns else float("nan")}
+    return {
+        "round": r,
+        "episodes": len(entries),
+        "real_steps": sum(e["frames"] for e in entries),
+        "real_return_explore": float(np.mean(returns)) if returns else float("nan"),
+    }
 
 
 def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
@@ -54,13 +59,18 @@ def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
     for r in range(1, d.rounds + 1):
         if r in done:  # a finished round's figures stay as measured; re-running its stages would score today's C
             continue
-        tqdm.write(f"round {r}/{d.rounds}: collect {d.round_episodes} episodes with the controller, retrain M, retrain C in the dream")
+        tqdm.write(
+            f"round {r}/{d.rounds}: collect {d.round_episodes} episodes with the controller, "
+            "retrain M, retrain C in the dream"
+        )
         record = collect_round(cfg, run, rollouts_root, r)
         stages.encode(cfg, run, rollouts_root)
         stages.train_memory(cfg, run, cfg.memory.epochs + r * d.round_memory_epochs)
         record["dream_score"] = evolution.train_controller(cfg, run, round=r)["best_score"]
-        tqdm.write(f"round {r}: real return with exploration {record['real_return_explore']:.1f}, "
-                   f"dream score after retraining {record['dream_score']:.1f}, {record['real_steps']} real steps")
+        tqdm.write(
+            f"round {r}: real return with exploration {record['real_return_explore']:.1f}, "
+            f"dream score after retraining {record['dream_score']:.1f}, {record['real_steps']} real steps"
+        )
         history = [h for h in history if h["round"] != r] + [record]
         checkpoints.save_json(history_path, history)
         writer = SummaryWriter(run.tensorboard)

@@ -51,9 +51,13 @@ class Progress:
 
 
 def fresh_search(search: dict) -> cma.CMAEvolutionStrategy:
-    """The search a controller run starts from (`search`: dim, population, sigma0, seed); also the template a state is rebuilt over."""
-    return cma.CMAEvolutionStrategy(np.zeros(int(search["dim"])), float(search["sigma0"]),
-                                    {"popsize": int(search["population"]), "seed": int(search["seed"]) + 1, "verbose": -9})
+    """The search a controller run starts from (`search`: dim, population, sigma0, seed);
+    also the template a state is rebuilt over."""
+    return cma.CMAEvolutionStrategy(
+        np.zeros(int(search["dim"])),
+        float(search["sigma0"]),
+        {"popsize": int(search["population"]), "seed": int(search["seed"]) + 1, "verbose": -9},
+    )
 
 
 def _cma_class(obj: Any) -> bool:
@@ -63,7 +67,12 @@ def _cma_class(obj: Any) -> bool:
 
 def _is_code(obj: Any) -> bool:
     """Functions, methods and classes (pycma's instances hold data even when callable), and pycma's options."""
-    return isinstance(obj, CMAOptions) or callable(obj) and not _cma_class(obj) and not isinstance(obj, (np.ndarray, np.generic))
+    return (
+        isinstance(obj, CMAOptions)
+        or callable(obj)
+        and not _cma_class(obj)
+        and not isinstance(obj, (np.ndarray, np.generic))
+    )
 
 
 def _slots(cls: type) -> list[str]:
@@ -101,7 +110,10 @@ def encode(obj: Any, seen: dict[int, tuple] | None = None, path: tuple = ()) -> 
     if type(obj) is range:
         return {"$range": [obj.start, obj.stop, obj.step]}
     if type(obj) in (set, frozenset):
-        return {"$set": [encode(v, seen, path + (i,)) for i, v in enumerate(sorted(obj))], "frozen": type(obj) is frozenset}
+        return {
+            "$set": [encode(v, seen, path + (i,)) for i, v in enumerate(sorted(obj))],
+            "frozen": type(obj) is frozenset,
+        }
     if type(obj) is tuple:
         return {"$tuple": [encode(v, seen, path + (i,)) for i, v in enumerate(obj)]}
     if type(obj) is dict:
@@ -246,10 +258,17 @@ def _cma_classes() -> dict[str, type]:
 
 def save(path: Path, es: cma.CMAEvolutionStrategy, search: dict, progress: Progress) -> None:
     """Write the search (pycma's object, the recipe's search settings, our progress, numpy's generator) atomically."""
-    checkpoints.save(path, {
-        "kind": "cmaes", "format": FORMAT, "search": dict(search), "es": encode(es),
-        "progress": encode(dataclasses.asdict(progress)), "numpy_random": encode(np.random.get_state()),
-    })
+    checkpoints.save(
+        path,
+        {
+            "kind": "cmaes",
+            "format": FORMAT,
+            "search": dict(search),
+            "es": encode(es),
+            "progress": encode(dataclasses.asdict(progress)),
+            "numpy_random": encode(np.random.get_state()),
+        },
+    )
 
 
 def _read(path: Path, search: dict | None) -> dict:
@@ -257,15 +276,20 @@ def _read(path: Path, search: dict | None) -> dict:
     refuse_pickle(Path(path).parent)
     saved = checkpoints.load(path, "cmaes")
     if saved.get("format") != FORMAT:
-        raise WorldModelsError(f"'{path}' is a search state of format {saved.get('format')!r}; delete it to restart the search")
+        raise WorldModelsError(
+            f"'{path}' is a search state of format {saved.get('format')!r}; delete it to restart the search"
+        )
     for key, value in (search or {}).items():
         if key == "dim" and saved["search"].get(key) != value:
-            raise WorldModelsError(f"'{path}' searches {saved['search'].get(key)} parameters but this controller has {value}; "
-                                   "delete it and controller.pt to start a new search")
+            raise WorldModelsError(
+                f"'{path}' searches {saved['search'].get(key)} parameters but this controller has {value}; "
+                "delete it and controller.pt to start a new search"
+            )
         if saved["search"].get(key) != value:
             raise WorldModelsError(
                 f"'{path}' holds a search with controller.{key}={saved['search'].get(key)!r} but the recipe says "
-                f"{value!r}; restore the recipe's value, or delete it and controller.pt to start a new search")
+                f"{value!r}; restore the recipe's value, or delete it and controller.pt to start a new search"
+            )
     return saved
 
 
@@ -274,18 +298,22 @@ def _rebuilt(path: Path, rebuild: Any) -> Any:
     try:
         return rebuild()
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise WorldModelsError(f"'{path}' is not a search state this version can rebuild ({exc}); "
-                               "delete it and controller.pt to restart the search") from None
+        raise WorldModelsError(
+            f"'{path}' is not a search state this version can rebuild ({exc}); "
+            "delete it and controller.pt to restart the search"
+        ) from None
 
 
 def load_progress(path: Path) -> Progress:
-    """The search's progress alone (generation, best, history), for readers that do not search: no pycma object is built."""
+    """The search's progress alone (generation, best, history), for readers that do not search:
+    no pycma object is built."""
     saved = _read(path, None)
     return _rebuilt(path, lambda: Progress(**_Decoder(None, {}).decode(saved["progress"])))
 
 
 def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrategy, Progress, tuple]:
-    """(es, progress, numpy's generator state) from `save`'s file; with `search`, refused in one line if the recipe's differs."""
+    """(es, progress, numpy's generator state) from `save`'s file; with `search`,
+    refused in one line if the recipe's differs."""
     saved = _read(path, search)
 
     def rebuild() -> tuple[cma.CMAEvolutionStrategy, Progress, tuple]:
@@ -309,4 +337,5 @@ def refuse_pickle(run_dir: Path) -> None:
     if old.exists():
         raise WorldModelsError(
             f"'{old}' is a pickled CMA-ES state from an older worldmodels; it is not read, because unpickling a file "
-            "can run any code it holds. Delete it and controller.pt to restart the search in this folder")
+            "can run any code it holds. Delete it and controller.pt to restart the search in this folder"
+        )

@@ -103,9 +103,21 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
         model.train()
         writer.add_image("vision/reconstruction", image_grid([preview.cpu(), recon.cpu()]), epoch, dataformats="HWC")
 
-    job = Fit("vision", model, model_config, batches, lambda b: model.loss(frames_to_float(b, device)),
-              v.epochs, v.lr, v.seed, run.vision, writer, on_epoch_end, **fit_options(cfg, device),
-              batches_per_epoch=-(-frames // v.batch_size))  # every process takes its share of each global batch
+    job = Fit(
+        "vision",
+        model,
+        model_config,
+        batches,
+        lambda b: model.loss(frames_to_float(b, device)),
+        v.epochs,
+        v.lr,
+        v.seed,
+        run.vision,
+        writer,
+        on_epoch_end,
+        **fit_options(cfg, device),
+        batches_per_epoch=-(-frames // v.batch_size),
+    )  # every process takes its share of each global batch
     result = fit(job)
     writer.close()
     if store.skipped:
@@ -191,12 +203,15 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
                         parts[key].append(value.cpu())
         # a discrete V's z is codebook rows, kept exact (float32) so M learns and dreams the very vectors C sees
         dtypes = {"mu": np.float32 if parts["codes"] else np.float16, "logstd": np.float16, "codes": np.int16}
-        rollouts.save_episode(run.latents / path.name, {
-            **{key: torch.cat(values).numpy().astype(dtypes[key]) for key, values in parts.items() if values},
-            "action": encode_actions(episode["action"], space),
-            "reward": episode["reward"].astype(np.float32),
-            "done": episode["terminated"].astype(bool),
-        })
+        rollouts.save_episode(
+            run.latents / path.name,
+            {
+                **{key: torch.cat(values).numpy().astype(dtypes[key]) for key, values in parts.items() if values},
+                "action": encode_actions(episode["action"], space),
+                "reward": episode["reward"].astype(np.float32),
+                "done": episode["terminated"].astype(bool),
+            },
+        )
     encoded = sorted({p.name for p in wanted} & {p.name for p in run.latents.glob("*.npz")})
     checkpoints.save_json(manifest_path, {"vision_id": made_by, "episodes": encoded})
     if store.skipped:
@@ -212,14 +227,24 @@ def memory_config(cfg: Config, vision: VisionModel) -> dict:
     m = cfg.memory
     space = action_space(cfg.env)
     discrete = vision.latent_kind == "discrete"  # a categorical head over V's codes; codes have no posterior spread
-    return vars(MemoryModelConfig(vision.latent_dim, action_dim(space), m.hidden_size, m.num_gaussians,
-                                  done_weight=m.done_weight, sample_latents=m.sample_latents and not discrete, dropout=m.dropout,
-                                  positions=vision.positions if discrete else 0,
-                                  num_codes=vision.num_embeddings if discrete else 0))
+    return vars(
+        MemoryModelConfig(
+            vision.latent_dim,
+            action_dim(space),
+            m.hidden_size,
+            m.num_gaussians,
+            done_weight=m.done_weight,
+            sample_latents=m.sample_latents and not discrete,
+            dropout=m.dropout,
+            positions=vision.positions if discrete else 0,
+            num_codes=vision.num_embeddings if discrete else 0,
+        )
+    )
 
 
 def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
-    """Train M on latent sequences (z drawn from the cached mean and std, or the mean); `epochs` in all (default: the recipe's)."""
+    """Train M on latent sequences (z drawn from the cached mean and std, or the mean);
+    `epochs` in all (default: the recipe's)."""
     m = cfg.memory
     device = pick_device(cfg.device)
     everything = load_latents(run)
@@ -254,11 +279,33 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
             z = z + b["logstd"].exp() * distributed.randn_like(z)
             next_z = next_z + b["next_logstd"].exp() * distributed.randn_like(next_z)
         prediction, _ = model(z, b["action"])
-        return memory_loss(prediction, next_z, b["reward"], b["done"], b["mask"], m.done_weight, m.reward_weight,
-                           m.done_loss_weight, b.get("next_codes"))
+        return memory_loss(
+            prediction,
+            next_z,
+            b["reward"],
+            b["done"],
+            b["mask"],
+            m.done_weight,
+            m.reward_weight,
+            m.done_loss_weight,
+            b.get("next_codes"),
+        )
 
-    result = fit(Fit("memory", model, model_config, batches, loss, epochs or m.epochs, m.lr, m.seed, run.memory, writer,
-                     **fit_options(cfg, device)))
+    result = fit(
+        Fit(
+            "memory",
+            model,
+            model_config,
+            batches,
+            loss,
+            epochs or m.epochs,
+            m.lr,
+            m.seed,
+            run.memory,
+            writer,
+            **fit_options(cfg, device),
+        )
+    )
     writer.close()
     if distributed.is_main():
         trained = memory_from_checkpoint(checkpoints.load(run.memory, "memory"), device)
@@ -281,4 +328,6 @@ def check_run(cfg: Config, run: Run) -> None:
         checkpoints.check_same_config(run.vision, saved, vision_config(cfg), "vision")
         if run.memory.is_file():
             wanted = memory_config(cfg, build_vision(saved))
-            checkpoints.check_same_config(run.memory, checkpoints.load(run.memory, "memory")["config"], wanted, "memory")
+            checkpoints.check_same_config(
+                run.memory, checkpoints.load(run.memory, "memory")["config"], wanted, "memory"
+            )

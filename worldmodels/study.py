@@ -56,7 +56,8 @@ def link(path: Path, dest: Path) -> None:
 
 
 def link_tree(source: Path, target: Path) -> None:
-    """`link` every file of `source` into `target`, except hidden ones (locks, PID and temp files are a process's own)."""
+    """`link` every file of `source` into `target`, except hidden ones (locks, PID and temp files are a
+    process's own)."""
     for path in sorted(source.rglob("*")):
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(source).parts):
             link(path, target / path.relative_to(source))
@@ -75,7 +76,9 @@ def run_shared(cfg: Config, run: Run, rollouts_root: Path, shared: tuple[str, ..
         stages.train_memory(cfg, run)
 
 
-def share_into(shared_run: Run, shared_rollouts: Path, seed_run: Run, seed_rollouts: Path, shared: tuple[str, ...]) -> None:
+def share_into(
+    shared_run: Run, shared_rollouts: Path, seed_run: Run, seed_rollouts: Path, shared: tuple[str, ...]
+) -> None:
     """Give a seed's folders the shared stages' outputs, so its pipeline finds them done and skips them."""
     link_tree(shared_rollouts, seed_rollouts)
     if "train-vision" in shared:
@@ -86,7 +89,8 @@ def share_into(shared_run: Run, shared_rollouts: Path, seed_run: Run, seed_rollo
 
 
 def statistics(scores: list[float], reps: int = 50_000, seed: int = 0) -> dict:
-    """Mean, median and interquartile mean of per-seed scores, each with a 95% stratified bootstrap interval (rliable)."""
+    """Mean, median and interquartile mean of per-seed scores, each with a 95% stratified bootstrap
+    interval (rliable)."""
     from rliable import library, metrics  # arch and pandas load only for a study
 
     if not scores:
@@ -96,19 +100,31 @@ def statistics(scores: list[float], reps: int = 50_000, seed: int = 0) -> dict:
     def aggregates(x: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(x), float(np.mean(x)), float(np.median(x))])
 
-    state = np.random.get_state()  # rliable draws its resamples from numpy's global generator: seed it, then put it back
+    state = (
+        np.random.get_state()
+    )  # rliable draws its resamples from numpy's global generator: seed it, then put it back
     np.random.seed(seed)
     try:
         with warnings.catch_warnings():  # arch deprecates the RandomState that rliable hands it
             warnings.simplefilter("ignore", FutureWarning)
-            point, interval = library.get_interval_estimates(matrix, aggregates, reps=reps, confidence_interval_size=CONFIDENCE,
-                                                             random_state=np.random.RandomState(seed))
+            point, interval = library.get_interval_estimates(
+                matrix,
+                aggregates,
+                reps=reps,
+                confidence_interval_size=CONFIDENCE,
+                random_state=np.random.RandomState(seed),
+            )
     finally:
         np.random.set_state(state)
     point, interval = point["recipe"], interval["recipe"]
-    return {name: float(point[i]) for i, name in enumerate(("iqm", "mean", "median"))} | {
-        f"{name}_ci": [float(interval[0, i]), float(interval[1, i])] for i, name in enumerate(("iqm", "mean", "median"))
-    } | {"confidence": CONFIDENCE, "bootstrap_reps": reps, "method": "rliable stratified bootstrap (percentile)"}
+    return (
+        {name: float(point[i]) for i, name in enumerate(("iqm", "mean", "median"))}
+        | {
+            f"{name}_ci": [float(interval[0, i]), float(interval[1, i])]
+            for i, name in enumerate(("iqm", "mean", "median"))
+        }
+        | {"confidence": CONFIDENCE, "bootstrap_reps": reps, "method": "rliable stratified bootstrap (percentile)"}
+    )
 
 
 def picture(path: Path, rows: list[dict], stats: dict, title: str):
@@ -127,7 +143,9 @@ def picture(path: Path, rows: list[dict], stats: dict, title: str):
         ax.plot(i, np.mean(returns), marker="D", color="black", markersize=5)
     if stats:
         low, high = stats["iqm_ci"]
-        ax.axhspan(low, high, color="tab:green", alpha=0.15, label=f"IQM {stats['iqm']:.1f}, 95% CI [{low:.1f}, {high:.1f}]")
+        ax.axhspan(
+            low, high, color="tab:green", alpha=0.15, label=f"IQM {stats['iqm']:.1f}, 95% CI [{low:.1f}, {high:.1f}]"
+        )
         ax.axhline(stats["iqm"], color="tab:green")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xticks(range(1, len(rows) + 1), [f"seed {r['seed']}" for r in rows])
@@ -160,15 +178,24 @@ def study(cfg: Config, root: Path, rollouts_root: Path, seeds: list[int], start:
     previous = {r["seed"]: r for r in saved.get("seeds", []) if isinstance(r, dict) and "seed" in r}
     if cfg.controller.world != "codebook":
         reseeded = tuple(s for s in reseeded if s != "nas")
-    result = {"recipe": cfg.name, "env": cfg.env.id, "from": start, "shared": list(shared), "reseeded": list(reseeded),
-              "evaluation_episodes": cfg.evaluate.episodes, "seeds": list(previous.values())}
+    result = {
+        "recipe": cfg.name,
+        "env": cfg.env.id,
+        "from": start,
+        "shared": list(shared),
+        "reseeded": list(reseeded),
+        "evaluation_episodes": cfg.evaluate.episodes,
+        "seeds": list(previous.values()),
+    }
     checkpoints.save_json(out, result)  # records `from` before any seed runs
     if shared:
         shared_cfg = copy.deepcopy(cfg)
         shared_cfg.name = "shared"
         shared_run = Run(root, shared_cfg)
-        tqdm.write(f"study: {', '.join(shared)} shared by every seed (in {shared_run.dir}); "
-                   f"{' and '.join(reseeded)} reseeded per seed")
+        tqdm.write(
+            f"study: {', '.join(shared)} shared by every seed (in {shared_run.dir}); "
+            f"{' and '.join(reseeded)} reseeded per seed"
+        )
         started = time.perf_counter()
         run_shared(shared_cfg, shared_run, rollouts_root, shared)
         result["shared_wall_s"] = saved.get("shared_wall_s") or round(time.perf_counter() - started, 1)
@@ -190,24 +217,44 @@ def study(cfg: Config, root: Path, rollouts_root: Path, seeds: list[int], start:
         old = previous.get(seed)
         if old is not None and old.get("returns") == report["returns"]:
             wall = old["wall_s"]  # finished before: the measured time stands, not this call's skipping
-        rows.append({"seed": seed, "mean": report["mean"], "std": report["std"], "wall_s": round(wall, 1),
-                     "run": str(seed_run.dir), "returns": report["returns"]})
+        rows.append(
+            {
+                "seed": seed,
+                "mean": report["mean"],
+                "std": report["std"],
+                "wall_s": round(wall, 1),
+                "run": str(seed_run.dir),
+                "returns": report["returns"],
+            }
+        )
         previous[seed] = rows[-1]
-        checkpoints.save_json(out, result | {"seeds": list(previous.values())})  # an interrupted study keeps finished seeds' times
+        checkpoints.save_json(
+            out, result | {"seeds": list(previous.values())}
+        )  # an interrupted study keeps finished seeds' times
         tqdm.write(f"study: seed {seed}: {report['mean']:.1f} +- {report['std']:.1f} in {wall / 60:.1f} min")
     stats = statistics([r["mean"] for r in rows])
     result = result | stats | {"seeds": rows}
     checkpoints.save_json(out, result)
-    fig = picture(root / "study.png", rows, stats, f"{cfg.name}: {len(rows)} seeds x {cfg.evaluate.episodes} episodes (diamonds: the seeds' means)")
+    fig = picture(
+        root / "study.png",
+        rows,
+        stats,
+        f"{cfg.name}: {len(rows)} seeds x {cfg.evaluate.episodes} episodes (diamonds: the seeds' means)",
+    )
     writer = SummaryWriter(root / "tb")
     for r in rows:
         writer.add_scalar("study/seed_mean_return", r["mean"], r["seed"])
         writer.add_scalar("study/seed_wall_minutes", r["wall_s"] / 60, r["seed"])
     for name in ("iqm", "mean", "median"):
-        writer.add_scalars(f"study/{name}", {"point": stats[name], "ci_low": stats[f"{name}_ci"][0],
-                                             "ci_high": stats[f"{name}_ci"][1]}, len(rows))
+        writer.add_scalars(
+            f"study/{name}",
+            {"point": stats[name], "ci_low": stats[f"{name}_ci"][0], "ci_high": stats[f"{name}_ci"][1]},
+            len(rows),
+        )
     writer.add_figure("study/distributions", fig, len(rows))
     writer.close()
-    tqdm.write(f"study: IQM {stats['iqm']:.1f}, 95% CI [{stats['iqm_ci'][0]:.1f}, {stats['iqm_ci'][1]:.1f}] "
-               f"over {len(rows)} seeds; {out}, {root / 'study.png'}")
+    tqdm.write(
+        f"study: IQM {stats['iqm']:.1f}, 95% CI [{stats['iqm_ci'][0]:.1f}, {stats['iqm_ci'][1]:.1f}] "
+        f"over {len(rows)} seeds; {out}, {root / 'study.png'}"
+    )
     return result

@@ -50,8 +50,19 @@ def tau_sweep(cfg: Config, run: Run, taus: list[float]) -> list[dict]:
         evolution.train_controller(tau_cfg, tau_run)
         dream = evolution.evaluate(tau_cfg, tau_run, "dream")
         real = evolution.evaluate(tau_cfg, tau_run, "real")
-        rows.append({"tau": tau, "dream_mean": dream["mean"], "dream_std": dream["std"],
-                     "real_mean": real["mean"], "real_std": real["std"], "episodes": real["episodes"]})
-        tqdm.write(f"tau {tau:g}: dream {dream['mean']:.1f} +- {dream['std']:.1f}, real {real['mean']:.1f} +- {real['std']:.1f}")
+        rows.append(
+            {
+                "tau": tau,
+                "dream_mean": dream["mean"],
+                "dream_std": dream["std"],
+                "real_mean": real["mean"],
+                "real_std": real["std"],
+                "episodes": real["episodes"],
+            }
+        )
+        tqdm.write(
+            f"tau {tau:g}: dream {dream['mean']:.1f} +- {dream['std']:.1f}, "
+            f"real {real['mean']:.1f} +- {real['std']:.1f}"
+        )
     checkpoints.save_json(run.dir / "tau_sweep.json", rows)
     return rows

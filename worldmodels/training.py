@@ -17,7 +17,8 @@ from .progress import bar, say
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu, unless the recipe names one; CUDA with its index (this process's GPU under torchrun)."""
+    """cuda, then mps, then cpu, unless the recipe names one; CUDA with its index
+    (this process's GPU under torchrun)."""
     if name == "auto":
         mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
         name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
@@ -26,7 +27,9 @@ def pick_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise WorldModelsError(f"device '{name}' is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise WorldModelsError(f"device '{name}' asked for, but this machine's PyTorch sees no CUDA GPU; use auto or cpu")
+        raise WorldModelsError(
+            f"device '{name}' asked for, but this machine's PyTorch sees no CUDA GPU; use auto or cpu"
+        )
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise WorldModelsError(f"device '{name}' asked for, but this machine has no MPS; use auto or cpu")
     if device.type == "cuda" and device.index is None:
@@ -48,7 +51,8 @@ class SilentWriter:
 
 
 class LazyWriter:
-    """A TensorBoard writer whose event file appears with its first record: a stage with nothing to do writes nothing."""
+    """A TensorBoard writer whose event file appears with its first record:
+    a stage with nothing to do writes nothing."""
 
     def __init__(self, logdir: Path):
         self.logdir, self.writer = logdir, None
@@ -129,7 +133,9 @@ def trainable(job: Fit) -> nn.Module:
     if distributed.world()[1] > 1:
         if job.device.type == "cuda":  # batch statistics over the global batch; SyncBatchNorm needs CUDA
             nn.SyncBatchNorm.convert_sync_batchnorm(job.model)
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[job.device.index] if job.device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[job.device.index] if job.device.type == "cuda" else None
+        )
     return torch.compile(net) if job.compile else net
 
 
@@ -165,8 +171,12 @@ def fit(job: Fit) -> dict:
         torch.manual_seed(job.seed * 10_007 + epoch)  # the same noise whether or not the run was resumed
         totals: dict[str, float] = {}
         count = skipped = 0
-        for batch in bar(job.batches(epoch), desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", leave=False,
-                         total=job.batches_per_epoch):
+        for batch in bar(
+            job.batches(epoch),
+            desc=f"{job.name} epoch {epoch + 1}/{job.epochs}",
+            leave=False,
+            total=job.batches_per_epoch,
+        ):
             with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.bf16):
                 losses = net(batch)
             if not apply_gradients(job.model, optimizer, losses["loss"], job.grad_clip):
@@ -179,8 +189,11 @@ def fit(job: Fit) -> dict:
                 totals[key] = totals.get(key, 0.0) + value.item()
                 job.writer.add_scalar(f"{job.name}/{key}", value.item(), step)
         means = global_means(totals, count, job.device)
-        say(f"{job.name} epoch {epoch + 1}/{job.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-            + (f" ({skipped} steps skipped: non-finite gradient)" if skipped else ""))
+        say(
+            f"{job.name} epoch {epoch + 1}/{job.epochs}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+            + (f" ({skipped} steps skipped: non-finite gradient)" if skipped else "")
+        )
         for key, value in means.items():
             job.writer.add_scalar(f"{job.name}/epoch_{key}", value, epoch + 1)
         payload = {
@@ -191,7 +204,8 @@ def fit(job: Fit) -> dict:
             "epoch": epoch + 1,
             "step": step,
             "losses": means,
-            "id": uuid.uuid4().hex,  # what derived data (latents) was made from, even if a retrain repeats the step count
+            # what derived data (latents) was made from, even if a retrain repeats the step count
+            "id": uuid.uuid4().hex,
         }
         if distributed.is_main():
             checkpoints.save(job.path, payload)

@@ -1,4 +1,5 @@
-"""Seeing the dream: a controller's dream episode as a GIF, and side by side with the same controller in the real world."""
+"""Seeing the dream: a controller's dream episode as a GIF, and side by side with the same controller
+in the real world."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ from .worlds.real import make_world
 def save_gif(path: Path, frames: np.ndarray, scale: int = 2, fps: int = 25) -> None:
     """(T, H, W, 3) uint8 frames as a looping GIF, enlarged `scale` times, written atomically."""
     images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
-    checkpoints.atomic_write(path, lambda f: images[0].save(
-        f, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0))
+    checkpoints.atomic_write(
+        path,
+        lambda f: images[0].save(
+            f, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
+        ),
+    )
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 2) -> np.ndarray:
@@ -59,5 +64,11 @@ def dream_gifs(cfg: Config, run: Run, seed: int = 0, scale: int = 2) -> dict:
     writer = SummaryWriter(run.tensorboard)
     writer.add_image("dream/dream_vs_real", filmstrip(both, axis=0), seed, dataformats="HWC")
     writer.close()
-    return {"gifs": {k: str(v) for k, v in paths.items()}, "dream_return": dream_return, "real_return": real_return,
-            "dream_steps": len(dream_frames) - 1, "real_steps": len(real_frames) - 1, "tau": cfg.dream.tau}
+    return {
+        "gifs": {k: str(v) for k, v in paths.items()},
+        "dream_return": dream_return,
+        "real_return": real_return,
+        "dream_steps": len(dream_frames) - 1,
+        "real_steps": len(real_frames) - 1,
+        "tau": cfg.dream.tau,
+    }

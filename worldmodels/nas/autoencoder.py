@@ -1,4 +1,5 @@
-"""V for architectures: a VQ-VAE of architecture encodings, whose decoder turns a latent of codebook vectors into a network."""
+"""V for architectures: a VQ-VAE of architecture encodings, whose decoder turns a latent of codebook vectors
+into a network."""
 
 from __future__ import annotations
 
@@ -29,16 +30,22 @@ class ArchitectureVQVAEConfig:
 
 
 class ArchitectureVQVAE(nn.Module):
-    """MLP encoder: one-hot encoding -> `slots` vectors, each snapped to a code; MLP decoder: the slots -> a choice per layer."""
+    """MLP encoder: one-hot encoding -> `slots` vectors, each snapped to a code; MLP decoder:
+    the slots -> a choice per layer."""
 
     def __init__(self, cfg: ArchitectureVQVAEConfig):
         super().__init__()
         self.cfg = cfg
         latent = cfg.slots * cfg.embed_dim
-        self.encoder = nn.Sequential(nn.Linear(space.ENCODING_DIM, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, latent))
-        self.quantizer = VectorQuantizer(cfg.num_embeddings, cfg.embed_dim, cfg.commitment, cfg.ema_decay,
-                                         cfg.dead_after, cfg.codebook_init)
-        self.decoder = nn.Sequential(nn.Linear(latent, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, space.ENCODING_DIM))
+        self.encoder = nn.Sequential(
+            nn.Linear(space.ENCODING_DIM, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, latent)
+        )
+        self.quantizer = VectorQuantizer(
+            cfg.num_embeddings, cfg.embed_dim, cfg.commitment, cfg.ema_decay, cfg.dead_after, cfg.codebook_init
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, space.ENCODING_DIM)
+        )
 
     @property
     def codebook(self) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """The codebook NAS task end to end: V on architecture encodings, C searching the codebook world, the report.
 
-The architecture the controller's search finds (`controller_search` in the report) is the best, by the surrogate's objective, of every architecture its
-CMA-ES search queried; random search gets as many surrogate queries as the search made of distinct
-architectures (a repeated query is a memo lookup, not a surrogate evaluation). Both winners are then
-trained for real on digits.
+The architecture the controller's search finds (`controller_search` in the report) is the best, by the
+surrogate's objective, of every architecture its CMA-ES search queried; random search gets as many
+surrogate queries as the search made of distinct architectures (a repeated query is a memo lookup, not a
+surrogate evaluation). Both winners are then trained for real on digits.
 """
 
 from __future__ import annotations
@@ -44,8 +44,16 @@ def table_path(cfg: Config) -> Path:
 def vision_config(cfg: Config) -> dict:
     """V's model config from the recipe, as stored in its checkpoint."""
     v = cfg.vision
-    config = ArchitectureVQVAEConfig(cfg.nas.slots, cfg.nas.hidden, v.embed_dim, v.num_embeddings, v.commitment,
-                                     v.ema_decay, v.dead_after, v.codebook_init)
+    config = ArchitectureVQVAEConfig(
+        cfg.nas.slots,
+        cfg.nas.hidden,
+        v.embed_dim,
+        v.num_embeddings,
+        v.commitment,
+        v.ema_decay,
+        v.dead_after,
+        v.codebook_init,
+    )
     return {"model": "architecture_vqvae", **vars(config)}
 
 
@@ -66,7 +74,8 @@ def load_vision(path: Path) -> ArchitectureVQVAE:
 
 
 def train_vision(cfg: Config, run: Run) -> dict:
-    """Train V on `nas.samples` random architectures; exact reconstructions of the table's architectures go to TensorBoard."""
+    """Train V on `nas.samples` random architectures; exact reconstructions of the table's architectures
+    go to TensorBoard."""
     v = cfg.vision
     torch.manual_seed(v.seed)
     model_config = vision_config(cfg)
@@ -91,8 +100,21 @@ def train_vision(cfg: Config, run: Run) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # an MLP this small runs fastest on one thread, and far slower when threads contend
     try:
-        return fit(Fit("vision", model, model_config, batches, model.loss, v.epochs, v.lr, v.seed,
-                       run.vision, writer, on_epoch_end))
+        return fit(
+            Fit(
+                "vision",
+                model,
+                model_config,
+                batches,
+                model.loss,
+                v.epochs,
+                v.lr,
+                v.seed,
+                run.vision,
+                writer,
+                on_epoch_end,
+            )
+        )
     finally:
         torch.set_num_threads(threads)
         writer.close()
@@ -114,8 +136,18 @@ class Decoder:
 def make_world(cfg: Config, model: ArchitectureVQVAE, surrogate: Surrogate) -> CodebookEnv:
     """The codebook world on V's codebook and decoder, scored by the surrogate."""
     b = cfg.codebook
-    return CodebookEnv(model.cfg.embed_dim, model.cfg.num_embeddings, surrogate, Decoder(model), b.max_allowed_actions,
-                       model.codebook.numpy(), b.num_previous_actions, b.size_penalty, size, num_slots=model.cfg.slots)
+    return CodebookEnv(
+        model.cfg.embed_dim,
+        model.cfg.num_embeddings,
+        surrogate,
+        Decoder(model),
+        b.max_allowed_actions,
+        model.codebook.numpy(),
+        b.num_previous_actions,
+        b.size_penalty,
+        size,
+        num_slots=model.cfg.slots,
+    )
 
 
 def table(cfg: Config) -> list[Row]:
@@ -123,7 +155,9 @@ def table(cfg: Config) -> list[Row]:
     path = table_path(cfg)
     rows = load_table(path)
     if len(rows) < 10:
-        raise WorldModelsError(f"NAS table '{path}' has fewer than 10 architectures; measure more with `python -m worldmodels.nas.table`")
+        raise WorldModelsError(
+            f"NAS table '{path}' has fewer than 10 architectures; measure more with `python -m worldmodels.nas.table`"
+        )
     return rows
 
 
@@ -200,27 +234,40 @@ def train_for_real(cfg: Config, arch: Architecture, score: float) -> dict:
     """Train arch on digits with `nas.final_seeds` seeds: measured val/test accuracy next to the surrogate's guess."""
     runs = [space.train(arch, seed=s) for s in range(cfg.nas.final_seeds)]
     val, test = np.array([r["val_acc"] for r in runs]), np.array([r["test_acc"] for r in runs])
-    return {"arch": str(arch), "params": space.num_params(arch), "surrogate": round(score, 4),
-            "objective": round(objective(cfg, score, arch), 4), "val_acc": round(float(val.mean()), 4),
-            "val_acc_std": round(float(val.std()), 4), "test_acc": round(float(test.mean()), 4),
-            "test_acc_std": round(float(test.std()), 4)}
+    return {
+        "arch": str(arch),
+        "params": space.num_params(arch),
+        "surrogate": round(score, 4),
+        "objective": round(objective(cfg, score, arch), 4),
+        "val_acc": round(float(val.mean()), 4),
+        "val_acc_std": round(float(val.std()), 4),
+        "test_acc": round(float(test.mean()), 4),
+        "test_acc_std": round(float(test.std()), 4),
+    }
 
 
 def settings(cfg: Config) -> dict:
     """Everything a codebook report depends on besides the controller: a report made under others is stale."""
-    return {"evaluate": dataclasses.asdict(cfg.evaluate), "nas": dataclasses.asdict(cfg.nas),
-            "codebook": dataclasses.asdict(cfg.codebook), "table": str(table_path(cfg))}
+    return {
+        "evaluate": dataclasses.asdict(cfg.evaluate),
+        "nas": dataclasses.asdict(cfg.nas),
+        "codebook": dataclasses.asdict(cfg.codebook),
+        "table": str(table_path(cfg)),
+    }
 
 
 def evaluate(cfg: Config, run: Run) -> dict:
-    """The kept controller's return in the codebook world, and the search's winner vs random search's, trained for real."""
+    """The kept controller's return in the codebook world, and the search's winner vs random search's,
+    trained for real."""
     e = cfg.evaluate
     saved = checkpoints.load(run.require(run.controller, "train-controller"), "controller")
     progress = search_state.load_progress(run.cmaes)
     with CodebookEvaluator(cfg, run) as evaluator:
         if saved["config"]["input_dim"] != evaluator.input_dim:
-            raise WorldModelsError(f"'{run.controller}' was trained on observations of size {saved['config']['input_dim']}, "
-                                   f"but this codebook world gives {evaluator.input_dim}; retrain the controller")
+            raise WorldModelsError(
+                f"'{run.controller}' was trained on observations of size {saved['config']['input_dim']}, "
+                f"but this codebook world gives {evaluator.input_dim}; retrain the controller"
+            )
         seeds = [e.seed + i for i in range(e.episodes)]
         returns = evaluator.returns(saved["params"].numpy()[None], seeds)[0]
         surrogate, rows = evaluator.surrogate, evaluator.table
@@ -236,7 +283,10 @@ def evaluate(cfg: Config, run: Run) -> dict:
         "surrogate_spearman": round(held_out_spearman(rows), 4),
         "size_penalty": cfg.codebook.size_penalty,
         "settings": settings(cfg),
-        **{name: train_for_real(cfg, arch, (found if name == "controller_search" else searched)[arch]) for name, arch in winners.items()},
+        **{
+            name: train_for_real(cfg, arch, (found if name == "controller_search" else searched)[arch])
+            for name, arch in winners.items()
+        },
     }
     checkpoints.save_json(run.report, report)
     writer = SummaryWriter(run.tensorboard)

@@ -35,7 +35,9 @@ class Architecture:
             raise ValueError(f"{len(self.layers)} hidden layers, at most {MAX_LAYERS} allowed")
         for layer in self.layers:
             if not isinstance(layer, (tuple, list)) or tuple(layer) not in CHOICE_INDEX:
-                raise ValueError(f"hidden layer {layer!r} is not a (width in {WIDTHS}, activation in {ACTIVATIONS}) pair")
+                raise ValueError(
+                    f"hidden layer {layer!r} is not a (width in {WIDTHS}, activation in {ACTIVATIONS}) pair"
+                )
         object.__setattr__(self, "layers", tuple((int(w), str(a)) for w, a in self.layers))
 
     def __str__(self) -> str:
@@ -55,7 +57,7 @@ class Architecture:
         layers = []
         for part in text.split("-"):
             width = part.rstrip("abcdefghijklmnopqrstuvwxyz")
-            activation = part[len(width):]
+            activation = part[len(width) :]
             if not width.isdigit() or (int(width), activation) not in CHOICE_INDEX:
                 raise ValueError(
                     f"bad architecture {text!r}: layer {part!r} is not <width><activation> "
@@ -91,7 +93,9 @@ def decode(encoding_or_logits: np.ndarray) -> Architecture:
 def sample(rng: np.random.Generator) -> Architecture:
     """A random architecture: depth uniform in 1..MAX_LAYERS, each layer's width and activation uniform."""
     depth = int(rng.integers(1, MAX_LAYERS + 1))
-    return Architecture(tuple((WIDTHS[rng.integers(len(WIDTHS))], ACTIVATIONS[rng.integers(len(ACTIVATIONS))]) for _ in range(depth)))
+    return Architecture(
+        tuple((WIDTHS[rng.integers(len(WIDTHS))], ACTIVATIONS[rng.integers(len(ACTIVATIONS))]) for _ in range(depth))
+    )
 
 
 def num_params(arch: Architecture, inputs: int = INPUTS, classes: int = CLASSES) -> int:
@@ -123,7 +127,14 @@ def digits_split(seed: int = 0) -> dict[str, torch.Tensor]:
     x = (x / 16.0).astype(np.float32)
     x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, stratify=y, random_state=seed)
     x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=seed)
-    arrays = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
+    arrays = {
+        "x_train": x_train,
+        "y_train": y_train,
+        "x_val": x_val,
+        "y_val": y_val,
+        "x_test": x_test,
+        "y_test": y_test,
+    }
     return {k: torch.as_tensor(v, dtype=torch.float32 if k.startswith("x") else torch.int64) for k, v in arrays.items()}
 
 

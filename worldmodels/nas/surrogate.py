@@ -1,6 +1,6 @@
 """A surrogate of validation accuracy, fitted on the table: cheap to query a controller's every edit.
 
-    python -m worldmodels.nas.surrogate     # held-out Spearman on the committed table
+python -m worldmodels.nas.surrogate     # held-out Spearman on the committed table
 """
 
 from __future__ import annotations
@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = load_table(args.table)
     scores = [held_out_spearman(rows, seed=seed) for seed in range(args.splits)]
-    print(f"{len(rows)} architectures, held-out Spearman {np.mean(scores):.3f} ± {np.std(scores):.3f} over {args.splits} splits")
+    print(
+        f"{len(rows)} architectures, held-out Spearman {np.mean(scores):.3f} ± {np.std(scores):.3f} "
+        f"over {args.splits} splits"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The lookup table: sampled architectures trained for real on digits, one CSV row each.
 
-    python -m worldmodels.nas.table --archs 400 --seeds 3 --sample-seed 0   # ~10 min on one core
+python -m worldmodels.nas.table --archs 400 --seeds 3 --sample-seed 0   # ~10 min on one core
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def load_table(path: Path = DEFAULT_TABLE) -> list[Row]:
     """Read a table written by write_table; a missing or malformed file is a WorldModelsError."""
     path = Path(path)
     if not path.is_file():
-        raise WorldModelsError(f"NAS table '{path}' not found; make it with `python -m worldmodels.nas.table --out {path}`")
+        raise WorldModelsError(
+            f"NAS table '{path}' not found; make it with `python -m worldmodels.nas.table --out {path}`"
+        )
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -82,7 +84,9 @@ def load_table(path: Path = DEFAULT_TABLE) -> list[Row]:
             rows = []
             for line, record in enumerate(reader, start=2):
                 if None in record or None in record.values():  # csv's marks for too many or too few fields
-                    raise WorldModelsError(f"NAS table '{path}' is malformed at line {line}: expected {len(reader.fieldnames)} fields")
+                    raise WorldModelsError(
+                        f"NAS table '{path}' is malformed at line {line}: expected {len(reader.fieldnames)} fields"
+                    )
                 try:
                     row = Row(
                         arch=Architecture.parse(record["arch"]),
@@ -95,7 +99,9 @@ def load_table(path: Path = DEFAULT_TABLE) -> list[Row]:
                 except ValueError as exc:
                     raise WorldModelsError(f"NAS table '{path}' is malformed at line {line}: {exc}") from None
                 if not 0.0 <= row.val_acc <= 1.0:
-                    raise WorldModelsError(f"NAS table '{path}' is malformed at line {line}: val_acc {row.val_acc} outside [0, 1]")
+                    raise WorldModelsError(
+                        f"NAS table '{path}' is malformed at line {line}: val_acc {row.val_acc} outside [0, 1]"
+                    )
                 rows.append(row)
     except (csv.Error, UnicodeDecodeError) as exc:  # binary junk, NUL bytes
         raise WorldModelsError(f"NAS table '{path}' is unreadable: {exc}") from None

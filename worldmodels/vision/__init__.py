@@ -27,9 +27,23 @@ def build_vision(model_config: dict) -> VisionModel:
     config = dict(model_config)
     name = config.pop("model")
     if name not in MODELS:
-        raise WorldModelsError(f"vision model '{name}' is not a model of frames ({', '.join(MODELS)}); use another --run")
+        raise WorldModelsError(
+            f"vision model '{name}' is not a model of frames ({', '.join(MODELS)}); use another --run"
+        )
     model_cls, config_cls = MODELS[name]
     return model_cls(config_cls(**config))
 
 
-__all__ = ["Latent", "VisionModel", "ConvVAE", "VAEConfig", "VQVAE", "VQVAEConfig", "NVAE", "NVAEConfig", "MODELS", "build_vision", "vision_config"]
+__all__ = [
+    "Latent",
+    "VisionModel",
+    "ConvVAE",
+    "VAEConfig",
+    "VQVAE",
+    "VQVAEConfig",
+    "NVAE",
+    "NVAEConfig",
+    "MODELS",
+    "build_vision",
+    "vision_config",
+]

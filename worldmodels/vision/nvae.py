@@ -45,8 +45,9 @@ def soft_clamp(x: torch.Tensor, bound: float = 5.0) -> torch.Tensor:
     return bound * torch.tanh(x / bound)
 
 
-def residual_normal(prior_mean: torch.Tensor, prior_logstd: torch.Tensor,
-                    delta_mean: torch.Tensor, delta_logstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def residual_normal(
+    prior_mean: torch.Tensor, prior_logstd: torch.Tensor, delta_mean: torch.Tensor, delta_logstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Posterior N(mu_p + dmu, sigma_p * dsigma) given relative to its prior, and its KL to the prior per element.
 
     KL = 0.5 * (dmu^2 / sigma_p^2 + dsigma^2 - 1) - log dsigma (NVAE eq. 2): it depends on the prior only through
@@ -64,8 +65,14 @@ class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
         hidden = max(channels // reduction, 4)
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, channels), nn.Sigmoid())
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(channels, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, channels),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(x)[:, :, None, None]
@@ -81,8 +88,12 @@ class EncoderCell(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
         super().__init__()
         self.branch = nn.Sequential(
-            batch_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, stride, 1),
-            batch_norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, 1, 1),
+            batch_norm(c_in),
+            nn.SiLU(),
+            nn.Conv2d(c_in, c_out, 3, stride, 1),
+            batch_norm(c_out),
+            nn.SiLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1),
             SqueezeExcite(c_out),
         )
         # a 2x2 average and a 1x1 conv where NVAE uses a factorised reduction: the skip only has to match shapes
@@ -95,7 +106,8 @@ class EncoderCell(nn.Module):
 
 
 class DecoderCell(nn.Module):
-    """BN-Conv1x1-BN-Swish-dw5x5-BN-Swish-Conv1x1-BN-SE on a residual branch; upsample doubles the grid and halves channels."""
+    """BN-Conv1x1-BN-Swish-dw5x5-BN-Swish-Conv1x1-BN-SE on a residual branch;
+    upsample doubles the grid and halves channels."""
 
     def __init__(self, c_in: int, c_out: int, upsample: bool = False, expand: int = 6):
         super().__init__()
@@ -104,9 +116,17 @@ class DecoderCell(nn.Module):
         # value four times, so the same statistics), so upsampling after them is the same function at 1/4 the cost
         up = [nn.Upsample(scale_factor=2, mode="nearest")] if upsample else []
         self.branch = nn.Sequential(
-            batch_norm(c_in), nn.Conv2d(c_in, hidden, 1), batch_norm(hidden), nn.SiLU(), *up,
-            nn.Conv2d(hidden, hidden, 5, 1, 2, groups=hidden), batch_norm(hidden), nn.SiLU(),
-            nn.Conv2d(hidden, c_out, 1), batch_norm(c_out), SqueezeExcite(c_out),
+            batch_norm(c_in),
+            nn.Conv2d(c_in, hidden, 1),
+            batch_norm(hidden),
+            nn.SiLU(),
+            *up,
+            nn.Conv2d(hidden, hidden, 5, 1, 2, groups=hidden),
+            batch_norm(hidden),
+            nn.SiLU(),
+            nn.Conv2d(hidden, c_out, 1),
+            batch_norm(c_out),
+            SqueezeExcite(c_out),
         )
         self.skip = nn.Sequential(*up, nn.Conv2d(c_in, c_out, 1)) if upsample or c_in != c_out else nn.Identity()
 
@@ -115,7 +135,8 @@ class DecoderCell(nn.Module):
 
 
 class SpectralNorms(nn.Module):
-    """Largest singular values of conv weights (as out x in*k*k matrices), by power iteration with persistent vectors."""
+    """Largest singular values of conv weights (as out x in*k*k matrices),
+    by power iteration with persistent vectors."""
 
     def __init__(self, convs: list[nn.Conv2d]):
         super().__init__()
@@ -140,7 +161,9 @@ class SpectralNorms(nn.Module):
                 for _ in range(iterations):
                     v.copy_(F.normalize(weight.t() @ u, dim=0))
                     u.copy_(F.normalize(weight @ v, dim=0))
-            total = total + u.clone() @ weight @ v.clone()  # clones: a later call's in-place update cannot clash with backward
+            total = (
+                total + u.clone() @ weight @ v.clone()
+            )  # clones: a later call's in-place update cannot clash with backward
         return total
 
 
@@ -160,31 +183,45 @@ class NVAE(VisionModel):
 
         def channels(side: int) -> int:
             return cfg.base_channels * (size // side)  # doubles as the grid halves
+
         latent = cfg.latent_channels
         cells = cfg.cells_per_group
 
         # bottom-up: a stem, strided cells down to the finest scale, then the groups' cells from the bottom up
         self.stem = nn.Conv2d(3, channels(size), 3, 1, 1)
-        self.preprocess = nn.Sequential(*[EncoderCell(channels(s), channels(s // 2), stride=2)
-                                          for s in _halvings(size, scales[-1])])
-        self.encoder_groups = nn.ModuleList(nn.Sequential(*[EncoderCell(channels(s), channels(s)) for _ in range(cells)])
-                                            for s in reversed(self.group_sizes))
-        self.encoder_down = nn.ModuleList(EncoderCell(channels(s), channels(s // 2), stride=2) for s in reversed(scales[1:]))
+        self.preprocess = nn.Sequential(
+            *[EncoderCell(channels(s), channels(s // 2), stride=2) for s in _halvings(size, scales[-1])]
+        )
+        self.encoder_groups = nn.ModuleList(
+            nn.Sequential(*[EncoderCell(channels(s), channels(s)) for _ in range(cells)])
+            for s in reversed(self.group_sizes)
+        )
+        self.encoder_down = nn.ModuleList(
+            EncoderCell(channels(s), channels(s // 2), stride=2) for s in reversed(scales[1:])
+        )
         self.encoder_top = nn.Sequential(nn.ELU(), nn.Conv2d(channels(self.top), channels(self.top), 1), nn.ELU())
 
         # top-down: per group a posterior head, a prior head (the top group's prior is N(0, I)), and combiners
         self.top_state = nn.Parameter(torch.rand(channels(self.top), self.top, self.top))
         self.posterior_heads = nn.ModuleList(nn.Conv2d(channels(s), 2 * latent, 3, 1, 1) for s in self.group_sizes)
-        self.prior_heads = nn.ModuleList(nn.Sequential(nn.ELU(), nn.Conv2d(channels(s), 2 * latent, 1))
-                                         for s in self.group_sizes[1:])
+        self.prior_heads = nn.ModuleList(
+            nn.Sequential(nn.ELU(), nn.Conv2d(channels(s), 2 * latent, 1)) for s in self.group_sizes[1:]
+        )
         self.encoder_combiners = nn.ModuleList(nn.Conv2d(channels(s), channels(s), 1) for s in self.group_sizes[1:])
-        self.decoder_combiners = nn.ModuleList(nn.Conv2d(channels(s) + latent, channels(s), 1) for s in self.group_sizes)
+        self.decoder_combiners = nn.ModuleList(
+            nn.Conv2d(channels(s) + latent, channels(s), 1) for s in self.group_sizes
+        )
         # NVAE's order: a group after the first runs its cells, then reads its prior off the state, then takes its z
-        self.decoder_groups = nn.ModuleList(nn.Sequential(*[DecoderCell(channels(s), channels(s)) for _ in range(cells)])
-                                            for s in self.group_sizes[1:])
+        self.decoder_groups = nn.ModuleList(
+            nn.Sequential(*[DecoderCell(channels(s), channels(s)) for _ in range(cells)]) for s in self.group_sizes[1:]
+        )
         self.decoder_up = nn.ModuleList(DecoderCell(channels(s), channels(2 * s), upsample=True) for s in scales[:-1])
-        self.postprocess = nn.Sequential(*[DecoderCell(channels(s // 2), channels(s), upsample=True, expand=3)  # NVAE's e3
-                                           for s in reversed(_halvings(size, scales[-1]))])
+        self.postprocess = nn.Sequential(
+            *[
+                DecoderCell(channels(s // 2), channels(s), upsample=True, expand=3)  # NVAE's e3
+                for s in reversed(_halvings(size, scales[-1]))
+            ]
+        )
         self.to_pixels = nn.Sequential(nn.ELU(), nn.Conv2d(channels(size), 3, 3, 1, 1))
         nn.init.constant_(self.to_pixels[-1].bias, 0.5)  # linear output starting mid-grey, clamped only when decoding
 
@@ -195,7 +232,8 @@ class NVAE(VisionModel):
         self.to(memory_format=torch.channels_last)
 
     def _balance_weights(self) -> torch.Tensor:
-        """NVAE's 'square' KL-balancing weights: a group's share grows with its grid's area, split among its scale's groups."""
+        """NVAE's 'square' KL-balancing weights: a group's share grows with its grid's area,
+        split among its scale's groups."""
         alpha = torch.tensor([s**2 / self.cfg.groups_per_scale for s in self.group_sizes], dtype=torch.float32)
         return alpha / alpha.min()
 
@@ -214,8 +252,15 @@ class NVAE(VisionModel):
         features[0] = self.encoder_top(features[0])
         return features
 
-    def _top_down(self, batch: int, features: list[torch.Tensor] | None = None, top: torch.Tensor | None = None,
-                  temperature: float = 1.0, sample_posterior: bool = True, groups: int | None = None):
+    def _top_down(
+        self,
+        batch: int,
+        features: list[torch.Tensor] | None = None,
+        top: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        sample_posterior: bool = True,
+        groups: int | None = None,
+    ):
         """Walk the groups from the top; returns the decoder state and, per group, (posterior mean, logstd, KL).
 
         A group's z is, in order of precedence: given (`top`, for the first top_groups groups), drawn from its
@@ -302,16 +347,25 @@ class NVAE(VisionModel):
         return spectral, batch_norm
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Summed squared error per frame (as the conv VAE) + beta x warmed-up, balanced KL + lambda x (spectral + BN)."""
+        """Summed squared error per frame (as the conv VAE) + beta x warmed-up, balanced KL
+        + lambda x (spectral + BN)."""
         state, posteriors = self._top_down(len(x), self._bottom_up(x))
         mse = (self._pixels(state) - x).pow(2).flatten(1).sum(1).mean()
         kl = torch.stack([group_kl for _, _, group_kl in posteriors], dim=1)  # (B, groups)
         coefficient = self.kl_coefficient()
-        spectral, batch_norm = self.regularisation() if self.cfg.spectral_lambda > 0 else (mse.new_zeros(()), mse.new_zeros(()))
+        spectral, batch_norm = (
+            self.regularisation() if self.cfg.spectral_lambda > 0 else (mse.new_zeros(()), mse.new_zeros(()))
+        )
         kl_term = self.cfg.kl_weight * coefficient * self.balanced_kl(kl, coefficient).mean()
         loss = mse + kl_term + self.cfg.spectral_lambda * (spectral + batch_norm)
-        terms = {"loss": loss, "recon": mse, "kl": kl.sum(1).mean(), "kl_coefficient": torch.tensor(coefficient),
-                 "spectral": spectral.detach(), "batch_norm": batch_norm.detach()}
+        terms = {
+            "loss": loss,
+            "recon": mse,
+            "kl": kl.sum(1).mean(),
+            "kl_coefficient": torch.tensor(coefficient),
+            "spectral": spectral.detach(),
+            "batch_norm": batch_norm.detach(),
+        }
         terms.update({f"kl_group{k}": group.mean().detach() for k, group in enumerate(kl.unbind(1))})
         return terms
 

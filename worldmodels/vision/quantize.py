@@ -30,7 +30,8 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10) -> torch.Tensor:
 
 
 def code_statistics(codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Perplexity of the code histogram (the number of equally used codes it amounts to) and the fraction of codes used."""
+    """Perplexity of the code histogram (the number of equally used codes it amounts to)
+    and the fraction of codes used."""
     p = torch.bincount(codes.flatten(), minlength=k).float()
     p = p / p.sum().clamp(min=1)
     perplexity = torch.exp(-(p * p.clamp(min=1e-12).log()).sum())
@@ -46,8 +47,16 @@ class VectorQuantizer(nn.Module):
     `init = "kmeans"` the codebook starts as the k-means centres of the first training batch.
     """
 
-    def __init__(self, num_embeddings: int, embed_dim: int, commitment: float = 0.25, decay: float = 0.99,
-                 dead_after: int = 20, init: str = "kmeans", eps: float = 1e-5):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embed_dim: int,
+        commitment: float = 0.25,
+        decay: float = 0.99,
+        dead_after: int = 20,
+        init: str = "kmeans",
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.num_embeddings, self.embed_dim = num_embeddings, embed_dim
         self.commitment, self.decay, self.dead_after, self.init, self.eps = commitment, decay, dead_after, init, eps
@@ -55,7 +64,9 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("embedding", embedding)
         self.register_buffer("cluster_size", torch.ones(num_embeddings))
         self.register_buffer("embed_sum", embedding.clone())
-        self.register_buffer("unused", torch.zeros(num_embeddings, dtype=torch.long))  # training steps since last picked
+        self.register_buffer(
+            "unused", torch.zeros(num_embeddings, dtype=torch.long)
+        )  # training steps since last picked
         self.register_buffer("initialised", torch.tensor(init != "kmeans"))
 
     @torch.no_grad()
@@ -83,7 +94,9 @@ class VectorQuantizer(nn.Module):
         Under torchrun the codebook learns from the global batch (every process's x, in one process's order),
         so each process keeps the same codebook as a single process would.
         """
-        with torch.autocast(x.device.type, enabled=False):  # distances and averages in float32, even under bf16 autocast
+        with torch.autocast(
+            x.device.type, enabled=False
+        ):  # distances and averages in float32, even under bf16 autocast
             codes, quantised = self._assign(x)
         commitment = self.commitment * (x - quantised).pow(2).sum(-1).mean()  # the encoder commits to its code
         perplexity, usage = code_statistics(codes, self.num_embeddings)
@@ -95,7 +108,9 @@ class VectorQuantizer(nn.Module):
         """Codes (N,) and codebook vectors shaped as x; in training, first start and update the codebook."""
         flat = x.float().reshape(-1, self.embed_dim)
         if self.training:
-            batch = distributed.gather_batch(x.float()).reshape(-1, self.embed_dim) if distributed.world()[1] > 1 else flat
+            batch = (
+                distributed.gather_batch(x.float()).reshape(-1, self.embed_dim) if distributed.world()[1] > 1 else flat
+            )
             if not bool(self.initialised):
                 centres = kmeans(batch, self.num_embeddings)
                 self.embedding.copy_(centres)

@@ -35,20 +35,28 @@ class ConvVAE(VisionModel):
         self.bottom = cfg.frame_size // 16  # spatial size after 4 stride-2 convs
         flat = c[3] * self.bottom**2
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, c[0], 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c[0], c[1], 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c[1], c[2], 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c[2], c[3], 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(3, c[0], 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(c[0], c[1], 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(c[1], c[2], 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(c[2], c[3], 4, 2, 1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         self.to_mean = nn.Linear(flat, cfg.latent_dim)
         self.to_logstd = nn.Linear(flat, cfg.latent_dim)
         self.from_latent = nn.Linear(cfg.latent_dim, flat)
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(c[3], c[2], 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(c[2], c[1], 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(c[1], c[0], 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(c[0], 3, 4, 2, 1), nn.Sigmoid(),
+            nn.ConvTranspose2d(c[3], c[2], 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c[2], c[1], 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c[1], c[0], 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c[0], 3, 4, 2, 1),
+            nn.Sigmoid(),
         )
 
     def encode(self, x: torch.Tensor) -> Latent:

@@ -43,19 +43,27 @@ class VQVAE(VisionModel):
         self.num_embeddings = cfg.num_embeddings
         self.latent_dim = self.positions * cfg.embed_dim
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, c[0], 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c[0], c[1], 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c[1], c[2], 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c[2], c[3], 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(3, c[0], 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(c[0], c[1], 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(c[1], c[2], 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(c[2], c[3], 4, 2, 1),
+            nn.ReLU(),
             nn.Conv2d(c[3], cfg.embed_dim, 1),
         )
-        self.quantizer = VectorQuantizer(cfg.num_embeddings, cfg.embed_dim, cfg.commitment, cfg.ema_decay,
-                                         cfg.dead_after, cfg.codebook_init)
+        self.quantizer = VectorQuantizer(
+            cfg.num_embeddings, cfg.embed_dim, cfg.commitment, cfg.ema_decay, cfg.dead_after, cfg.codebook_init
+        )
         self.decoder = nn.Sequential(
             nn.Conv2d(cfg.embed_dim, c[3], 1),
-            nn.ConvTranspose2d(c[3], c[2], 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(c[2], c[1], 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(c[1], c[0], 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c[3], c[2], 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c[2], c[1], 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c[1], c[0], 4, 2, 1),
+            nn.ReLU(),
             nn.ConvTranspose2d(c[0], 3, 4, 2, 1),  # linear, as van den Oord et al.: a sigmoid here saturated early on
         )
         nn.init.constant_(self.decoder[-1].bias, 0.5)  # start mid-grey, where a sigmoid would
@@ -87,7 +95,8 @@ class VQVAE(VisionModel):
         return self._pixels(z).clamp(0, 1)
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Summed squared error per frame (as the conv VAE) + commitment summed over the grid; codebook perplexity and usage."""
+        """Summed squared error per frame (as the conv VAE) + commitment summed over the grid;
+        codebook perplexity and usage."""
         z, _, stats = self._quantise(x)
         mse = (self._pixels(z) - x).pow(2).flatten(1).sum(1).mean()
         stats["commitment"] = stats["commitment"] * self.positions  # per frame, summed over the grid, as the error is

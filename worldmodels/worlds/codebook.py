@@ -1,4 +1,5 @@
-"""The codebook world (seed 000): build a network by writing VQ-VAE codebook vectors into a latent, scored by a surrogate."""
+"""The codebook world (seed 000): build a network by writing VQ-VAE codebook vectors into a latent,
+scored by a surrogate."""
 
 from __future__ import annotations
 
@@ -25,19 +26,34 @@ class CodebookEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, embed_dim: int, num_embeddings: int, surrogate: Callable[[Any], float],
-                 decoder: Callable[[np.ndarray], Any], max_allowed_actions: int, codebook: np.ndarray,
-                 num_previous_actions: int, size_penalty: float = 0.0,
-                 size: Callable[[Any], float] | None = None, num_slots: int = 1):
-        for name, value, least in [("embed_dim", embed_dim, 1), ("num_embeddings", num_embeddings, 1),
-                                   ("max_allowed_actions", max_allowed_actions, 1),
-                                   ("num_previous_actions", num_previous_actions, 0), ("num_slots", num_slots, 1)]:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_embeddings: int,
+        surrogate: Callable[[Any], float],
+        decoder: Callable[[np.ndarray], Any],
+        max_allowed_actions: int,
+        codebook: np.ndarray,
+        num_previous_actions: int,
+        size_penalty: float = 0.0,
+        size: Callable[[Any], float] | None = None,
+        num_slots: int = 1,
+    ):
+        for name, value, least in [
+            ("embed_dim", embed_dim, 1),
+            ("num_embeddings", num_embeddings, 1),
+            ("max_allowed_actions", max_allowed_actions, 1),
+            ("num_previous_actions", num_previous_actions, 0),
+            ("num_slots", num_slots, 1),
+        ]:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         codebook = np.array(codebook, dtype=np.float32)  # a copy: the caller's codebook may change under us
         if codebook.shape != (num_embeddings, embed_dim):
-            raise ValueError(f"codebook has shape {codebook.shape}, expected (num_embeddings, embed_dim) = "
-                             f"({num_embeddings}, {embed_dim})")
+            raise ValueError(
+                f"codebook has shape {codebook.shape}, expected (num_embeddings, embed_dim) = "
+                f"({num_embeddings}, {embed_dim})"
+            )
         if not np.isfinite(codebook).all():
             raise ValueError("codebook has non-finite values")
         if not callable(surrogate) or not callable(decoder) or not (size is None or callable(size)):
@@ -51,11 +67,15 @@ class CodebookEnv(gym.Env):
         self.surrogate, self.decoder, self.size, self.size_penalty = surrogate, decoder, size, float(size_penalty)
         self.codebook = codebook
         self.action_space = gym.spaces.MultiDiscrete([self.num_embeddings + 1, self.num_slots])
-        self.observation_space = gym.spaces.Dict({
-            "latent": gym.spaces.Box(-np.inf, np.inf, (self.num_slots, self.embed_dim), np.float32),
-            "history": gym.spaces.Box(-1, max(self.num_embeddings, self.num_slots - 1),
-                                      (self.num_previous_actions, 2), np.int64),
-        }, sort_keys=False)  # latent first, as the seed's S_t = [latent, history]; flattening keeps this order
+        self.observation_space = gym.spaces.Dict(
+            {
+                "latent": gym.spaces.Box(-np.inf, np.inf, (self.num_slots, self.embed_dim), np.float32),
+                "history": gym.spaces.Box(
+                    -1, max(self.num_embeddings, self.num_slots - 1), (self.num_previous_actions, 2), np.int64
+                ),
+            },
+            sort_keys=False,
+        )  # latent first, as the seed's S_t = [latent, history]; flattening keeps this order
         self.queries = 0  # surrogate calls over the env's life: the expensive part of a search
         self.codes: np.ndarray | None = None
 

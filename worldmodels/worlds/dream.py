@@ -20,8 +20,12 @@ from ..memory import MDNRNN
 from ..vision import VisionModel
 from .real import encode_actions
 
-
-STEP_STREAMS = (noise.COMPONENT, noise.GAUSS_A, noise.GAUSS_B, noise.DONE)  # the draws of one step: component, Gaussian, done
+STEP_STREAMS = (
+    noise.COMPONENT,
+    noise.GAUSS_A,
+    noise.GAUSS_B,
+    noise.DONE,
+)  # the draws of one step: component, Gaussian, done
 
 
 class Dream:
@@ -31,7 +35,9 @@ class Dream:
     the other episodes in its batch.
     """
 
-    def __init__(self, memory: MDNRNN, cfg: DreamConfig, starts: torch.Tensor | None = None, vision: VisionModel | None = None):
+    def __init__(
+        self, memory: MDNRNN, cfg: DreamConfig, starts: torch.Tensor | None = None, vision: VisionModel | None = None
+    ):
         self.memory, self.cfg, self.vision = memory, cfg, vision
         self.device = next(memory.parameters()).device
         # (N, 2, Z): mean and log-std of real first frames; None starts from V's prior N(0, I)
@@ -49,11 +55,17 @@ class Dream:
         eps = noise.normal(seeds, before, self.latent_dim)
         if self.starts is None and self.memory.categorical:  # a discrete V's prior: uniform codes
             m = self.memory.cfg
-            codes = (noise.uniform(seeds, before, noise.START, m.positions) * m.num_codes).long().clamp(max=m.num_codes - 1)
+            codes = (
+                (noise.uniform(seeds, before, noise.START, m.positions) * m.num_codes).long().clamp(max=m.num_codes - 1)
+            )
             return self.memory.embed(codes)
         if self.starts is None:
             return eps
-        pick = (noise.uniform(seeds, before, noise.START, 1)[:, 0] * len(self.starts)).long().clamp(max=len(self.starts) - 1)
+        pick = (
+            (noise.uniform(seeds, before, noise.START, 1)[:, 0] * len(self.starts))
+            .long()
+            .clamp(max=len(self.starts) - 1)
+        )
         mean, logstd = self.starts[pick, 0], self.starts[pick, 1]
         return mean + logstd.exp() * eps if self.memory.cfg.sample_latents else mean
 
@@ -88,8 +100,12 @@ class Dream:
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advance every episode by M's action input (B, A): (reward, terminated, truncated), each (B,)."""
         keep = None
-        if self.cfg.dropout and self.memory.cfg.dropout:  # M's dropout kept on: every step dreams with another sub-network
-            keep = (noise.uniform(self.seeds, self.t, noise.DROPOUT, self.memory.cfg.hidden_size) >= self.memory.cfg.dropout).float()
+        if (
+            self.cfg.dropout and self.memory.cfg.dropout
+        ):  # M's dropout kept on: every step dreams with another sub-network
+            keep = (
+                noise.uniform(self.seeds, self.t, noise.DROPOUT, self.memory.cfg.hidden_size) >= self.memory.cfg.dropout
+            ).float()
         prediction, self.state = self.memory.step(self.z, action.to(self.device, torch.float32), self.state, keep)
         u = self._step_noise()
         self.z = self.memory.draw(prediction, self.cfg.tau, u[:, 0], noise.box_muller(u[:, 1], u[:, 2]))
@@ -124,7 +140,9 @@ class Dream:
     def _hash_block(self, seeds: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(n, block_steps, 4, Z): the uniforms of steps t, t + 1, ... of each episode."""
         ahead = torch.arange(self.block_steps, device=self.device)
-        u = noise.uniforms(seeds.repeat_interleave(self.block_steps), (t[:, None] + ahead).flatten(), STEP_STREAMS, self.latent_dim)
+        u = noise.uniforms(
+            seeds.repeat_interleave(self.block_steps), (t[:, None] + ahead).flatten(), STEP_STREAMS, self.latent_dim
+        )
         return u.reshape(len(seeds), self.block_steps, len(STEP_STREAMS), self.latent_dim)
 
     @torch.inference_mode()
@@ -249,13 +267,16 @@ class DreamVectorEnv(gym.vector.VectorEnv):
 
 
 def filmstrip(frames: np.ndarray, axis: int = 1, most: int = 16) -> np.ndarray:
-    """Every k-th of (T, H, W, 3) frames, at most `most`, joined along `axis` (1: a row, 0: a column) into one picture."""
+    """Every k-th of (T, H, W, 3) frames, at most `most`, joined along `axis`
+    (1: a row, 0: a column) into one picture."""
     every = -(-len(frames) // most)
     return np.concatenate(list(frames[::every]), axis=axis)
 
 
 @torch.inference_mode()
-def dream_rollout(dream: Dream, controller: Controller, seed: int, start: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+def dream_rollout(
+    dream: Dream, controller: Controller, seed: int, start: torch.Tensor | None = None
+) -> tuple[np.ndarray, float]:
     """One dream episode of a single controller, drawn by V: frames (T+1, H, W, 3) and the return.
 
     `start` (Z,) replaces the drawn first latent, e.g. V's encoding of a real first frame.

@@ -20,7 +20,8 @@ from .dream import Dream, DreamEnv, observation_space
 
 
 class LatentObservation(gym.Wrapper):
-    """A pixel world whose observations are [z, h]: V's mean of the frame and M's hidden state after the past actions."""
+    """A pixel world whose observations are [z, h]: V's mean of the frame and M's hidden state
+    after the past actions."""
 
     def __init__(self, env: gym.Env, model):
         super().__init__(env)
@@ -58,22 +59,28 @@ def open_run(run: str | Path, recipe: str | Path | None = None):
         raise WorldModelsError(f"run folder '{folder}' does not exist")
     cfg = config_lib.load(recipe if recipe is not None else folder / "recipe.toml", [f'name="{folder.name}"'])
     if recipe is None and ":" in cfg.env.id:
-        raise WorldModelsError(f"'{folder / 'recipe.toml'}' names env id '{cfg.env.id}', which imports a module; "
-                               "pass recipe=... to use it")
+        raise WorldModelsError(
+            f"'{folder / 'recipe.toml'}' names env id '{cfg.env.id}', which imports a module; pass recipe=... to use it"
+        )
     return cfg, Run(folder.parent, cfg)
 
 
-def dream_env(run: str | Path, recipe: str | Path | None = None, device: str = "cpu",
-              render_mode: str | None = None) -> DreamEnv:
+def dream_env(
+    run: str | Path, recipe: str | Path | None = None, device: str = "cpu", render_mode: str | None = None
+) -> DreamEnv:
     """The dream the run's controller trained in: its M, V, dream settings, real first frames and action space."""
     from ..agent import WorldModel
     from ..rollouts import load_latents, start_latents
     from .real import action_space
 
     cfg, folder = open_run(run, recipe)
-    model = WorldModel.load(folder.require(folder.vision, "train-vision"), folder.require(folder.memory, "train-memory"), device)
+    model = WorldModel.load(
+        folder.require(folder.vision, "train-vision"), folder.require(folder.memory, "train-memory"), device
+    )
     starts = start_latents(load_latents(folder)) if cfg.dream.start == "data" else None
-    return DreamEnv(Dream(model.memory, cfg.dream, starts, model.vision), action_space(cfg.env), render_mode=render_mode)
+    return DreamEnv(
+        Dream(model.memory, cfg.dream, starts, model.vision), action_space(cfg.env), render_mode=render_mode
+    )
 
 
 def latent_env(run: str | Path, recipe: str | Path | None = None, render_mode: str | None = None) -> LatentObservation:
@@ -82,7 +89,9 @@ def latent_env(run: str | Path, recipe: str | Path | None = None, render_mode: s
     from .real import make_world
 
     cfg, folder = open_run(run, recipe)
-    model = WorldModel.load(folder.require(folder.vision, "train-vision"), folder.require(folder.memory, "train-memory"))
+    model = WorldModel.load(
+        folder.require(folder.vision, "train-vision"), folder.require(folder.memory, "train-memory")
+    )
     if render_mode is not None:
         cfg.env.kwargs = {**cfg.env.kwargs, "render_mode": render_mode}
     return LatentObservation(make_world(cfg.env), model)

@@ -22,7 +22,9 @@ from ..errors import WorldModelsError
 
 def is_image_space(space: gym.Space) -> bool:
     """True for (H, W, 3) uint8 observation spaces such as CarRacing's."""
-    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3 and space.shape[-1] == 3
+    return (
+        isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3 and space.shape[-1] == 3
+    )
 
 
 class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
@@ -33,7 +35,9 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """
 
     def __init__(self, env: gym.Env, frame_size: int, crop: list[float]):
-        gym.utils.RecordConstructorArgs.__init__(self, frame_size=frame_size, crop=list(crop))  # so the spec rebuilds it
+        gym.utils.RecordConstructorArgs.__init__(
+            self, frame_size=frame_size, crop=list(crop)
+        )  # so the spec rebuilds it
         super().__init__(env)
         self.frame_size = frame_size
         self.crop = crop
@@ -84,9 +88,13 @@ class ActionBounds(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         super().__init__(env)
         inner = env.action_space
         if not isinstance(inner, gym.spaces.Box) or len(low) != inner.shape[0] or len(high) != inner.shape[0]:
-            raise WorldModelsError(f"env.action_low and env.action_high need a 1-D Box action space and one value per "
-                                   f"dimension; '{env.spec.id}' acts in {inner}")
-        self.action_space = gym.spaces.Box(np.asarray(low, inner.dtype), np.asarray(high, inner.dtype), dtype=inner.dtype)
+            raise WorldModelsError(
+                f"env.action_low and env.action_high need a 1-D Box action space and one value per "
+                f"dimension; '{env.spec.id}' acts in {inner}"
+            )
+        self.action_space = gym.spaces.Box(
+            np.asarray(low, inner.dtype), np.asarray(high, inner.dtype), dtype=inner.dtype
+        )
 
     def action(self, action):
         return np.clip(action, self.env.action_space.low, self.env.action_space.high)
@@ -142,7 +150,9 @@ def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise WorldModelsError(f"env id '{env_id}' needs the module '{module}', which cannot be imported ({exc})") from None
+            raise WorldModelsError(
+                f"env id '{env_id}' needs the module '{module}', which cannot be imported ({exc})"
+            ) from None
     try:
         return gym.spec(name)
     except gym.error.Error as exc:
@@ -157,7 +167,9 @@ def make_world(cfg: EnvConfig, max_steps: int = 0) -> gym.Env:
     try:
         probe = gym.make(spec, **kwargs)
     except TypeError as exc:  # an env that needs arguments a recipe cannot give, e.g. the codebook world
-        raise WorldModelsError(f"env id '{cfg.id}' cannot be made from env.kwargs ({exc}); it is not a pixel world") from None
+        raise WorldModelsError(
+            f"env id '{cfg.id}' cannot be made from env.kwargs ({exc}); it is not a pixel world"
+        ) from None
     needs_render = not is_image_space(probe.observation_space)
     probe.close()
     if needs_render:
@@ -179,14 +191,17 @@ def action_space(cfg: EnvConfig) -> gym.Space:
 
 
 def action_dim(space: gym.Space) -> int:
-    """Width of an action as M sees it: one-hot for Discrete, one-hots side by side for MultiDiscrete, the vector for Box."""
+    """Width of an action as M sees it: one-hot for Discrete, one-hots side by side for MultiDiscrete,
+    the vector for Box."""
     if isinstance(space, gym.spaces.Discrete):
         return int(space.n)
     if isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1:
         return int(space.nvec.sum())  # one logit per choice of each component
     if isinstance(space, gym.spaces.Box):
         return int(np.prod(space.shape))
-    raise WorldModelsError(f"unsupported action space {space}; only Discrete, MultiDiscrete (1-D) and Box are supported")
+    raise WorldModelsError(
+        f"unsupported action space {space}; only Discrete, MultiDiscrete (1-D) and Box are supported"
+    )
 
 
 def encode_actions(actions: np.ndarray, space: gym.Space) -> np.ndarray:

@@ -47,7 +47,10 @@ class DreamVecEnv(VecEnv):
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if done.any():
             for i in np.flatnonzero(done):
-                infos[i] = {"terminal_observation": obs[i].copy(), "TimeLimit.truncated": bool(truncated[i] and not terminated[i])}
+                infos[i] = {
+                    "terminal_observation": obs[i].copy(),
+                    "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
+                }
             self.dream.reset_rows(torch.from_numpy(done), self._fresh(int(done.sum())))
             obs = self.dream.observation().cpu().numpy()
         return obs, reward.astype(np.float32), done, infos
@@ -68,8 +71,9 @@ class DreamVecEnv(VecEnv):
         return [False] * len(self._get_indices(indices))
 
 
-def dream_vec_env(run: str | Path, num_envs: int, recipe: str | Path | None = None, seed: int | None = None,
-                  device: str = "cpu") -> DreamVecEnv:
+def dream_vec_env(
+    run: str | Path, num_envs: int, recipe: str | Path | None = None, seed: int | None = None, device: str = "cpu"
+) -> DreamVecEnv:
     """The run's dream (as `worldmodels/Dream-v0` builds it) as one SB3 VecEnv of `num_envs` batched copies."""
     from .latent import dream_env
 
