@@ -33,7 +33,7 @@ def test_a_rebuilt_search_continues_bit_for_bit(tmp_path):
         generation=12,
         best_score=1.5,
         best=np.arange(3.0),
-        archive={(1, 2): 0.5},
+        world_state={"archive": {(1, 2): 0.5}, "queries": 3},  # a stateful world's own state, tuple keys included
         history=[{"generation": 10, "kind": "mean", "params": np.ones(4), "score": -2.0}],
     )
     search_state.save(tmp_path / "cmaes.pt", interrupted, SEARCH, progress)

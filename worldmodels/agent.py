@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import SupportsFloat, cast
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +15,7 @@ from .controller import Controller
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig
 from .rollouts import frames_to_float
-from .vision import VisionModel, build_vision
+from .vision import VQVAE, VisionModel, build_vision
 from .worlds.real import encode_actions
 
 
@@ -70,9 +71,9 @@ class WorldModel:
                 f"'{memory_path}' expects latents of size {world_model.memory.cfg.latent_dim} "
                 f"but '{vision_path}' makes {world_model.vision.latent_dim}; retrain memory"
             )
-        memory = world_model.memory
-        if memory.categorical and not torch.equal(
-            memory.codebook, world_model.vision.codebook.to(memory.codebook.device)
+        memory_model = world_model.memory
+        if memory_model.categorical and not torch.equal(  # a categorical M goes with a discrete V: a VQ-VAE
+            memory_model.codebook, cast(VQVAE, world_model.vision).codebook.to(memory_model.codebook.device)
         ):
             raise WorldModelsError(
                 f"'{memory_path}' dreams with another codebook than '{vision_path}' has (V trained on since); "
@@ -105,7 +106,9 @@ class EpisodeRecord:
         self.seed, self.frames = seed, 0
         self.steps: dict[str, list] = {"obs": [obs], "action": [], "reward": [], "terminated": [], "truncated": []}
 
-    def add(self, obs: np.ndarray, action, reward: float, terminated: bool, truncated: bool, frames: int = 1) -> None:
+    def add(
+        self, obs: np.ndarray, action, reward: SupportsFloat, terminated: bool, truncated: bool, frames: int = 1
+    ) -> None:
         for key, value in zip(
             ("obs", "action", "reward", "terminated", "truncated"), (obs, action, reward, terminated, truncated)
         ):
@@ -169,6 +172,7 @@ def play(
         state = (state[0][:, keep], state[1][:, keep])
         alive = [alive[row] for row in still]
     if record is not None:
+        assert episodes is not None
         record.extend(episode.arrays() for episode in episodes)
     return list(zip(totals, steps))
 
@@ -191,18 +195,21 @@ def play_vector(
     copies, space = envs.num_envs, envs.single_action_space
     queue = list(range(len(seeds)))[::-1]  # episodes not started yet, next last
     playing = [-1] * copies  # the episode each copy plays; -1: idle, stepped only because a vector env steps all
+    assert envs.single_observation_space.shape is not None
     obs = np.zeros((copies, *envs.single_observation_space.shape), dtype=np.uint8)
     state = model.memory.initial_state(copies, model.device)
     rngs: dict[int, np.random.Generator] = {}
     episodes: dict[int, EpisodeRecord] = {}
-    totals, steps, success = [0.0] * len(seeds), [0] * len(seeds), [None] * len(seeds)
+    totals, steps = [0.0] * len(seeds), [0] * len(seeds)
+    success: list[bool | None] = [None] * len(seeds)
 
     def start(mask: np.ndarray) -> None:
         """Reset the copies in `mask`, each with the next episode's seed (idle once none is left)."""
         for i in np.flatnonzero(mask):
             playing[i] = queue.pop() if queue else -1
         seed = [seeds[playing[i]] if mask[i] and playing[i] >= 0 else None for i in range(copies)]
-        fresh, _ = envs.reset(seed=seed, options={"reset_mask": mask})
+        # gymnasium's vector envs take one seed per copy; VectorEnv.reset's annotation says a single int
+        fresh, _ = envs.reset(seed=seed, options={"reset_mask": mask})  # type: ignore[arg-type]
         obs[mask] = fresh[mask]
         for i in np.flatnonzero(mask):
             state[0][:, i] = state[1][:, i] = 0  # M starts each episode from its initial (zero) state

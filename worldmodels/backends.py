@@ -15,7 +15,7 @@ import torch
 
 from . import checkpoints
 from .agent import WorldModel, play, play_vector
-from .config import Config
+from .config import Config, EnvConfig
 from .controller import Controller
 from .errors import WorldModelsError
 from .pool import worker_pool
@@ -30,7 +30,7 @@ BACKENDS = ("pool", "vector", "ray")
 
 _worlds: list = []
 _model: WorldModel | None = None
-_env_cfg = None
+_env_cfg: EnvConfig | None = None
 _max_steps = 0
 
 
@@ -45,6 +45,7 @@ def _init_worker(cfg: Config, vision: dict, memory: dict, max_steps: int) -> Non
 def _worker_worlds(n: int) -> list:
     """n real worlds, made once per worker and reused."""
     while len(_worlds) < n:
+        assert _env_cfg is not None  # set by _init_worker
         _worlds.append(make_world(_env_cfg, _max_steps))
     return _worlds[:n]
 
@@ -53,6 +54,7 @@ def _play_chunk(job: tuple[np.ndarray, list[int]]) -> list[tuple[float, int, boo
     """Play one episode per (candidate row, seed), batched: [(return, steps, the last step's is_success or None)]."""
     flats, seeds = job
     worlds = _worker_worlds(len(seeds))
+    assert _model is not None  # set by _init_worker
     controller = Controller.from_flat(flats, _model.controller_input, worlds[0].action_space)
     results = play(worlds, _model, controller, seeds)
     return [(ret, steps, world.success) for (ret, steps), world in zip(results, worlds)]
@@ -62,6 +64,7 @@ def _collect_chunk(job: tuple[np.ndarray, list[int], float]) -> list[tuple[float
     """Play one episode per seed with one controller plus exploration noise: [(return, steps, episode)]."""
     flat, seeds, exploration = job
     worlds = _worker_worlds(len(seeds))
+    assert _model is not None  # set by _init_worker
     controller = Controller.from_flat(
         np.repeat(flat[None], len(seeds), 0), _model.controller_input, worlds[0].action_space
     )
@@ -166,7 +169,8 @@ class RayPool:
             while queue and idle:
                 index, job = queue.popleft()
                 actor = idle.pop()
-                pending[actor.run.remote(fn, job)] = (index, job, actor)
+                # ray's stubs type a handle as ActorHandle | the actor's class, whose `run` has no `.remote`
+                pending[actor.run.remote(fn, job)] = (index, job, actor)  # type: ignore[attr-defined]
             [ready], _ = ray.wait(list(pending), num_returns=1)
             index, job, actor = pending.pop(ready)
             try:
@@ -194,7 +198,7 @@ class RayPool:
 
     def close(self, graceful: bool = True) -> None:
         for actor in self.actors:
-            self.ray.kill(actor)
+            self.ray.kill(actor)  # type: ignore[arg-type]  # an ActorHandle, typed ActorHandle | class by ray
         if self.started:
             self.ray.shutdown()
 

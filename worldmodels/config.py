@@ -222,7 +222,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise WorldModelsError(f"recipe key '{key}' must be a table, got {value!r}")
-        return _build(tp, value, key + ".")
+        return _build(typing.cast(type, tp), value, key + ".")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):

@@ -3,6 +3,8 @@ seen by CMA-ES as one flat vector."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -26,10 +28,10 @@ class Controller:
     @classmethod
     def from_flat(cls, flat: np.ndarray, input_dim: int, space: gym.Space) -> "Controller":
         """Build from CMA-ES vectors: (N,) for one controller or (P, N) for a population."""
-        flat = torch.as_tensor(np.atleast_2d(flat), dtype=torch.float32)
-        c = cls(input_dim, space, population=flat.shape[0])
-        c.weight = flat[:, : c.out * input_dim].reshape(-1, c.out, input_dim).contiguous()
-        c.bias = flat[:, c.out * input_dim :].contiguous()
+        params = torch.as_tensor(np.atleast_2d(flat), dtype=torch.float32)
+        c = cls(input_dim, space, population=params.shape[0])
+        c.weight = params[:, : c.out * input_dim].reshape(-1, c.out, input_dim).contiguous()
+        c.bias = params[:, c.out * input_dim :].contiguous()
         return c
 
     def to_flat(self) -> np.ndarray:
@@ -78,8 +80,9 @@ def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:
     if isinstance(space, gym.spaces.MultiDiscrete):
         groups = torch.split(y, space.nvec.tolist(), dim=-1)  # one group of logits per component
         return torch.cat([torch.nn.functional.one_hot(g.argmax(-1), g.shape[-1]).to(y.dtype) for g in groups], dim=-1)
-    low = torch.as_tensor(space.low.ravel(), dtype=y.dtype, device=y.device)
-    high = torch.as_tensor(space.high.ravel(), dtype=y.dtype, device=y.device)
+    box = cast(gym.spaces.Box, space)  # neither kind of choice: a Box
+    low = torch.as_tensor(box.low.ravel(), dtype=y.dtype, device=y.device)
+    high = torch.as_tensor(box.high.ravel(), dtype=y.dtype, device=y.device)
     bounded = torch.isfinite(low) & torch.isfinite(high)
     scaled = torch.nan_to_num(low) + (y + 1) / 2 * torch.nan_to_num(high - low)
     return torch.where(bounded, scaled, y)
@@ -93,7 +96,8 @@ def to_action(y: np.ndarray, space: gym.Space):
     if isinstance(space, gym.spaces.MultiDiscrete):
         groups = np.split(np.asarray(y), np.cumsum(space.nvec)[:-1])  # one group of logits per component
         return (np.array([g.argmax() for g in groups]) + space.start).astype(space.dtype).reshape(space.shape)
-    low, high = space.low.ravel(), space.high.ravel()
+    box = cast(gym.spaces.Box, space)  # neither kind of choice: a Box
+    low, high = box.low.ravel(), box.high.ravel()
     bounded = np.isfinite(low) & np.isfinite(high)  # unbounded dimensions take the raw output
     scaled = np.where(bounded, np.nan_to_num(low) + (y + 1) / 2 * np.nan_to_num(high - low), y)
     return scaled.reshape(space.shape).astype(space.dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import cma
 import gymnasium as gym
 import numpy as np
 import torch
@@ -14,9 +15,10 @@ from tqdm import tqdm
 from . import checkpoints, search_state
 from .agent import WorldModel
 from .backends import real_evaluator
-from .config import Config, ControllerConfig, DreamConfig
+from .config import Config, DreamConfig
 from .controller import Controller
 from .errors import WorldModelsError
+from .evaluators import Evaluator, SearchWorld, StatefulEvaluator, open_world, register_world
 from .progress import bar
 from .rollouts import load_latents, start_latents
 from .search_state import Progress
@@ -96,22 +98,173 @@ def log_dream_rollout(writer: SummaryWriter, evaluator: DreamEvaluator, flat: np
     writer.add_image("dream/rollout", filmstrip(frames), step, dataformats="HWC")
 
 
-def select_kept(evaluator, progress: Progress, c: ControllerConfig) -> np.ndarray:
-    """Re-score the kept controller and this round's `c.select_top` best re-evaluated ones on `c.select_rollouts` fresh
-    episodes they share; keep the best of those, with that score. Returns the scores, the kept one's first."""
-    history = sorted(
-        (h for h in progress.history or [] if h["generation"] > progress.round_start), key=lambda h: -h["score"]
+# ---------------------------------------------------------------- the worlds C is searched in
+
+
+def real_world(cfg: Config, run: checkpoints.Run) -> SearchWorld:
+    """The real world seen through V and M, its episodes played by the recipe's backend."""
+    model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), "cpu")
+    c = cfg.controller
+    return SearchWorld(
+        model.controller_input,
+        action_space(cfg.env),
+        lambda: real_evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps),
     )
-    contenders, seen = [], set()
-    for flat in [progress.best] + [h["params"] for h in history]:
-        if flat.tobytes() not in seen and len(contenders) < max(c.select_top, 1):
-            contenders.append(flat)
-            seen.add(flat.tobytes())
-    seeds = generation_seeds(c.seed + 4, progress.generation, c.select_rollouts)
-    scores = evaluator.returns(np.stack(contenders), seeds).mean(1)
-    progress.best, progress.best_score = contenders[int(scores.argmax())], float(scores.max())
-    progress.selected = progress.generation
-    return scores
+
+
+def dream_world(cfg: Config, run: checkpoints.Run) -> SearchWorld:
+    """M's dream, started from the real first frames V encoded."""
+    vision, memory = run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory")
+    model = WorldModel.load(vision, memory, pick_device(cfg.device))
+    space = action_space(cfg.env)
+    return SearchWorld(
+        model.controller_input, space, lambda: DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space)
+    )
+
+
+register_world("real", real_world)
+register_world("dream", dream_world)
+
+
+# ---------------------------------------------------------------- the CMA-ES loop
+
+
+class Search:
+    """One controller search: the CMA-ES object and its progress, resumed from and saved to the run's `cmaes.pt`."""
+
+    def __init__(self, cfg: Config, run: checkpoints.Run, world: SearchWorld, round: int):
+        self.cfg, self.c, self.run, self.world = cfg, cfg.controller, run, world
+        dim = Controller(world.input_dim, world.space).num_params
+        self.search = {"dim": dim, "population": self.c.population, "sigma0": self.c.sigma0, "seed": self.c.seed}
+        self.es, self.progress = self.resume()
+        self.new_round = self.progress.round < round
+        self.round = round
+
+    def resume(self) -> tuple[cma.CMAEvolutionStrategy, Progress]:
+        """The saved search, checked to be one of this world under these rules, or a fresh one."""
+        run, c = self.run, self.c
+        search_state.refuse_pickle(run.dir)
+        if not run.cmaes.exists():
+            return search_state.fresh_search(self.search), Progress(world=c.world, rules=self.world.rules)
+        es, progress, np_state = search_state.load(run.cmaes, self.search)
+        np.random.set_state(np_state)  # pycma samples from numpy's global generator
+        if progress.world != c.world:  # scores from the two worlds do not compare
+            raise WorldModelsError(
+                f"'{run.cmaes}' holds a search in the {progress.world} world, not the {c.world} one; "
+                "delete it and controller.pt, or use another --run"
+            )
+        if progress.rules != self.world.rules:  # another objective or episode length: the scores mean something else
+            raise WorldModelsError(
+                f"'{run.cmaes}' holds a search under other codebook-world settings ({progress.rules}); "
+                "delete it and controller.pt, or use another --run"
+            )
+        return es, progress
+
+    def until(self) -> int:
+        """The generation the current round stops at."""
+        p = self.progress
+        return self.c.generations if p.round == 0 else p.round_start + self.cfg.dream.round_generations
+
+    def finished(self) -> bool:
+        return self.progress.generation >= self.until() or self.progress.best_score >= self.c.target
+
+    def selected(self) -> bool:
+        """The final re-scoring (controller.select_top) is done, or not asked for."""
+        p = self.progress
+        return not self.c.select_top or p.best is None or p.selected == p.generation
+
+    def done(self) -> bool:
+        return self.finished() and not self.new_round and self.selected()
+
+    def keep(self, flat: np.ndarray, score: float) -> None:
+        """Make `flat` the kept controller, with its score, and write controller.pt."""
+        self.progress.best, self.progress.best_score = flat, score
+        save_controller(self.run.controller, flat, self.world.input_dim, score, self.progress.generation)
+
+    def save(self, evaluator: Evaluator) -> None:
+        """Write the search (and its world's state) to cmaes.pt; the steps spent join the progress."""
+        self.progress.env_steps += evaluator.steps
+        evaluator.steps = 0
+        if isinstance(evaluator, StatefulEvaluator):
+            self.progress.world_state = evaluator.state()
+        search_state.save(self.run.cmaes, self.es, self.search, self.progress)
+
+    def start_round(self, evaluator: Evaluator) -> None:
+        """M changed: the kept controller's score is re-measured in the new dream before the round searches."""
+        p = self.progress
+        p.round, p.round_start = self.round, p.generation
+        if p.best is not None:
+            seeds = generation_seeds(self.c.seed + 2, self.round, self.c.eval_rollouts)
+            self.keep(p.best, float(evaluator.returns(p.best[None], seeds).mean()))
+            tqdm.write(f"round {self.round}: the kept controller scores {p.best_score:.1f} in the new dream")
+        self.save(evaluator)
+
+    def generation(self, evaluator: Evaluator, generation: int, writer: SummaryWriter) -> tuple[np.ndarray, np.ndarray]:
+        """Ask CMA-ES for a population, score it on the shared seeds, tell CMA-ES: (candidates, fitness)."""
+        c = self.c
+        candidates = np.asarray(self.es.ask())
+        # a real-world generation takes minutes: its episodes get a bar of their own (the dream's takes seconds)
+        within = f"generation {generation + 1}" if c.world == "real" else None
+        fitness = evaluator.returns(candidates, generation_seeds(c.seed, generation, c.rollouts), within).mean(1)
+        self.es.tell(list(candidates), list(-fitness))  # cma minimises
+        self.progress.generation = step = generation + 1
+        writer.add_scalar("controller/fitness_best", fitness.max(), step)
+        writer.add_scalar("controller/fitness_mean", fitness.mean(), step)
+        writer.add_scalar("controller/fitness_worst", fitness.min(), step)
+        writer.add_scalar("controller/sigma", self.es.sigma, step)
+        return candidates, fitness
+
+    def reevaluate(
+        self, evaluator: Evaluator, candidates: np.ndarray, fitness: np.ndarray, writer: SummaryWriter
+    ) -> str:
+        """Re-score the generation's best and the distribution's mean on fresh seeds; keep the better if it beats the
+        kept one. Returns the line to print."""
+        p, generation = self.progress, self.progress.generation - 1
+        seeds = generation_seeds(self.c.seed + 1, generation, self.c.eval_rollouts)
+        contenders = np.stack([candidates[fitness.argmax()], self.es.mean])
+        scores = evaluator.returns(contenders, seeds).mean(1)
+        writer.add_scalar("controller/eval_best", scores[0], p.generation)
+        writer.add_scalar("controller/eval_mean", scores[1], p.generation)
+        p.history = (p.history or []) + [
+            {"generation": p.generation, "kind": kind, "params": flat, "score": float(score)}
+            for kind, flat, score in zip(("best", "mean"), contenders, scores)
+        ]
+        if scores.max() > p.best_score:
+            self.keep(contenders[scores.argmax()], float(scores.max()))
+            if isinstance(evaluator, DreamEvaluator):
+                log_dream_rollout(writer, evaluator, contenders[scores.argmax()], seeds[0], p.generation)
+        return f"generation {p.generation}: re-evaluated best {scores[0]:.4g}, mean {scores[1]:.4g}"
+
+    def watch(self, watcher: Evaluator, writer: SummaryWriter) -> str:
+        """Real episodes of the kept controller beside its dream score (controller.real_rollouts), for the logs only."""
+        p = self.progress
+        assert p.best is not None
+        seeds = generation_seeds(self.c.seed + 3, p.generation - 1, self.c.real_rollouts)
+        real = watcher.returns(p.best[None], seeds).mean()
+        p.real_steps += watcher.steps
+        watcher.steps = 0
+        writer.add_scalars("controller/dream_vs_real", {"dream": p.best_score, "real": real}, p.generation)
+        return f"; kept controller: dream {p.best_score:.1f}, real {real:.1f}"
+
+    def select(self, evaluator: Evaluator, writer: SummaryWriter) -> None:
+        """The final choice: the kept controller and this round's `select_top` best re-evaluated ones, re-scored on
+        `select_rollouts` fresh episodes they share; the best of those is kept, with that score."""
+        p, c = self.progress, self.c
+        history = sorted((h for h in p.history or [] if h["generation"] > p.round_start), key=lambda h: -h["score"])
+        contenders: list[np.ndarray] = []
+        for flat in [p.best] + [h["params"] for h in history]:
+            if len(contenders) < max(c.select_top, 1) and not any(np.array_equal(flat, k) for k in contenders):
+                contenders.append(flat)
+        seeds = generation_seeds(c.seed + 4, p.generation, c.select_rollouts)
+        scores = evaluator.returns(np.stack(contenders), seeds).mean(1)
+        p.selected = p.generation
+        self.keep(contenders[int(scores.argmax())], float(scores.max()))
+        writer.add_scalar("controller/selected_score", p.best_score, p.generation)
+        tqdm.write(
+            f"controller: the kept controller and the top {len(scores) - 1} others re-scored on {c.select_rollouts} "
+            f"episodes: {', '.join(f'{x:.4g}' for x in scores)}; kept {p.best_score:.4g}"
+        )
+        self.save(evaluator)
 
 
 def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
@@ -120,161 +273,56 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
     Round r > 0 of iterative training goes on searching for `dream.round_generations` generations in the
     dream of the retrained M, after re-scoring the kept controller there.
     """
-    c = cfg.controller
-    dreaming, codebook = c.world == "dream", c.world == "codebook"
-    if codebook:  # C reads the codebook world's observation; there is no M
-        from .nas.search import CodebookEvaluator  # imported here: it imports this module
-
-        world = CodebookEvaluator(cfg, run)
-        input_dim, space, rules = world.input_dim, world.space, world.rules
-    else:
-        device = pick_device(cfg.device) if dreaming else "cpu"
-        model = WorldModel.load(
-            run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device
-        )
-        input_dim, space, rules = model.controller_input, action_space(cfg.env), None
-    dim = Controller(input_dim, space).num_params
-    search = {"dim": dim, "population": c.population, "sigma0": c.sigma0, "seed": c.seed}
-    search_state.refuse_pickle(run.dir)
-    if run.cmaes.exists():
-        es, progress, np_state = search_state.load(run.cmaes, search)
-        np.random.set_state(np_state)  # pycma samples from numpy's global generator
-        if progress.world != c.world:  # scores from the two worlds do not compare
-            raise WorldModelsError(
-                f"'{run.cmaes}' holds a search in the {progress.world} world, not the {c.world} one; "
-                "delete it and controller.pt, or use another --run"
-            )
-        if progress.rules != rules:  # another objective or episode length: the scores so far mean something else
-            raise WorldModelsError(
-                f"'{run.cmaes}' holds a search under other codebook-world settings ({progress.rules}); "
-                "delete it and controller.pt, or use another --run"
-            )
-    else:
-        es = search_state.fresh_search(search)
-        progress = Progress(world=c.world, rules=rules)
-    new_round = progress.round < round
-
-    def until() -> int:
-        """The generation the current round stops at."""
-        return c.generations if progress.round == 0 else progress.round_start + cfg.dream.round_generations
-
-    def finished() -> bool:
-        return progress.generation >= until() or progress.best_score >= c.target
-
-    def selected() -> bool:
-        return not c.select_top or progress.best is None or progress.selected == progress.generation
-
-    result = {
-        "world": c.world,
-        "generation": progress.generation,
-        "best_score": progress.best_score,
-        "steps": progress.env_steps,
-    }
-    if finished() and not new_round and selected():
-        tqdm.write(f"controller: already searched {progress.generation} generations, skipping")
-        return result
-    if progress.generation:
-        tqdm.write(f"controller: resuming after generation {progress.generation}")
+    c, world = cfg.controller, open_world(cfg, run)
+    search = Search(cfg, run, world, round)
+    p = search.progress
+    if search.done():
+        tqdm.write(f"controller: already searched {p.generation} generations, skipping")
+        return {"world": c.world, "generation": p.generation, "best_score": p.best_score, "steps": p.env_steps}
+    if p.generation:
+        tqdm.write(f"controller: resuming after generation {p.generation}")
     writer = SummaryWriter(run.tensorboard)
     tqdm.write(
-        f"controller: {dim} parameters, population {c.population} x {c.rollouts} rollouts in the {c.world} world"
+        f"controller: {search.search['dim']} parameters, population {c.population} x {c.rollouts} rollouts "
+        f"in the {c.world} world"
     )
     with contextlib.ExitStack() as stack:
-        if codebook:
-            evaluator = stack.enter_context(world)
-            if progress.archive:
-                evaluator.restore(progress.archive, progress.queries)
-        elif dreaming:
-            evaluator = stack.enter_context(DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space))
-        else:
-            evaluator = stack.enter_context(real_evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
+        evaluator = stack.enter_context(world.open())
+        if isinstance(evaluator, StatefulEvaluator) and p.world_state:
+            evaluator.restore(p.world_state)
         watcher = None  # real episodes that only watch a dream-trained controller
-        if dreaming and c.real_rollouts:
-            watcher = stack.enter_context(real_evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
-        if new_round:  # M changed: the kept controller's score is re-measured in the new dream
-            progress.round, progress.round_start = round, progress.generation
-            if progress.best is not None:
-                seeds = generation_seeds(c.seed + 2, round, c.eval_rollouts)
-                progress.best_score = float(evaluator.returns(progress.best[None], seeds).mean())
-                save_controller(run.controller, progress.best, input_dim, progress.best_score, progress.generation)
-                tqdm.write(f"round {round}: the kept controller scores {progress.best_score:.1f} in the new dream")
-            search_state.save(run.cmaes, es, search, progress)
-        generations = bar(range(progress.generation, until()), desc=f"cma-es ({c.world})", unit="gen")
+        if c.world == "dream" and c.real_rollouts:
+            watcher = stack.enter_context(real_world(cfg, run).open())
+        if search.new_round:
+            search.start_round(evaluator)
+        generations = bar(range(p.generation, search.until()), desc=f"cma-es ({c.world})", unit="gen")
         for generation in generations:
-            if finished():
+            if search.finished():
                 break
-            candidates = np.asarray(es.ask())
-            # a real-world generation takes minutes: its episodes get a bar of their own (the dream's takes seconds)
-            within = None if dreaming or codebook else f"generation {generation + 1}"
-            fitness = evaluator.returns(candidates, generation_seeds(c.seed, generation, c.rollouts), within).mean(1)
-            es.tell(list(candidates), list(-fitness))  # cma minimises
-            progress.generation = generation + 1
-            writer.add_scalar("controller/fitness_best", fitness.max(), progress.generation)
-            writer.add_scalar("controller/fitness_mean", fitness.mean(), progress.generation)
-            writer.add_scalar("controller/fitness_worst", fitness.min(), progress.generation)
-            writer.add_scalar("controller/sigma", es.sigma, progress.generation)
+            candidates, fitness = search.generation(evaluator, generation, writer)
             generations.set_postfix(
-                best=f"{fitness.max():.1f}", mean=f"{fitness.mean():.1f}", kept=f"{progress.best_score:.1f}"
+                best=f"{fitness.max():.1f}", mean=f"{fitness.mean():.1f}", kept=f"{p.best_score:.1f}"
             )
-            if progress.generation % c.eval_every == 0 or progress.generation == until():
-                # re-score the generation's best and the distribution mean on fresh seeds; keep the better
-                seeds = generation_seeds(c.seed + 1, generation, c.eval_rollouts)
-                contenders = np.stack([candidates[fitness.argmax()], es.mean])
-                scores = evaluator.returns(contenders, seeds).mean(1)
-                writer.add_scalar("controller/eval_best", scores[0], progress.generation)
-                writer.add_scalar("controller/eval_mean", scores[1], progress.generation)
-                progress.history = (progress.history or []) + [
-                    {"generation": progress.generation, "kind": kind, "params": flat, "score": float(score)}
-                    for kind, flat, score in zip(("best", "mean"), contenders, scores)
-                ]
-                line = f"generation {progress.generation}: re-evaluated best {scores[0]:.4g}, mean {scores[1]:.4g}"
-                if scores.max() > progress.best_score:
-                    progress.best_score, progress.best = float(scores.max()), contenders[scores.argmax()]
-                    save_controller(run.controller, progress.best, input_dim, progress.best_score, progress.generation)
-                    if dreaming:
-                        log_dream_rollout(writer, evaluator, progress.best, seeds[0], progress.generation)
-                if watcher:
-                    real = watcher.returns(
-                        progress.best[None], generation_seeds(c.seed + 3, generation, c.real_rollouts)
-                    ).mean()
-                    progress.real_steps += watcher.steps
-                    watcher.steps = 0
-                    writer.add_scalars(
-                        "controller/dream_vs_real", {"dream": progress.best_score, "real": real}, progress.generation
-                    )
-                    line += f"; kept controller: dream {progress.best_score:.1f}, real {real:.1f}"
-                tqdm.write(line)
-            progress.env_steps += evaluator.steps
-            evaluator.steps = 0
-            if codebook:
-                progress.archive, progress.queries = evaluator.archive(), evaluator.surrogate.queries
-                writer.add_scalar("codebook/architectures_queried", len(progress.archive), progress.generation)
-                writer.add_scalar("codebook/surrogate_queries", progress.queries, progress.generation)
-            writer.add_scalar(f"controller/{c.world}_steps", progress.env_steps, progress.generation)
-            search_state.save(run.cmaes, es, search, progress)
-            if progress.best_score >= c.target:
+            if p.generation % c.eval_every == 0 or p.generation == search.until():
+                line = search.reevaluate(evaluator, candidates, fitness, writer)
+                tqdm.write(line + (search.watch(watcher, writer) if watcher else ""))
+            if isinstance(evaluator, StatefulEvaluator):
+                evaluator.log(writer, p.generation)
+            writer.add_scalar(f"controller/{c.world}_steps", p.env_steps + evaluator.steps, p.generation)
+            search.save(evaluator)
+            if p.best_score >= c.target:
                 tqdm.write(f"controller: target {c.target} reached, stopping")
         generations.close()
-        if finished() and not selected():
-            scores = select_kept(evaluator, progress, c)
-            save_controller(run.controller, progress.best, input_dim, progress.best_score, progress.generation)
-            progress.env_steps += evaluator.steps
-            evaluator.steps = 0
-            writer.add_scalar("controller/selected_score", progress.best_score, progress.generation)
-            tqdm.write(
-                f"controller: the kept controller and the top {len(scores) - 1} others re-scored "
-                f"on {c.select_rollouts} "
-                f"episodes: {', '.join(f'{x:.4g}' for x in scores)}; kept {progress.best_score:.4g}"
-            )
-            search_state.save(run.cmaes, es, search, progress)
+        if search.finished() and not search.selected():
+            search.select(evaluator, writer)
     writer.close()
-    result.update(generation=progress.generation, best_score=progress.best_score, steps=progress.env_steps)
-    if progress.real_steps:
-        result["real_steps_watching"] = progress.real_steps
+    result = {"world": c.world, "generation": p.generation, "best_score": p.best_score, "steps": p.env_steps}
+    if p.real_steps:
+        result["real_steps_watching"] = p.real_steps
     return result
 
 
-def returns_report(returns: np.ndarray, seeds: list[int], generation: int) -> dict:
+def returns_report(returns: np.ndarray, seeds: list[int], generation: int | None) -> dict:
     """The part of a report every world shares: the returns of the evaluation episodes and their seeds."""
     return {
         "episodes": len(seeds),
@@ -294,6 +342,7 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     saved = load_controller(run.require(run.controller, "train-controller"), model)
     seeds = [e.seed + i for i in range(e.episodes)]
     flat = saved["params"].numpy()
+    evaluator: Evaluator
     if world == "dream":
         evaluator = DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), action_space(cfg.env))
     else:
@@ -301,11 +350,12 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     with evaluator:
         returns = evaluator.returns(flat[None], seeds, progress="evaluate")[0]
     report = {"world": world, "env": cfg.env.id, **returns_report(returns, seeds, saved["generation"])}
+    success = getattr(evaluator, "success", None)  # goal-reaching envs: did each episode's last step reach the goal
     if world == "dream":
         report["tau"] = cfg.dream.tau
-    elif evaluator.success is not None:  # goal-reaching envs: did each episode's last step reach the goal
-        report["success_rate"] = float(evaluator.success[0].mean())
-        report["successes"] = [bool(s) for s in evaluator.success[0]]
+    elif success is not None:
+        report["success_rate"] = float(success[0].mean())
+        report["successes"] = [bool(s) for s in success[0]]
     checkpoints.save_json(run.report if world == "real" else run.dream_report, report)
     writer = SummaryWriter(run.tensorboard)
     writer.add_scalar(f"evaluate/{world}_mean_return", report["mean"], saved["generation"])

@@ -8,6 +8,7 @@ and the dream's rollouts; these numbers say which, before anyone reads a loss cu
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,7 +146,7 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
         real = world.returns(flat, real_seeds)
         real_steps = world.steps
     rho = rank_correlation(dreamt.mean(1), real.mean(1))
-    report = {
+    report: dict[str, Any] = {
         "picked": picked,
         "real_seeds": real_seeds,
         "memory_id": memory_id,

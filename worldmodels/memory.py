@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +48,14 @@ class Prediction:
 
     def map(self, fn) -> "Prediction":
         """The prediction with `fn` applied to every tensor it holds."""
-        return Prediction(*(None if t is None else fn(t) for t in vars(self).values()))
+        values: list[Any] = [None if t is None else fn(t) for t in vars(self).values()]
+        return Prediction(*values)
 
 
 class MDNRNN(nn.Module):
     """Mixture-density LSTM; `forward` runs whole sequences, `step` one time step."""
+
+    codebook: torch.Tensor  # buffer (num_codes, code size), registered only for a categorical head
 
     def __init__(self, cfg: MemoryModelConfig):
         super().__init__()
@@ -110,6 +114,7 @@ class MDNRNN(nn.Module):
     def draw(self, prediction: Prediction, tau: float, uniform: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
         """z_{t+1} at temperature tau from (..., Z) uniforms and normals: `draw`, or `draw_codes` then the codebook."""
         if self.categorical:
+            assert prediction.code_logits is not None
             return self.embed(draw_codes(prediction.code_logits, tau, uniform[..., : self.cfg.positions]))
         return draw(prediction, tau, uniform, normal)
 
@@ -120,6 +125,7 @@ class MDNRNN(nn.Module):
 
 def mixture_log_prob(prediction: Prediction, target: torch.Tensor) -> torch.Tensor:
     """log p(target) under the per-dimension mixtures, summed over dimensions: (..., Z) -> (...)."""
+    assert prediction.logit_pi is not None and prediction.mu is not None and prediction.sigma is not None
     log_pi = F.log_softmax(prediction.logit_pi, dim=-1)
     x = target.unsqueeze(-1)
     log_normal = (
@@ -133,6 +139,7 @@ def draw(prediction: Prediction, tau: float, uniform: torch.Tensor, normal: torc
 
     Logits are divided by tau and sigmas multiplied by sqrt(tau); tau = 0 gives the most likely component's mean.
     """
+    assert prediction.logit_pi is not None and prediction.mu is not None and prediction.sigma is not None
     if tau <= 0:
         best = prediction.logit_pi.argmax(-1, keepdim=True)
         return prediction.mu.gather(-1, best).squeeze(-1)
@@ -155,6 +162,7 @@ def draw_codes(logits: torch.Tensor, tau: float, uniform: torch.Tensor) -> torch
 
 def sample(prediction: Prediction, tau: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw z_{t+1} at temperature tau with torch's generator (see `draw`)."""
+    assert prediction.mu is not None
     shape, device = prediction.mu.shape[:-1], prediction.mu.device
     uniform = torch.rand(shape, generator=generator, device=device)
     normal = torch.randn(shape, generator=generator, device=device)
@@ -181,6 +189,7 @@ def memory_loss(
     steps = distributed.process_mean(mask.sum()).clamp(min=1)
     if prediction.code_logits is not None:
         logits = prediction.code_logits
+        assert next_codes is not None
         ce = F.cross_entropy(logits.flatten(0, -2), next_codes.flatten().long(), reduction="none").view(
             next_codes.shape
         )

@@ -8,7 +8,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -216,6 +216,7 @@ def collect_episode(env: gym.Env, cfg: CollectConfig, seed: int) -> dict:
     """Play one episode with the collection policy; stop early when the state leaves `cfg.keep`."""
     policy = make_policy(cfg, env.action_space, seed)
     obs, info = env.reset(seed=seed)
+    actions: list[Any]  # the action space's elements: ints, arrays
     frames, actions, rewards, terminated, truncated = [obs], [], [], [], []
     played = 0  # frames of the world, more than steps under an action repeat
     while True:
@@ -258,6 +259,7 @@ def _init_worker(cfg: Config) -> None:
 
 def _collect_one(job: tuple[int, str]) -> tuple[str, int]:
     index, root = job
+    assert _worker_cfg is not None and _worker_env is not None  # set by _init_worker
     seed = _worker_cfg.collect.seed * 1_000_003 + index
     episode = collect_episode(_worker_env, _worker_cfg.collect, seed)
     save_episode(Path(root) / episode_name(index), episode)

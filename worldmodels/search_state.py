@@ -14,7 +14,7 @@ import dataclasses
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,11 +43,29 @@ class Progress:
     round: int = 0  # iterative training round (dream)
     round_start: int = 0  # the generation the round began at
     world: str = "real"  # where the search scores candidates
-    archive: dict | None = None  # codebook world: every architecture queried -> surrogate score
-    queries: int = 0  # codebook world: surrogate queries so far, repeats included
-    rules: dict | None = None  # codebook world: what scores mean (objective, episode length, table)
+    rules: dict | None = None  # what a world's scores mean (the codebook world: objective, episode length, table)
     history: list | None = None  # every re-evaluated contender: {generation, kind, params, score in the search's world}
     selected: int = -1  # the generation the final re-scoring of the top contenders (controller.select_top) ran at
+    world_state: dict | None = None  # a stateful world's own state (evaluators.StatefulEvaluator.state())
+
+    @property
+    def archive(self) -> dict:
+        """The codebook world's architectures queried -> surrogate score (its `world_state`)."""
+        return (self.world_state or {}).get("archive") or {}
+
+    @property
+    def queries(self) -> int:
+        """The codebook world's surrogate queries, repeats included."""
+        return (self.world_state or {}).get("queries", 0)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> Progress:
+        """Progress from its saved fields; a state saved before `world_state` kept the codebook's archive on its own."""
+        saved = dict(saved)
+        archive, queries = saved.pop("archive", None), saved.pop("queries", 0)
+        if archive:
+            saved["world_state"] = {"archive": archive, "queries": queries}
+        return cls(**saved)
 
 
 def fresh_search(search: dict) -> cma.CMAEvolutionStrategy:
@@ -144,7 +162,8 @@ class _Decoder:
     """Rebuilds a tree from `encode` over a template object graph, admitting only pycma's classes and plain data."""
 
     def __init__(self, template: Any, classes: dict[str, type]):
-        self.template, self.classes, self.built = template, classes, {}
+        self.template, self.classes = template, classes
+        self.built: dict[tuple, Any] = {}
 
     def walk(self, path: tuple) -> Any:
         """The template's object at `path` (the steps `encode` wrote), or _MISSING."""
@@ -209,7 +228,8 @@ class _Decoder:
             cls = self.classes.get(node["$obj"])
             if cls is None:
                 raise ValueError(f"{path}: class {node['$obj']!r} is not one a search holds")
-            obj = self._keep(path, cls.__new__(cls))
+            # mypy reads cls.__new__ on a `type` as the metaclass's type.__new__: it is the class's own
+            obj = self._keep(path, cast(Any, cls).__new__(cls))
             for name, v in node["attrs"].items():
                 object.__setattr__(obj, name, self.decode(v, path + ("attr", name)))
             for key, value in self._items(node.get("items", []), path):
@@ -308,7 +328,7 @@ def load_progress(path: Path) -> Progress:
     """The search's progress alone (generation, best, history), for readers that do not search:
     no pycma object is built."""
     saved = _read(path, None)
-    return _rebuilt(path, lambda: Progress(**_Decoder(None, {}).decode(saved["progress"])))
+    return _rebuilt(path, lambda: Progress.from_saved(_Decoder(None, {}).decode(saved["progress"])))
 
 
 def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrategy, Progress, tuple]:
@@ -323,7 +343,7 @@ def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrate
         es = _Decoder(template, _cma_classes()).decode(saved["es"])
         if not isinstance(es, cma.CMAEvolutionStrategy):
             raise ValueError("not a CMA-ES search")
-        progress = Progress(**_Decoder(None, {}).decode(saved["progress"]))
+        progress = Progress.from_saved(_Decoder(None, {}).decode(saved["progress"]))
         np_state = _Decoder(None, {}).decode(saved["numpy_random"])
         np.random.RandomState().set_state(np_state)  # numpy checks the state's form
         return es, progress, np_state

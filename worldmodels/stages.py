@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from .rollouts import (
     load_latents,
 )
 from .training import Fit, fit, fit_options, main_writer, pick_device
-from .vision import VisionModel, build_vision, vision_config
+from .vision import VQVAE, VisionModel, build_vision, vision_config
 from .worlds.real import action_dim, action_space, encode_actions
 
 
@@ -84,7 +85,7 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     torch.manual_seed(v.seed)  # the same initial weights whatever ran before in this process
     model = build_vision(model_config).to(device)
     if device.type == "cuda":  # cuDNN's fast convolutions want NHWC; frames_to_float already makes NHWC batches
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
     stream = FrameStream(store, v.buffer_episodes, seed=v.seed)
     writer = main_writer(run.tensorboard)
     preview = frames_to_float(fixed_frames(store, 8), device)
@@ -236,8 +237,8 @@ def memory_config(cfg: Config, vision: VisionModel) -> dict:
             done_weight=m.done_weight,
             sample_latents=m.sample_latents and not discrete,
             dropout=m.dropout,
-            positions=vision.positions if discrete else 0,
-            num_codes=vision.num_embeddings if discrete else 0,
+            positions=cast(VQVAE, vision).positions if discrete else 0,  # the discrete V is a VQ-VAE
+            num_codes=cast(VQVAE, vision).num_embeddings if discrete else 0,
         )
     )
 
@@ -258,12 +259,12 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
     model_config = memory_config(cfg, vision)
     torch.manual_seed(m.seed)
     model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
-    if model.categorical:
-        model.codebook.copy_(vision.codebook)
+    if model.categorical:  # V is a VQ-VAE
+        model.codebook.copy_(cast(VQVAE, vision).codebook)
     dataset = SequenceDataset(episodes, m.seq_len, m.random_starts, m.seed)
     rank, processes = distributed.world()
     # one process draws the same permutation as W would; process r takes its rows r, r + W, ... of each global batch
-    sampler = DistributedSampler(dataset, processes, rank, shuffle=True, seed=m.seed)
+    sampler: DistributedSampler[int] = DistributedSampler(dataset, processes, rank, shuffle=True, seed=m.seed)
     batch_size = distributed.local_batch(m.batch_size, "memory.batch_size")
     writer = main_writer(run.tensorboard)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import torch
 from torch import nn
@@ -54,6 +54,8 @@ class LazyWriter:
     """A TensorBoard writer whose event file appears with its first record:
     a stage with nothing to do writes nothing."""
 
+    writer: SummaryWriter | None
+
     def __init__(self, logdir: Path):
         self.logdir, self.writer = logdir, None
 
@@ -91,12 +93,12 @@ class Fit:
     model: nn.Module
     model_config: dict  # stored in the checkpoint so the model loads without the recipe
     batches: Callable[[int], Iterable]  # epoch -> iterable of batches
-    loss: Callable[[object], dict[str, torch.Tensor]]  # batch -> named losses with 'loss'
+    loss: Callable[[Any], dict[str, torch.Tensor]]  # batch -> named losses with 'loss'
     epochs: int
     lr: float
     seed: int
     path: Path
-    writer: SummaryWriter
+    writer: SummaryWriter | LazyWriter | SilentWriter
     on_epoch_end: Callable[[int], None] | None = None
     grad_clip: float = 1.0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -136,7 +138,7 @@ def trainable(job: Fit) -> nn.Module:
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[job.device.index] if job.device.type == "cuda" else None
         )
-    return torch.compile(net) if job.compile else net
+    return cast(nn.Module, torch.compile(net)) if job.compile else net
 
 
 def global_means(totals: dict[str, float], count: int, device: torch.device) -> dict[str, float]:

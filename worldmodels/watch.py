@@ -23,7 +23,9 @@ from .worlds.real import make_world
 
 def save_gif(path: Path, frames: np.ndarray, scale: int = 2, fps: int = 25) -> None:
     """(T, H, W, 3) uint8 frames as a looping GIF, enlarged `scale` times, written atomically."""
-    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    images = [
+        Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.Resampling.NEAREST) for f in frames
+    ]
     checkpoints.atomic_write(
         path,
         lambda f: images[0].save(

@@ -21,6 +21,7 @@ from ..checkpoints import Run
 from ..config import Config
 from ..controller import Controller
 from ..errors import WorldModelsError
+from ..evaluators import SearchWorld
 from ..training import Fit, fit
 from ..worlds.codebook import CodebookEnv, flat_world
 from . import space
@@ -124,7 +125,7 @@ class Decoder:
     """V's decoder as the codebook world's `decoder`, memoised: the world only ever holds codebook rows."""
 
     def __init__(self, model: ArchitectureVQVAE):
-        self.model, self.memo = model, {}
+        self.model, self.memo = model, dict[bytes, Architecture]()
 
     def __call__(self, latent: np.ndarray) -> Architecture:
         key = latent.astype(np.float32).tobytes()
@@ -175,7 +176,9 @@ class CodebookEvaluator:
         self.env = make_world(cfg, load_vision(run.require(run.vision, "train-vision")), self.surrogate)
         self.world = flat_world(self.env)
         self.space = self.env.action_space
-        self.input_dim = self.world.observation_space.shape[0]
+        shape = self.world.observation_space.shape
+        assert shape is not None
+        self.input_dim = shape[0]
         self.steps = 0
         self.rules = {**dataclasses.asdict(cfg.codebook), "table": str(table_path(cfg))}  # what a return means
 
@@ -200,10 +203,18 @@ class CodebookEvaluator:
         """Every architecture queried so far and its surrogate score."""
         return {str(arch): score for arch, score in self.surrogate.memo.items()}
 
-    def restore(self, archive: dict[str, float], queries: int) -> None:
+    def state(self) -> dict:
+        """The archive of architectures queried and the surrogate's query count, saved with the search."""
+        return {"archive": self.archive(), "queries": self.surrogate.queries}
+
+    def restore(self, state: dict) -> None:
         """Continue counting from an interrupted search."""
-        self.surrogate.memo.update({Architecture.parse(a): s for a, s in archive.items()})
-        self.surrogate.queries = queries
+        self.surrogate.memo.update({Architecture.parse(a): s for a, s in state["archive"].items()})
+        self.surrogate.queries = state["queries"]
+
+    def log(self, writer: SummaryWriter, generation: int) -> None:
+        writer.add_scalar("codebook/architectures_queried", len(self.surrogate.memo), generation)
+        writer.add_scalar("codebook/surrogate_queries", self.surrogate.queries, generation)
 
     def close(self, graceful: bool = True) -> None:
         self.world.close()
@@ -213,6 +224,12 @@ class CodebookEvaluator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def codebook_world(cfg: Config, run: Run) -> SearchWorld:
+    """Seed 000's codebook world, registered under `controller.world = "codebook"` by this package's entry point."""
+    evaluator = CodebookEvaluator(cfg, run)
+    return SearchWorld(evaluator.input_dim, evaluator.space, lambda: evaluator, evaluator.rules)
 
 
 def objective(cfg: Config, score: float, arch: Architecture) -> float:

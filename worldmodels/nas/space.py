@@ -81,7 +81,7 @@ def decode_slots(choice_indices: Sequence[int]) -> Architecture:
     """The architecture from one choice index per slot; empty slots anywhere are skipped."""
     if len(choice_indices) != MAX_LAYERS:
         raise ValueError(f"expected {MAX_LAYERS} slot choices, got {len(choice_indices)}")
-    return Architecture(tuple(CHOICES[int(i)] for i in choice_indices if CHOICES[int(i)] is not None))
+    return Architecture(tuple(choice for i in choice_indices if (choice := CHOICES[int(i)]) is not None))
 
 
 def decode(encoding_or_logits: np.ndarray) -> Architecture:

@@ -9,6 +9,7 @@ flat posterior of the top `top_groups` groups; `decode(z)` fills the groups belo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +172,7 @@ class NVAE(VisionModel):
     """Hierarchical V: residual cells, residual-normal posteriors, KL warm-up and balancing, spectral regularisation."""
 
     latent_kind = "continuous"
+    kl_alpha: torch.Tensor  # buffer: the KL-balancing weights, registered in __init__
 
     def __init__(self, cfg: NVAEConfig):
         super().__init__()
@@ -223,13 +225,14 @@ class NVAE(VisionModel):
             ]
         )
         self.to_pixels = nn.Sequential(nn.ELU(), nn.Conv2d(channels(size), 3, 3, 1, 1))
-        nn.init.constant_(self.to_pixels[-1].bias, 0.5)  # linear output starting mid-grey, clamped only when decoding
+        # linear output starting mid-grey, clamped only when decoding
+        nn.init.constant_(cast(torch.Tensor, self.to_pixels[-1].bias), 0.5)
 
         self.batch_norms = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
         self.spectral = SpectralNorms([m for m in self.modules() if isinstance(m, nn.Conv2d)])
         self.register_buffer("kl_alpha", self._balance_weights(), persistent=False)  # derived from the sizes
         # channels-last convolutions: the depthwise 5x5 and batch norms run ~1.7x faster this way on CPU
-        self.to(memory_format=torch.channels_last)
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to's stubs lack memory_format
 
     def _balance_weights(self) -> torch.Tensor:
         """NVAE's 'square' KL-balancing weights: a group's share grows with its grid's area,

@@ -47,6 +47,13 @@ class VectorQuantizer(nn.Module):
     `init = "kmeans"` the codebook starts as the k-means centres of the first training batch.
     """
 
+    # buffers, registered in __init__
+    embedding: torch.Tensor
+    cluster_size: torch.Tensor
+    embed_sum: torch.Tensor
+    unused: torch.Tensor
+    initialised: torch.Tensor
+
     def __init__(
         self,
         num_embeddings: int,

@@ -73,6 +73,7 @@ class ConvVAE(VisionModel):
         recon = self.decode(latent.sample())
         mse = (recon - x).pow(2).flatten(1).sum(1).mean()
         mean, logstd = latent.mean, latent.logstd
+        assert logstd is not None
         kl = 0.5 * (mean.pow(2) + (2 * logstd).exp() - 1 - 2 * logstd).sum(1).mean()
         # Ha's kl_tolerance: no pressure on the KL below the floor, so the latent keeps some information; under
         # torchrun the floor applies to the global batch's KL, as in one process

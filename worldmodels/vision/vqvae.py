@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ class VQVAE(VisionModel):
             nn.ReLU(),
             nn.ConvTranspose2d(c[0], 3, 4, 2, 1),  # linear, as van den Oord et al.: a sigmoid here saturated early on
         )
-        nn.init.constant_(self.decoder[-1].bias, 0.5)  # start mid-grey, where a sigmoid would
+        nn.init.constant_(cast(torch.Tensor, self.decoder[-1].bias), 0.5)  # start mid-grey, where a sigmoid would
 
     @property
     def codebook(self) -> torch.Tensor:

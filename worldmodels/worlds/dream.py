@@ -262,7 +262,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self._autoreset = terminated | truncated
         return self.dream.observation().cpu().numpy(), reward.astype(np.float64), terminated, truncated, {}
 
-    def render(self) -> np.ndarray:
+    # one (B, H, W, 3) array for the batch, where VectorEnv's annotation has a tuple of frames or None
+    def render(self) -> np.ndarray:  # type: ignore[override]
         return self.dream.frames()
 
 

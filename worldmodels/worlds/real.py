@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+from typing import cast
 
 # Renderers built on pygame start SDL: without a screen it needs the dummy video driver, and by default it
 # swallows SIGTERM/SIGINT, which would leave worker pools unable to stop their processes.
@@ -54,10 +55,10 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         box = (left * w, top * h, right * w, bottom * h)
         size = (self.frame_size, self.frame_size)
         # reducing_gap lets PIL shrink by an integer factor first: 3x faster, visually the same
-        return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, box=box, reducing_gap=2.0))
+        return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=2.0))
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
-        return self.frame(self.env.render() if self.from_render else observation)
+        return self.frame(cast(np.ndarray, self.env.render()) if self.from_render else observation)  # rgb_array mode
 
     def _read(self, obs, info: dict) -> None:
         """Keep the step's success flag; put a rendered world's state observation into info['state']."""
@@ -88,6 +89,7 @@ class ActionBounds(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         super().__init__(env)
         inner = env.action_space
         if not isinstance(inner, gym.spaces.Box) or len(low) != inner.shape[0] or len(high) != inner.shape[0]:
+            assert env.spec is not None
             raise WorldModelsError(
                 f"env.action_low and env.action_high need a 1-D Box action space and one value per "
                 f"dimension; '{env.spec.id}' acts in {inner}"
@@ -132,12 +134,13 @@ def _unseen(env: gym.Env, skip: bool):
     """While active, a CarRacing world does not draw its observation: its step returns the last one drawn."""
     skip = skip and isinstance(env, CarRacing) and env.render_mode is None
     if skip:
-        env._render = lambda mode: env.state.copy()  # an instance attribute shadows the method
+        # an instance attribute shadows the method; CarRacing's private renderer and state are not on gym.Env
+        env._render = lambda mode: env.state.copy()  # type: ignore[attr-defined]
     try:
         yield skip
     finally:
         if skip:
-            del env._render
+            del env._render  # type: ignore[attr-defined]  # the CarRacing instance attribute set above
 
 
 def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:

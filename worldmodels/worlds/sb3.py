@@ -6,8 +6,9 @@ the whole batch in one LSTM step. Needs `stable-baselines3` (in the dev extra).
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,6 +21,8 @@ from .real import encode_actions
 class DreamVecEnv(VecEnv):
     """`num_envs` dream episodes stepped together; a finished one restarts in the same step (its last
     observation in info['terminal_observation']), as SB3's own vector envs do."""
+
+    actions: np.ndarray | None  # set by step_async
 
     def __init__(self, dream: Dream, action_space, num_envs: int, seed: int | None = None):
         super().__init__(num_envs, observation_space(dream.latent_dim, dream.memory.cfg.hidden_size), action_space)
@@ -59,16 +62,18 @@ class DreamVecEnv(VecEnv):
         pass
 
     def get_attr(self, attr_name: str, indices=None) -> list[Any]:
-        return [getattr(self, attr_name)] * len(self._get_indices(indices))
+        return [getattr(self, attr_name)] * len(cast(Sized, self._get_indices(indices)))
 
     def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
         setattr(self, attr_name, value)
 
     def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
-        return [getattr(self, method_name)(*method_args, **method_kwargs)] * len(self._get_indices(indices))
+        return [getattr(self, method_name)(*method_args, **method_kwargs)] * len(
+            cast(Sized, self._get_indices(indices))
+        )
 
     def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
-        return [False] * len(self._get_indices(indices))
+        return [False] * len(cast(Sized, self._get_indices(indices)))
 
 
 def dream_vec_env(

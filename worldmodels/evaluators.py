@@ -1,0 +1,96 @@
+"""Where a controller is scored: the contract every world's evaluator keeps, and the registry of worlds.
+
+CMA-ES only asks a world for returns; the real world, the dream and the codebook world each answer in their own
+way. A task of one's own adds a world by registering a factory under a name (`register_world`, or an entry point
+in the `worldmodels.worlds` group of its package), the way the NAS task adds `codebook`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+
+from .errors import WorldModelsError
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .checkpoints import Run
+    from .config import Config
+
+ENTRY_POINTS = "worldmodels.worlds"
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Scores flat controller parameters; `steps` counts what the scoring cost (env or dream steps) until reset."""
+
+    steps: int
+
+    def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
+        """(P, N) candidates -> (P, len(seeds)) returns, every candidate on the same seeds; `progress` names a bar."""
+        ...
+
+    def close(self, graceful: bool = True) -> None:
+        """Release workers and environments; `graceful=False` after an error does not wait for them."""
+        ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None: ...
+
+
+@runtime_checkable
+class StatefulEvaluator(Evaluator, Protocol):
+    """An evaluator whose world keeps state across generations (the codebook world's archive of queries).
+
+    The search saves `state()` with its own and hands it back through `restore` when it resumes.
+    """
+
+    def state(self) -> dict:
+        """The world's state, as plain data."""
+        ...
+
+    def restore(self, state: dict) -> None:
+        """Continue from a saved `state()`."""
+        ...
+
+    def log(self, writer: SummaryWriter, generation: int) -> None:
+        """The world's own TensorBoard scalars after a generation."""
+        ...
+
+
+@dataclass
+class SearchWorld:
+    """What a controller search needs of its world: C's input size and action space, and an evaluator on demand."""
+
+    input_dim: int
+    space: gym.Space
+    open: Callable[[], Evaluator]  # opened only when the search runs: a finished search starts no workers
+    rules: dict | None = None  # what a score means (objective, episode length); a search under other rules is refused
+
+
+WorldFactory = Callable[["Config", "Run"], SearchWorld]
+_WORLDS: dict[str, WorldFactory] = {}
+
+
+def register_world(name: str, factory: WorldFactory) -> None:
+    """Make `controller.world = name` score controllers in the world `factory(cfg, run)` builds."""
+    _WORLDS[name] = factory
+
+
+def open_world(cfg: Config, run: Run) -> SearchWorld:
+    """The recipe's `controller.world`: registered in-process, else found among installed packages' entry points."""
+    name = cfg.controller.world
+    if name not in _WORLDS:
+        for point in entry_points(group=ENTRY_POINTS, name=name):
+            register_world(name, point.load())
+            break
+    if name not in _WORLDS:
+        known = sorted({*_WORLDS, *(p.name for p in entry_points(group=ENTRY_POINTS))})
+        raise WorldModelsError(f"controller.world '{name}' is not a known world ({', '.join(known)})")
+    return _WORLDS[name](cfg, run)
