@@ -156,28 +156,62 @@ def picture(path: Path, rows: list[dict], stats: dict, title: str):
     return fig
 
 
+def log_study(root: Path, rows: list[dict], stats: dict, fig) -> None:
+    """Per-seed scores and times, the aggregates with their intervals and the picture, to the study's TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(root / "tb")
+    for r in rows:
+        writer.add_scalar("study/seed_mean_return", r["mean"], r["seed"])
+        writer.add_scalar("study/seed_wall_minutes", r["wall_s"] / 60, r["seed"])
+    for name in ("iqm", "mean", "median"):
+        low, high = stats[f"{name}_ci"]
+        writer.add_scalars(f"study/{name}", {"point": stats[name], "ci_low": low, "ci_high": high}, len(rows))
+    writer.add_figure("study/distributions", fig, len(rows))
+    writer.close()
+
+
+def run_seed(seed: int, seed_run: Run, rollouts_root: Path, old: dict | None) -> dict:
+    """One seed's pipeline, resumed where it stopped: its study row (a finished seed keeps its measured time)."""
+    from .pipeline import pipeline
+
+    stages.check_run(seed_run.cfg, seed_run)
+    seed_run.dir.mkdir(parents=True, exist_ok=True)
+    seed_run.write_recipe()
+    started = time.perf_counter()
+    report = pipeline(seed_run.cfg, seed_run, rollouts_root)
+    wall = time.perf_counter() - started
+    if old is not None and old.get("returns") == report["returns"]:
+        wall = old["wall_s"]  # finished before: the measured time stands, not this call's skipping
+    tqdm.write(f"study: seed {seed}: {report['mean']:.1f} +- {report['std']:.1f} in {wall / 60:.1f} min")
+    return {
+        "seed": seed,
+        "mean": report["mean"],
+        "std": report["std"],
+        "wall_s": round(wall, 1),
+        "run": str(seed_run.dir),
+        "returns": report["returns"],
+    }
+
+
 def study(cfg: Config, root: Path, rollouts_root: Path, seeds: list[int], start: str = "collect") -> dict:
     """Run the pipeline for each seed in `root/seed_S/` (episodes in `rollouts_root/seed_S/`) and summarise the scores.
 
     Resumable: every seed's pipeline resumes by itself, and a finished seed's wall time stays as measured.
     """
-    from torch.utils.tensorboard import SummaryWriter
-
-    from .pipeline import pipeline
-
     if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise WorldModelsError(f"--seeds must be distinct numbers, 0 or more, got {seeds}")
     shared, reseeded = SHARED[start]
     if cfg.controller.world == "codebook" and shared:
         raise WorldModelsError("a codebook-world recipe's study reseeds every stage; drop --from")
+    if cfg.controller.world != "codebook":
+        reseeded = tuple(s for s in reseeded if s != "nas")
     root, rollouts_root = Path(root), Path(rollouts_root)
     out = root / "study.json"
     saved = checkpoints.read_json(out) or {}
     if saved.get("from", start) != start:  # the seeds' folders hold runs reseeded from another stage
         raise WorldModelsError(f"'{root}' holds a study reseeded from {saved['from']}, not {start}; use another --run")
     previous = {r["seed"]: r for r in saved.get("seeds", []) if isinstance(r, dict) and "seed" in r}
-    if cfg.controller.world != "codebook":
-        reseeded = tuple(s for s in reseeded if s != "nas")
     result = {
         "recipe": cfg.name,
         "env": cfg.env.id,
@@ -188,10 +222,10 @@ def study(cfg: Config, root: Path, rollouts_root: Path, seeds: list[int], start:
         "seeds": list(previous.values()),
     }
     checkpoints.save_json(out, result)  # records `from` before any seed runs
+    shared_cfg = copy.deepcopy(cfg)
+    shared_cfg.name = "shared"
+    shared_run = Run(root, shared_cfg)
     if shared:
-        shared_cfg = copy.deepcopy(cfg)
-        shared_cfg.name = "shared"
-        shared_run = Run(root, shared_cfg)
         tqdm.write(
             f"study: {', '.join(shared)} shared by every seed (in {shared_run.dir}); "
             f"{' and '.join(reseeded)} reseeded per seed"
@@ -203,56 +237,18 @@ def study(cfg: Config, root: Path, rollouts_root: Path, seeds: list[int], start:
         tqdm.write(f"study: every stage reseeded per seed ({', '.join(reseeded)})")
     rows = []
     for seed in seeds:
-        seed_cfg = seed_config(cfg, seed, reseeded, f"seed_{seed}")
-        seed_run = Run(root, seed_cfg)
+        seed_run = Run(root, seed_config(cfg, seed, reseeded, f"seed_{seed}"))
         tqdm.write(f"study: seed {seed} in {seed_run.dir}")
         if shared:
             share_into(shared_run, rollouts_root / "shared", seed_run, rollouts_root / f"seed_{seed}", shared)
-        stages.check_run(seed_cfg, seed_run)
-        seed_run.dir.mkdir(parents=True, exist_ok=True)
-        seed_run.write_recipe()
-        started = time.perf_counter()
-        report = pipeline(seed_cfg, seed_run, rollouts_root)
-        wall = time.perf_counter() - started
-        old = previous.get(seed)
-        if old is not None and old.get("returns") == report["returns"]:
-            wall = old["wall_s"]  # finished before: the measured time stands, not this call's skipping
-        rows.append(
-            {
-                "seed": seed,
-                "mean": report["mean"],
-                "std": report["std"],
-                "wall_s": round(wall, 1),
-                "run": str(seed_run.dir),
-                "returns": report["returns"],
-            }
-        )
+        rows.append(run_seed(seed, seed_run, rollouts_root, previous.get(seed)))
         previous[seed] = rows[-1]
-        checkpoints.save_json(
-            out, result | {"seeds": list(previous.values())}
-        )  # an interrupted study keeps finished seeds' times
-        tqdm.write(f"study: seed {seed}: {report['mean']:.1f} +- {report['std']:.1f} in {wall / 60:.1f} min")
+        checkpoints.save_json(out, result | {"seeds": list(previous.values())})  # an interruption keeps finished seeds
     stats = statistics([r["mean"] for r in rows])
     result = result | stats | {"seeds": rows}
     checkpoints.save_json(out, result)
-    fig = picture(
-        root / "study.png",
-        rows,
-        stats,
-        f"{cfg.name}: {len(rows)} seeds x {cfg.evaluate.episodes} episodes (diamonds: the seeds' means)",
-    )
-    writer = SummaryWriter(root / "tb")
-    for r in rows:
-        writer.add_scalar("study/seed_mean_return", r["mean"], r["seed"])
-        writer.add_scalar("study/seed_wall_minutes", r["wall_s"] / 60, r["seed"])
-    for name in ("iqm", "mean", "median"):
-        writer.add_scalars(
-            f"study/{name}",
-            {"point": stats[name], "ci_low": stats[f"{name}_ci"][0], "ci_high": stats[f"{name}_ci"][1]},
-            len(rows),
-        )
-    writer.add_figure("study/distributions", fig, len(rows))
-    writer.close()
+    title = f"{cfg.name}: {len(rows)} seeds x {cfg.evaluate.episodes} episodes (diamonds: the seeds' means)"
+    log_study(root, rows, stats, picture(root / "study.png", rows, stats, title))
     tqdm.write(
         f"study: IQM {stats['iqm']:.1f}, 95% CI [{stats['iqm_ci'][0]:.1f}, {stats['iqm_ci'][1]:.1f}] "
         f"over {len(rows)} seeds; {out}, {root / 'study.png'}"
