@@ -16,7 +16,7 @@ from conftest import TINY, cli_stage, run_cli
 from gymnasium.utils.env_checker import check_env
 
 import worldmodels  # noqa: F401 - registers worldmodels/Dream-v0 and worldmodels/Latent-v0
-from worldmodels import checkpoints
+from worldmodels import checkpoints, cli
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel, play
 from worldmodels.controller import Controller
@@ -176,6 +176,8 @@ def test_help_loads_no_torch():
     code = "import sys, worldmodels.cli as c; c.parser(); print(sorted({'torch', 'cma', 'scipy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+    helped = subprocess.run([sys.executable, "-m", "worldmodels", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and all(stage in helped.stdout for stage in cli.STAGES), helped.stderr
     version = subprocess.run([sys.executable, "-m", "worldmodels", "--version"], capture_output=True, text=True)
     assert version.stdout.strip() == f"worldmodels {worldmodels.__version__}"
 

@@ -177,6 +177,39 @@ def play(
     return list(zip(totals, steps))
 
 
+def _exploration_noise(
+    playing: list[int], rngs: dict[int, np.random.Generator], exploration: float, size: int
+) -> np.ndarray | None:
+    """Each copy's exploration noise from its episode's generator (zeros for an idle copy); None without exploration."""
+    if not exploration:
+        return None
+    return np.stack([exploration * rngs[k].standard_normal(size) if k >= 0 else np.zeros(size) for k in playing])
+
+
+def _tally_step(
+    playing: list[int],
+    obs: np.ndarray,
+    actions: list,
+    outcome: tuple[np.ndarray, np.ndarray, np.ndarray, dict],
+    totals: list[float],
+    steps: list[int],
+    success: list[bool | None],
+    episodes: dict[int, EpisodeRecord] | None,
+) -> None:
+    """Add one vector step to the returns, frame counts, successes (and records) of the episodes being played."""
+    reward, terminated, truncated, info = outcome
+    for i, k in enumerate(playing):
+        if k < 0:
+            continue
+        frames = int(info["frames"][i]) if "frames" in info else 1
+        totals[k] += float(reward[i])
+        steps[k] += frames
+        if episodes is not None:
+            episodes[k].add(obs[i].copy(), actions[i], reward[i], terminated[i], truncated[i], frames)
+        if "is_success" in info and info["_is_success"][i]:
+            success[k] = bool(info["is_success"][i])
+
+
 @torch.inference_mode()
 def play_vector(
     envs: gym.vector.VectorEnv,
@@ -222,27 +255,12 @@ def play_vector(
     while any(k >= 0 for k in playing):
         z = model.see(obs)
         rows = [max(k, 0) for k in playing]  # idle copies act with any controller; their steps are dropped
-        noise = None
-        if exploration:
-            noise = np.stack(
-                [
-                    exploration * rngs[k].standard_normal(controller.out) if k >= 0 else np.zeros(controller.out)
-                    for k in playing
-                ]
-            )
+        noise = _exploration_noise(playing, rngs, exploration, controller.out)
         actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=rows, noise=noise)
         obs[:], reward, terminated, truncated, info = envs.step(np.asarray(actions))
         state = model.remember(z, actions, space, state)
-        for i, k in enumerate(playing):
-            if k < 0:
-                continue
-            frames = int(info["frames"][i]) if "frames" in info else 1
-            totals[k] += float(reward[i])
-            steps[k] += frames
-            if record is not None:
-                episodes[k].add(obs[i].copy(), actions[i], reward[i], terminated[i], truncated[i], frames)
-            if "is_success" in info and info["_is_success"][i]:
-                success[k] = bool(info["is_success"][i])
+        recording = episodes if record is not None else None
+        _tally_step(playing, obs, actions, (reward, terminated, truncated, info), totals, steps, success, recording)
         done = terminated | truncated
         if done.any():
             start(done)

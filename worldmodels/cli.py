@@ -40,17 +40,13 @@ STAGES = {  # each stage and what it does, for --help
     "dream": "GIFs of M's dream beside the real episode it starts from",
     "tau-sweep": "the dream-trained controller's real score across dream temperatures",
     "study": (
-        "the pipeline once per seed, each in its own run folder, and the score's interquartile mean with a 95% interval"
+        "the pipeline once per seed, each in its own run folder, and the IQM over seeds with a 95 percent interval"
     ),
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="worldmodels", description="World Models agents: V (VAE), M (MDN-RNN), C (CMA-ES)."
-    )
-    p.add_argument("--version", action="version", version=f"worldmodels {__version__}")
-    sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+def _add_recipe_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `recipes` and `recipe show` commands, which read recipes and run no stage."""
     sub.add_parser(
         "recipes", help="list the recipes that ship with the package", description="list the shipped recipes"
     )
@@ -62,72 +58,89 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("action", choices=["show"])
     show.add_argument("name", help="a shipped recipe's name (see `worldmodels recipes`) or a path")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+
+def _add_common_options(s: argparse.ArgumentParser) -> None:
+    """The recipe, overrides, run name, folders and device that every stage takes."""
+    s.add_argument("recipe", help="a TOML recipe, e.g. envs/cartpole.toml, or a shipped recipe's name, e.g. cartpole")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a recipe value (repeatable)",
+    )
+    s.add_argument(
+        "--run",
+        "--run-name",
+        dest="run",
+        help="run name (default: the recipe's name); under torchrun write --run-name, which torchrun "
+        "does not take for its own --run-path",
+    )
+    s.add_argument("--checkpoints", default="checkpoints", help="folder of run folders")
+    s.add_argument("--rollouts", default="rollouts", help="folder of collected episodes")
+    s.add_argument("--device", help="auto | cpu | cuda | mps (default: the recipe's)")
+
+
+def _add_stage_options(s: argparse.ArgumentParser, stage: str) -> None:
+    """The options only some stages take, such as --world, --seeds or --backend."""
+    if stage == "sample":
+        s.add_argument("-n", type=int, default=16, help="frames per grid")
+        s.add_argument("--temperature", type=float, default=1.0, help="prior spread")
+    if stage in ("train-controller", "evaluate"):
+        s.add_argument(
+            "--world",
+            choices=["real", "dream", "codebook"] if stage == "train-controller" else ["real", "dream"],
+            help="where C acts (default: the recipe's controller.world for training, real for evaluate)",
+        )
+    if stage == "study":
+        s.add_argument(
+            "--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds, one pipeline each (default: 0-4)"
+        )
+        s.add_argument(
+            "--from",
+            dest="start",
+            choices=["memory", "controller"],
+            default="collect",
+            help="reseed only this stage and the later ones; the earlier ones run once and every seed shares "
+            "them (default: every stage reseeded)",
+        )
+    if stage in ("train-controller", "evaluate", "pipeline", "tau-sweep", "study"):
+        s.add_argument(
+            "--backend",
+            choices=["pool", "vector", "ray"],
+            help="where real episodes run (default: the recipe's controller.backend)",
+        )
+        s.add_argument("--address", help="ray: 'auto' or HOST:PORT of a running Ray cluster (default: a local one)")
+    if stage in ("evaluate", "tau-sweep"):
+        s.add_argument("--episodes", type=int, help="episodes (default: the recipe's evaluate.episodes)")
+    if stage == "evaluate":
+        s.add_argument(
+            "--policy",
+            help="play an outside policy on [z, h] instead of C: module:callable, or an SB3 zip "
+            "(with --algo); the report goes to report_policy.json",
+        )
+        s.add_argument("--algo", help="the SB3 algorithm of a --policy zip: ppo, a2c, dqn, sac, td3 or ddpg")
+    if stage == "tau-sweep":
+        s.add_argument("--tau", type=float, nargs="+", help="dream temperatures (default: the recipe's dream.tau)")
+    if stage == "dream":
+        s.add_argument("--tau", type=float, help="dream temperature (default: the recipe's dream.tau)")
+        s.add_argument("--seed", type=int, default=0, help="the real episode's seed")
+        s.add_argument("--scale", type=int, default=2, help="GIF enlargement")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="worldmodels", description="World Models agents: V (VAE), M (MDN-RNN), C (CMA-ES)."
+    )
+    p.add_argument("--version", action="version", version=f"worldmodels {__version__}")
+    sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    _add_recipe_commands(sub)
     for stage, description in STAGES.items():
         s = sub.add_parser(stage, help=description, description=description)
-        s.add_argument(
-            "recipe", help="a TOML recipe, e.g. envs/cartpole.toml, or a shipped recipe's name, e.g. cartpole"
-        )
-        s.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="SECTION.KEY=VALUE",
-            help="override a recipe value (repeatable)",
-        )
-        s.add_argument(
-            "--run",
-            "--run-name",
-            dest="run",
-            help="run name (default: the recipe's name); under torchrun write --run-name, which torchrun "
-            "does not take for its own --run-path",
-        )
-        s.add_argument("--checkpoints", default="checkpoints", help="folder of run folders")
-        s.add_argument("--rollouts", default="rollouts", help="folder of collected episodes")
-        s.add_argument("--device", help="auto | cpu | cuda | mps (default: the recipe's)")
-        if stage == "sample":
-            s.add_argument("-n", type=int, default=16, help="frames per grid")
-            s.add_argument("--temperature", type=float, default=1.0, help="prior spread")
-        if stage in ("train-controller", "evaluate"):
-            s.add_argument(
-                "--world",
-                choices=["real", "dream", "codebook"] if stage == "train-controller" else ["real", "dream"],
-                help="where C acts (default: the recipe's controller.world for training, real for evaluate)",
-            )
-        if stage == "study":
-            s.add_argument(
-                "--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds, one pipeline each (default: 0-4)"
-            )
-            s.add_argument(
-                "--from",
-                dest="start",
-                choices=["memory", "controller"],
-                default="collect",
-                help="reseed only this stage and the later ones; the earlier ones run once and every seed shares "
-                "them (default: every stage reseeded)",
-            )
-        if stage in ("train-controller", "evaluate", "pipeline", "tau-sweep", "study"):
-            s.add_argument(
-                "--backend",
-                choices=["pool", "vector", "ray"],
-                help="where real episodes run (default: the recipe's controller.backend)",
-            )
-            s.add_argument("--address", help="ray: 'auto' or HOST:PORT of a running Ray cluster (default: a local one)")
-        if stage in ("evaluate", "tau-sweep"):
-            s.add_argument("--episodes", type=int, help="episodes (default: the recipe's evaluate.episodes)")
-        if stage == "evaluate":
-            s.add_argument(
-                "--policy",
-                help="play an outside policy on [z, h] instead of C: module:callable, or an SB3 zip "
-                "(with --algo); the report goes to report_policy.json",
-            )
-            s.add_argument("--algo", help="the SB3 algorithm of a --policy zip: ppo, a2c, dqn, sac, td3 or ddpg")
-        if stage == "tau-sweep":
-            s.add_argument("--tau", type=float, nargs="+", help="dream temperatures (default: the recipe's dream.tau)")
-        if stage == "dream":
-            s.add_argument("--tau", type=float, help="dream temperature (default: the recipe's dream.tau)")
-            s.add_argument("--seed", type=int, default=0, help="the real episode's seed")
-            s.add_argument("--scale", type=int, default=2, help="GIF enlargement")
+        _add_common_options(s)
+        _add_stage_options(s, stage)
     return p
 
 

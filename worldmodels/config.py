@@ -386,11 +386,12 @@ def check_name(name: str) -> None:
         )
 
 
-def validate(cfg: Config) -> Config:
-    """Check values that types alone cannot: ranges and choices."""
-    check_name(cfg.name)
-    check_numbers(cfg)
-    checks = [
+Check = tuple[bool, str]  # a condition that must hold, and the message when it does not
+
+
+def _vision_checks(cfg: Config) -> list[Check]:
+    """V: its model, sizes, KL schedule, loss weights and codebook."""
+    return [
         (
             cfg.vision.model in ("vae", "vqvae", "nvae"),
             f"vision.model must be 'vae', 'vqvae' or 'nvae', got '{cfg.vision.model}'",
@@ -416,6 +417,12 @@ def validate(cfg: Config) -> Config:
             "vision.num_embeddings must be 2..32767 (codes are stored as int16), vision.embed_dim at least 1, "
             "vision.dead_after not negative",
         ),
+    ]
+
+
+def _run_checks(cfg: Config) -> list[Check]:
+    """How the run executes: the controller's backend, the precision, the collection policy."""
+    return [
         (
             cfg.controller.backend in ("pool", "vector", "ray"),
             f"controller.backend must be 'pool', 'vector' or 'ray', got '{cfg.controller.backend}'",
@@ -428,6 +435,12 @@ def validate(cfg: Config) -> Config:
             cfg.collect.policy in ("random", "brownian"),
             f"collect.policy must be 'random' or 'brownian', got '{cfg.collect.policy}'",
         ),
+    ]
+
+
+def _data_checks(cfg: Config) -> list[Check]:
+    """What the data looks like: frames, crop, conv widths, collected episodes and actions."""
+    return [
         (
             cfg.env.frame_size % 16 == 0 and cfg.env.frame_size > 0,
             f"env.frame_size must be a positive multiple of 16, got {cfg.env.frame_size}",
@@ -447,6 +460,12 @@ def validate(cfg: Config) -> Config:
             and all(lo < hi for lo, hi in zip(cfg.env.action_low, cfg.env.action_high)),
             "env.action_low and env.action_high must have the same length, each low below its high",
         ),
+    ]
+
+
+def _training_checks(cfg: Config) -> list[Check]:
+    """Training sizes and fractions: C's search, evaluation, epochs, M's dropout and holdout, fidelity."""
+    return [
         (cfg.controller.population >= 2, "controller.population must be at least 2"),
         (cfg.controller.rollouts >= 1, "controller.rollouts must be at least 1"),
         (cfg.evaluate.episodes >= 1, "evaluate.episodes must be at least 1"),
@@ -458,6 +477,12 @@ def validate(cfg: Config) -> Config:
             cfg.controller.fidelity_controllers >= 0 and cfg.controller.fidelity_episodes >= 1,
             "controller.fidelity_controllers must not be negative, controller.fidelity_episodes at least 1",
         ),
+    ]
+
+
+def _world_checks(cfg: Config) -> list[Check]:
+    """Where C trains: the world, the codebook world and its actions, NAS sizes, the VQ codebook's decay."""
+    return [
         (
             cfg.controller.world in ("real", "dream", "codebook"),
             f"controller.world must be 'real', 'dream' or 'codebook', got '{cfg.controller.world}'",
@@ -475,6 +500,12 @@ def validate(cfg: Config) -> Config:
             "nas.samples, nas.slots, nas.hidden and nas.final_seeds must be at least 1",
         ),
         (0 <= cfg.vision.ema_decay < 1, f"vision.ema_decay must be in [0, 1), got {cfg.vision.ema_decay}"),
+    ]
+
+
+def _dream_checks(cfg: Config) -> list[Check]:
+    """The dream: how episodes end and start, its temperature, length and rounds."""
+    return [
         (
             cfg.dream.done in ("sample", "threshold", "never"),
             f"dream.done must be 'sample', 'threshold' or 'never', got '{cfg.dream.done}'",
@@ -483,6 +514,20 @@ def validate(cfg: Config) -> Config:
         (cfg.dream.tau >= 0, f"dream.tau must be at least 0, got {cfg.dream.tau}"),
         (cfg.dream.max_steps >= 1, "dream.max_steps must be at least 1"),
         (cfg.dream.rounds >= 0 and cfg.dream.batch >= 0, "dream.rounds and dream.batch must not be negative"),
+    ]
+
+
+def validate(cfg: Config) -> Config:
+    """Check values that types alone cannot: ranges and choices."""
+    check_name(cfg.name)
+    check_numbers(cfg)
+    checks = [
+        *_vision_checks(cfg),
+        *_run_checks(cfg),
+        *_data_checks(cfg),
+        *_training_checks(cfg),
+        *_world_checks(cfg),
+        *_dream_checks(cfg),
     ]
     for ok, message in checks:
         if not ok:

@@ -111,6 +111,46 @@ def spread(history: list, most: int) -> list:
     return [history[i] for i in picks]
 
 
+def dream_and_real_returns(
+    cfg: Config, run: checkpoints.Run, memory: dict, flat: np.ndarray, real_seeds: list[int]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each controller's dream returns under the current M and its real returns, with the real episodes' steps."""
+    c = cfg.controller
+    model = WorldModel.from_checkpoints(
+        checkpoints.load(run.vision, "vision"), memory, pick_device(cfg.device), names=(run.vision, run.memory)
+    )
+    space = action_space(cfg.env)
+    with evolution.DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space) as dream:
+        dreamt = dream.returns(flat, evolution.generation_seeds(c.seed + 4, 0, c.eval_rollouts))
+    with real_evaluator(cfg, run.vision, run.memory, c.workers) as world:
+        real = world.returns(flat, real_seeds)
+        real_steps = world.steps
+    return dreamt, real, real_steps
+
+
+def log_controller_report(run: checkpoints.Run, report: dict[str, Any], generation: int, count: int) -> None:
+    """The controller report to TensorBoard and printed: each controller's dream and real return, and Spearman's rho."""
+    rho = report["spearman"]
+    writer = SummaryWriter(run.tensorboard)
+    for entry in report["controllers"]:
+        writer.add_scalars(
+            "fidelity/controller_returns", {"dream": entry["dream"], "real": entry["real"]}, entry["generation"]
+        )
+    if rho is not None:
+        writer.add_scalar("fidelity/dream_real_spearman", rho, generation)
+    writer.close()
+    tqdm.write(
+        "controller fidelity (dream vs real return): "
+        + ", ".join(
+            f"gen {e['generation']} {e['kind']}: {e['dream']:.0f} vs {e['real']:.0f}" for e in report["controllers"]
+        )
+    )
+    tqdm.write(
+        f"controller fidelity: Spearman rank correlation {'n/a' if rho is None else f'{rho:.2f}'} "
+        f"over {count} controllers"
+    )
+
+
 def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
     """Dream and real returns of controllers spread over a dream search's history, and their rank correlation.
 
@@ -136,15 +176,7 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
             tqdm.write(f"controller fidelity: {path} is up to date, skipping")
             return old
     flat = np.stack([h["params"] for h in history])
-    model = WorldModel.from_checkpoints(
-        checkpoints.load(run.vision, "vision"), memory, pick_device(cfg.device), names=(run.vision, run.memory)
-    )
-    space = action_space(cfg.env)
-    with evolution.DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space) as dream:
-        dreamt = dream.returns(flat, evolution.generation_seeds(c.seed + 4, 0, c.eval_rollouts))
-    with real_evaluator(cfg, run.vision, run.memory, c.workers) as world:
-        real = world.returns(flat, real_seeds)
-        real_steps = world.steps
+    dreamt, real, real_steps = dream_and_real_returns(cfg, run, memory, flat, real_seeds)
     rho = rank_correlation(dreamt.mean(1), real.mean(1))
     report: dict[str, Any] = {
         "picked": picked,
@@ -167,22 +199,5 @@ def controller_report(cfg: Config, run: checkpoints.Run) -> dict | None:
         "real_steps": int(real_steps),
     }
     checkpoints.save_json(path, report)
-    writer = SummaryWriter(run.tensorboard)
-    for entry in report["controllers"]:
-        writer.add_scalars(
-            "fidelity/controller_returns", {"dream": entry["dream"], "real": entry["real"]}, entry["generation"]
-        )
-    if rho is not None:
-        writer.add_scalar("fidelity/dream_real_spearman", rho, progress.generation)
-    writer.close()
-    tqdm.write(
-        "controller fidelity (dream vs real return): "
-        + ", ".join(
-            f"gen {e['generation']} {e['kind']}: {e['dream']:.0f} vs {e['real']:.0f}" for e in report["controllers"]
-        )
-    )
-    tqdm.write(
-        f"controller fidelity: Spearman rank correlation {'n/a' if rho is None else f'{rho:.2f}'} "
-        f"over {len(history)} controllers"
-    )
+    log_controller_report(run, report, progress.generation, len(history))
     return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import cast
+from typing import Callable, cast
 
 import numpy as np
 import torch
@@ -15,13 +15,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import checkpoints, distributed, fidelity, rollouts
 from .agent import load_vision, memory_from_checkpoint, vision_from_checkpoint
 from .checkpoints import Run
-from .config import Config
+from .config import Config, MemoryConfig
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig, memory_loss
 from .progress import bar, say
 from .rollouts import (
     EpisodeStore,
     FrameStream,
+    LatentEpisode,
     SequenceDataset,
     frames_to_float,
     load_latents,
@@ -243,35 +244,21 @@ def memory_config(cfg: Config, vision: VisionModel) -> dict:
     )
 
 
-def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
-    """Train M on latent sequences (z drawn from the cached mean and std, or the mean);
-    `epochs` in all (default: the recipe's)."""
-    m = cfg.memory
-    device = pick_device(cfg.device)
-    everything = load_latents(run)
-    is_held = [fidelity.held_out(e.name, m.holdout) for e in everything]
+def holdout_split(
+    everything: list[LatentEpisode], holdout: float
+) -> tuple[list[LatentEpisode], list[LatentEpisode], str]:
+    """M's training episodes, the episodes its fidelity is reported on, and which split those are."""
+    is_held = [fidelity.held_out(e.name, holdout) for e in everything]
     held = [e for e, h in zip(everything, is_held) if h]
     episodes = [e for e, h in zip(everything, is_held) if not h]
     split = "held-out"
     if not held or not episodes:  # no holdout, or a store too small to split: M trains and reports on everything
         episodes, held, split = everything, everything, "train"
-    vision = load_vision(run.require(run.vision, "train-vision"))
-    model_config = memory_config(cfg, vision)
-    torch.manual_seed(m.seed)
-    model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
-    if model.categorical:  # V is a VQ-VAE
-        model.codebook.copy_(cast(VQVAE, vision).codebook)
-    dataset = SequenceDataset(episodes, m.seq_len, m.random_starts, m.seed)
-    rank, processes = distributed.world()
-    # one process draws the same permutation as W would; process r takes its rows r, r + W, ... of each global batch
-    sampler: DistributedSampler[int] = DistributedSampler(dataset, processes, rank, shuffle=True, seed=m.seed)
-    batch_size = distributed.local_batch(m.batch_size, "memory.batch_size")
-    writer = main_writer(run.tensorboard)
+    return episodes, held, split
 
-    def batches(epoch: int):
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, pin_memory=device.type == "cuda")
+
+def memory_objective(model: MDNRNN, m: MemoryConfig, device: torch.device) -> Callable[[dict], dict]:
+    """M's loss on a batch of sequences, z drawn from the cached mean and std when the model samples latents."""
 
     def loss(batch: dict) -> dict:
         b = {k: t.to(device) for k, t in batch.items()}
@@ -292,6 +279,34 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
             b.get("next_codes"),
         )
 
+    return loss
+
+
+def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
+    """Train M on latent sequences (z drawn from the cached mean and std, or the mean);
+    `epochs` in all (default: the recipe's)."""
+    m = cfg.memory
+    device = pick_device(cfg.device)
+    episodes, held, split = holdout_split(load_latents(run), m.holdout)
+    vision = load_vision(run.require(run.vision, "train-vision"))
+    model_config = memory_config(cfg, vision)
+    torch.manual_seed(m.seed)
+    model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
+    if model.categorical:  # V is a VQ-VAE
+        model.codebook.copy_(cast(VQVAE, vision).codebook)
+    dataset = SequenceDataset(episodes, m.seq_len, m.random_starts, m.seed)
+    rank, processes = distributed.world()
+    # one process draws the same permutation as W would; process r takes its rows r, r + W, ... of each global batch
+    sampler: DistributedSampler[int] = DistributedSampler(dataset, processes, rank, shuffle=True, seed=m.seed)
+    batch_size = distributed.local_batch(m.batch_size, "memory.batch_size")
+    writer = main_writer(run.tensorboard)
+
+    def batches(epoch: int):
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, pin_memory=device.type == "cuda")
+
+    loss = memory_objective(model, m, device)
     result = fit(
         Fit(
             "memory",

@@ -150,6 +150,32 @@ def global_means(totals: dict[str, float], count: int, device: torch.device) -> 
     return {k: v / max(sums[-1].item(), 1) for k, v in zip(totals, sums[:-1].tolist())}
 
 
+def train_epoch(
+    job: Fit, net: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int
+) -> tuple[dict[str, float], int, int, int]:
+    """One pass over the epoch's batches, logging each step: the loss totals, steps taken, steps skipped, last step."""
+    totals: dict[str, float] = {}
+    count = skipped = 0
+    for batch in bar(
+        job.batches(epoch),
+        desc=f"{job.name} epoch {epoch + 1}/{job.epochs}",
+        leave=False,
+        total=job.batches_per_epoch,
+    ):
+        with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.bf16):
+            losses = net(batch)
+        if not apply_gradients(job.model, optimizer, losses["loss"], job.grad_clip):
+            skipped += 1
+            job.writer.add_scalar(f"{job.name}/skipped_steps", skipped, step)
+            continue
+        step += 1
+        count += 1
+        for key, value in losses.items():
+            totals[key] = totals.get(key, 0.0) + value.item()
+            job.writer.add_scalar(f"{job.name}/{key}", value.item(), step)
+    return totals, count, skipped, step
+
+
 def fit(job: Fit) -> dict:
     """Train `job.model`, resuming from `job.path` if an earlier run stopped part-way.
 
@@ -171,25 +197,7 @@ def fit(job: Fit) -> dict:
     job.model.train()
     for epoch in range(start, job.epochs):
         torch.manual_seed(job.seed * 10_007 + epoch)  # the same noise whether or not the run was resumed
-        totals: dict[str, float] = {}
-        count = skipped = 0
-        for batch in bar(
-            job.batches(epoch),
-            desc=f"{job.name} epoch {epoch + 1}/{job.epochs}",
-            leave=False,
-            total=job.batches_per_epoch,
-        ):
-            with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.bf16):
-                losses = net(batch)
-            if not apply_gradients(job.model, optimizer, losses["loss"], job.grad_clip):
-                skipped += 1
-                job.writer.add_scalar(f"{job.name}/skipped_steps", skipped, step)
-                continue
-            step += 1
-            count += 1
-            for key, value in losses.items():
-                totals[key] = totals.get(key, 0.0) + value.item()
-                job.writer.add_scalar(f"{job.name}/{key}", value.item(), step)
+        totals, count, skipped, step = train_epoch(job, net, optimizer, epoch, step)
         means = global_means(totals, count, job.device)
         say(
             f"{job.name} epoch {epoch + 1}/{job.epochs}: "
