@@ -57,3 +57,20 @@ class VisionModel(nn.Module):
         """n frames decoded from the prior, its spread scaled by `temperature`."""
         device = next(self.parameters()).device
         return self.decode(temperature * torch.randn(n, self.latent_dim, device=device))
+
+
+def down_convs(c: list[int]) -> list[nn.Module]:
+    """Four stride-2 4x4 convs with ReLUs, 3 -> c[0] -> ... -> c[3] channels: the conv V's encoder stack."""
+    layers: list[nn.Module] = []
+    for cin, cout in zip([3, *c[:3]], c[:4]):
+        layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.ReLU()]
+    return layers
+
+
+def up_convs(c: list[int]) -> list[nn.Module]:
+    """The mirror of `down_convs`: four stride-2 transposed convs, c[3] -> ... -> c[0] -> 3, ReLUs between, none
+    after the last."""
+    layers: list[nn.Module] = []
+    for cin, cout in zip(c[3:0:-1], c[2::-1]):
+        layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.ReLU()]
+    return layers + [nn.ConvTranspose2d(c[0], 3, 4, 2, 1)]

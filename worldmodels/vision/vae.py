@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from .base import Latent, VisionModel
+from .base import Latent, VisionModel, down_convs, up_convs
 
 
 @dataclass
@@ -34,30 +34,11 @@ class ConvVAE(VisionModel):
         c = cfg.channels
         self.bottom = cfg.frame_size // 16  # spatial size after 4 stride-2 convs
         flat = c[3] * self.bottom**2
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, c[0], 4, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(c[0], c[1], 4, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(c[1], c[2], 4, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(c[2], c[3], 4, 2, 1),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
+        self.encoder = nn.Sequential(*down_convs(c), nn.Flatten())
         self.to_mean = nn.Linear(flat, cfg.latent_dim)
         self.to_logstd = nn.Linear(flat, cfg.latent_dim)
         self.from_latent = nn.Linear(cfg.latent_dim, flat)
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(c[3], c[2], 4, 2, 1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c[2], c[1], 4, 2, 1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c[1], c[0], 4, 2, 1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c[0], 3, 4, 2, 1),
-            nn.Sigmoid(),
-        )
+        self.decoder = nn.Sequential(*up_convs(c), nn.Sigmoid())
 
     def encode(self, x: torch.Tensor) -> Latent:
         h = self.encoder(x)  # (B, C*s*s)

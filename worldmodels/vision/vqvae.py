@@ -8,7 +8,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .base import Latent, VisionModel
+from .base import Latent, VisionModel, down_convs, up_convs
 from .quantize import VectorQuantizer
 
 
@@ -43,30 +43,12 @@ class VQVAE(VisionModel):
         self.positions = self.grid**2
         self.num_embeddings = cfg.num_embeddings
         self.latent_dim = self.positions * cfg.embed_dim
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, c[0], 4, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(c[0], c[1], 4, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(c[1], c[2], 4, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(c[2], c[3], 4, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(c[3], cfg.embed_dim, 1),
-        )
+        self.encoder = nn.Sequential(*down_convs(c), nn.Conv2d(c[3], cfg.embed_dim, 1))
         self.quantizer = VectorQuantizer(
             cfg.num_embeddings, cfg.embed_dim, cfg.commitment, cfg.ema_decay, cfg.dead_after, cfg.codebook_init
         )
-        self.decoder = nn.Sequential(
-            nn.Conv2d(cfg.embed_dim, c[3], 1),
-            nn.ConvTranspose2d(c[3], c[2], 4, 2, 1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c[2], c[1], 4, 2, 1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c[1], c[0], 4, 2, 1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c[0], 3, 4, 2, 1),  # linear, as van den Oord et al.: a sigmoid here saturated early on
-        )
+        # the last layer is linear, as van den Oord et al.: a sigmoid there saturated early on
+        self.decoder = nn.Sequential(nn.Conv2d(cfg.embed_dim, c[3], 1), *up_convs(c))
         nn.init.constant_(cast(torch.Tensor, self.decoder[-1].bias), 0.5)  # start mid-grey, where a sigmoid would
 
     @property
