@@ -19,6 +19,7 @@ else:  # pragma: no cover
 import tomli_w
 
 from .errors import WorldModelsError
+from .evaluators import known_worlds
 
 
 @dataclass
@@ -484,8 +485,9 @@ def _world_checks(cfg: Config) -> list[Check]:
     """Where C trains: the world, the codebook world and its actions, NAS sizes, the VQ codebook's decay."""
     return [
         (
-            cfg.controller.world in ("real", "dream", "codebook"),
-            f"controller.world must be 'real', 'dream' or 'codebook', got '{cfg.controller.world}'",
+            cfg.controller.world in known_worlds(),
+            f"controller.world must be one of {', '.join(known_worlds())} (or a world registered with "
+            f"worldmodels.evaluators.register_world), got '{cfg.controller.world}'",
         ),
         (
             (cfg.controller.world == "codebook") <= (cfg.vision.model == "vqvae"),

@@ -11,18 +11,18 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
-import gymnasium as gym
-import numpy as np
-
 from .errors import WorldModelsError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the recipe parser imports this module, and it must stay light
+    import gymnasium as gym
+    import numpy as np
     from torch.utils.tensorboard import SummaryWriter
 
     from .checkpoints import Run
     from .config import Config
 
 ENTRY_POINTS = "worldmodels.worlds"
+BUILT_IN = ("real", "dream")  # registered by evolution.py, which the recipe parser does not import
 
 
 @runtime_checkable
@@ -83,6 +83,11 @@ def register_world(name: str, factory: WorldFactory) -> None:
     _WORLDS[name] = factory
 
 
+def known_worlds() -> list[str]:
+    """Every world a recipe may name: the built-in ones, those registered in this process, installed entry points."""
+    return sorted({*BUILT_IN, *_WORLDS, *(p.name for p in entry_points(group=ENTRY_POINTS))})
+
+
 def open_world(cfg: Config, run: Run) -> SearchWorld:
     """The recipe's `controller.world`: registered in-process, else found among installed packages' entry points."""
     name = cfg.controller.world
@@ -91,6 +96,5 @@ def open_world(cfg: Config, run: Run) -> SearchWorld:
             register_world(name, point.load())
             break
     if name not in _WORLDS:
-        known = sorted({*_WORLDS, *(p.name for p in entry_points(group=ENTRY_POINTS))})
-        raise WorldModelsError(f"controller.world '{name}' is not a known world ({', '.join(known)})")
+        raise WorldModelsError(f"controller.world '{name}' is not a known world ({', '.join(known_worlds())})")
     return _WORLDS[name](cfg, run)
