@@ -247,7 +247,7 @@ def study(cfg: Config, root: Path, rollouts_root: Path, seeds: list[int], start:
     stats = statistics([r["mean"] for r in rows])
     result = result | stats | {"seeds": rows}
     checkpoints.save_json(out, result)
-    title = f"{cfg.name}: {len(rows)} seeds x {cfg.evaluate.episodes} episodes (diamonds: the seeds' means)"
+    title = f"{cfg.name}: {len(rows)} seeds x {cfg.evaluate.episodes} episodes\n(diamonds: the seeds' means)"
     log_study(root, rows, stats, picture(root / "study.png", rows, stats, title))
     tqdm.write(
         f"study: IQM {stats['iqm']:.1f}, 95% CI [{stats['iqm_ci'][0]:.1f}, {stats['iqm_ci'][1]:.1f}] "
