@@ -63,9 +63,8 @@ def episodes(cfg: config.Config, rollouts: Path) -> tuple[list[np.ndarray], floa
 
 def build(cfg: config.Config, name: str, seed: int) -> VisionModel:
     """The recipe's V with `vision.model = name`, initialised from `seed`."""
-    cfg = config.validate(
-        dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, model=name))
-    )  # e.g. NVAE's sizes
+    # e.g. NVAE's sizes
+    cfg = config.validate(dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, model=name)))
     torch.manual_seed(seed)
     return build_vision(vision_config(cfg))
 

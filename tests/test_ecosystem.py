@@ -3,6 +3,7 @@ a terminal that answers at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -168,6 +169,13 @@ def test_shipped_recipes_are_listed_shown_and_found_by_name(capsys):
     assert config_lib.from_dict(tomllib.loads(shown)) == config_lib.load("envs/cartpole.toml")  # every field, as it is
     assert config_lib.load("cartpole") == config_lib.load("envs/cartpole.toml")
     assert run_cli("recipe", "show", "no_such_recipe") == 2
+    # every field of every section carries its meaning (a comment on the field's own line, where `recipe show` reads it)
+    meanings = config_lib.field_meanings()
+    for section in dataclasses.fields(config_lib.Config):
+        kind = getattr(config_lib, str(section.type), None)
+        if dataclasses.is_dataclass(kind):
+            missing = [f.name for f in dataclasses.fields(kind) if f"{section.name}.{f.name}" not in meanings]
+            assert not missing, (section.name, missing)
     assert "shipped recipes are" in capsys.readouterr().err
 
 
@@ -212,9 +220,8 @@ def test_a_terminal_sees_bars_for_a_real_generation_and_evaluate(copy_run):
     import threading
 
     primary, secondary = pty.openpty()
-    fcntl.ioctl(
-        secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0)
-    )  # a new pty is 0 x 0: tqdm draws nothing
+    # a new pty is 0 x 0: tqdm draws nothing
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     chunks: list[bytes] = []
 
     def read() -> None:  # read while the stages write: a full pty would block them
@@ -244,6 +251,5 @@ def test_a_terminal_sees_bars_for_a_real_generation_and_evaluate(copy_run):
     text = out.decode(errors="replace")
     bars = [line.strip() for line in text.replace("\r", "\n").splitlines() if "%|" in line]
     assert any(b.startswith("generation 1:") for b in bars) and any(b.startswith("generation 2:") for b in bars), bars
-    assert any(b.startswith("evaluate:") and "/3 [" in b and "ep/s" in b for b in bars), (
-        bars
-    )  # a total, the time left, a rate
+    # a total, the time left, a rate
+    assert any(b.startswith("evaluate:") and "/3 [" in b and "ep/s" in b for b in bars), bars

@@ -217,9 +217,8 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(small_disk, tiny_rol
 def test_a_finished_run_on_read_only_media_still_answers(small_disk, copy_run, capsys):
     import shutil
 
-    assert (
-        cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 0
-    )  # finishes the run: samples, report
+    # finishes the run: samples, report
+    assert cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 0
     shutil.copytree(copy_run["checkpoints"], small_disk / "ck")
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     assert cli_stage("pipeline", small_disk / "ck", copy_run["rollouts"]) == 0  # every stage finished: nothing to write

@@ -90,9 +90,8 @@ def test_an_old_pickled_state_is_refused_and_never_unpickled(copy_run, capsys, t
     line = one_error_line(capsys, "train-controller")
     assert "cmaes.pkl" in line and "Delete it" in line
     assert not marker.exists()
-    assert (
-        cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 2
-    )  # the pipeline refuses it the same way
+    # the pipeline refuses it the same way
+    assert cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 2
     assert "cmaes.pkl" in one_error_line(capsys, "pipeline") and not marker.exists()
 
 

@@ -183,9 +183,8 @@ def test_ema_update_matches_hand_computation():
     x = np.array([[0.5, -0.2], [-0.3, 0.1], [3.5, 0.4], [4.4, -0.1], [0.2, 0.3], [1.0, 3.0]])
     for _ in range(3):
         out, codes, _ = vq(torch.tensor(x, dtype=torch.float32))
-        np.testing.assert_allclose(
-            out.numpy(), state["embedding"][codes.numpy()], rtol=1e-6
-        )  # the code before the update
+        # the code before the update
+        np.testing.assert_allclose(out.numpy(), state["embedding"][codes.numpy()], rtol=1e-6)
         state, expected_codes = ema_step(state, x, decay, eps)
         np.testing.assert_array_equal(codes.numpy(), expected_codes)
         for name, value in buffers(vq).items():
@@ -377,9 +376,8 @@ def test_vqvae_sample_at_low_temperature_is_the_most_used_code():
     model = small_vqvae(16, num_embeddings=4, embed_dim=2)
     model.quantizer.embedding.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
     model.decode = lambda z: z
-    model.quantizer.cluster_size.copy_(
-        torch.tensor([1.0, 2.0, 3.0, 0.0])
-    )  # small EMA counts, as after a short training
+    # small EMA counts, as after a short training
+    model.quantizer.cluster_size.copy_(torch.tensor([1.0, 2.0, 3.0, 0.0]))
     torch.manual_seed(0)
     codes = nearest(model.sample(50, temperature=0.01), model.codebook)  # temperatures down to 1e-3 are accepted
     assert (codes == 2).all()

@@ -178,9 +178,8 @@ class RayPool:
                 idle.append(actor)
             except ray.exceptions.RayActorError as exc:  # the actor (or its node) died: never drop its episodes
                 deaths[index] = deaths.get(index, 0) + 1
-                if (
-                    deaths[index] > self.MAX_DEATHS
-                ):  # not bad luck: the workers cannot run (e.g. a node lacks worldmodels)
+                # not bad luck: the workers cannot run (e.g. a node lacks worldmodels)
+                if deaths[index] > self.MAX_DEATHS:
                     raise WorldModelsError(
                         f"ray: {deaths[index]} workers died on the same episodes; the last: {exc}"
                     ) from None

@@ -64,9 +64,7 @@ class VisionConfig:
 
     model: str = "vae"  # vae | vqvae | nvae
     latent_dim: int = 32  # vae and nvae; a VQ-VAE's z is (frame_size / 16)^2 positions x embed_dim
-    channels: list[int] = field(
-        default_factory=lambda: [32, 64, 128, 256]
-    )  # vae and vqvae: widths of the four conv layers
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # vae, vqvae: the four convs' widths
     free_bits: float = 0.5  # KL floor per latent dimension, in nats (Ha's kl_tolerance)
     kl_weight: float = 1.0  # vae and nvae: beta, the KL's weight
     num_embeddings: int = 64  # vqvae: codes in the codebook
@@ -79,9 +77,7 @@ class VisionConfig:
     scales: list[int] = field(default_factory=lambda: [4, 8])  # nvae: side of each scale's latent grid, top first
     groups_per_scale: int = 2  # nvae: latent groups per scale
     latent_channels: int = 2  # nvae: channels of a latent group
-    top_groups: int = (
-        1  # nvae: top groups that make z; latent_dim must equal top_groups x latent_channels x scales[0]^2
-    )
+    top_groups: int = 1  # nvae: top groups that make z; latent_dim = top_groups x latent_channels x scales[0]^2
     cells_per_group: int = 1  # nvae: residual cells per group in the encoder and the decoder
     kl_warmup: float = 0.3  # nvae: the KL weight rises linearly from 1e-4 to 1 over this fraction of training
     spectral_lambda: float = 0.1  # nvae: weight of the spectral and batch-norm regularisation (seed 004: 0.1)
@@ -109,9 +105,7 @@ class MemoryConfig:
     reward_weight: float = 1.0  # the reward head's share of the loss
     done_loss_weight: float = 1.0  # the done head's share of the loss
     dropout: float = 0.0  # on the LSTM's output before the heads, in training (and in the dream with dream.dropout)
-    holdout: float = (
-        0.0  # fraction of episodes kept out of M's training for its fidelity report; 0: report on training data
-    )
+    holdout: float = 0.0  # fraction of episodes kept out of M's training for its fidelity report; 0: training data
     seed: int = 0  # initial weights and the order of windows
 
 
@@ -136,9 +130,7 @@ class ControllerConfig:
     target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
     max_steps: int = 0  # 0: the environment's own time limit
     real_rollouts: int = 0  # dream training only: real episodes played at each re-evaluation, to log dream vs real
-    fidelity_controllers: int = (
-        6  # dream training: controllers from the search's history scored in dream and real; 0: none
-    )
+    fidelity_controllers: int = 6  # dream training: controllers of the search's history scored in both worlds; 0: none
     fidelity_episodes: int = 4  # real episodes for each of them (they only watch; nothing feeds the search)
     seed: int = 0  # CMA-ES's sampling and the rollout seeds
 
@@ -152,9 +144,7 @@ class DreamConfig:
     done: str = "sample"  # sample: Bernoulli from M's done head | threshold | never
     done_threshold: float = 0.5  # done = "threshold": an episode ends once M's done probability passes it
     start: str = "data"  # data: first frames of real episodes | prior: V's N(0, I)
-    dropout: bool = (
-        False  # keep M's dropout (memory.dropout) on while dreaming, a fresh mask every step ("Dropout's Dream Land")
-    )
+    dropout: bool = False  # M's dropout (memory.dropout) kept on in the dream, a new mask a step (Dropout's Dream Land)
     batch: int = 0  # episodes dreamt at once; 0: the whole population x rollouts
     rounds: int = 0  # iterations after the first: collect with C, retrain M, retrain C in the dream
     round_episodes: int = 100  # real episodes collected per round

@@ -100,9 +100,8 @@ def statistics(scores: list[float], reps: int = 50_000, seed: int = 0) -> dict:
     def aggregates(x: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(x), float(np.mean(x)), float(np.median(x))])
 
-    state = (
-        np.random.get_state()
-    )  # rliable draws its resamples from numpy's global generator: seed it, then put it back
+    # rliable draws its resamples from numpy's global generator: seed it, then put it back
+    state = np.random.get_state()
     np.random.seed(seed)
     try:
         with warnings.catch_warnings():  # arch deprecates the RandomState that rliable hands it

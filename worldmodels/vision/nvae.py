@@ -162,9 +162,8 @@ class SpectralNorms(nn.Module):
                 for _ in range(iterations):
                     v.copy_(F.normalize(weight.t() @ u, dim=0))
                     u.copy_(F.normalize(weight @ v, dim=0))
-            total = (
-                total + u.clone() @ weight @ v.clone()
-            )  # clones: a later call's in-place update cannot clash with backward
+            # clones: a later call's in-place update cannot clash with backward
+            total = total + u.clone() @ weight @ v.clone()
         return total
 
 

@@ -71,9 +71,8 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("embedding", embedding)
         self.register_buffer("cluster_size", torch.ones(num_embeddings))
         self.register_buffer("embed_sum", embedding.clone())
-        self.register_buffer(
-            "unused", torch.zeros(num_embeddings, dtype=torch.long)
-        )  # training steps since last picked
+        # training steps since last picked
+        self.register_buffer("unused", torch.zeros(num_embeddings, dtype=torch.long))
         self.register_buffer("initialised", torch.tensor(init != "kmeans"))
 
     @torch.no_grad()
@@ -101,9 +100,8 @@ class VectorQuantizer(nn.Module):
         Under torchrun the codebook learns from the global batch (every process's x, in one process's order),
         so each process keeps the same codebook as a single process would.
         """
-        with torch.autocast(
-            x.device.type, enabled=False
-        ):  # distances and averages in float32, even under bf16 autocast
+        # distances and averages in float32, even under bf16 autocast
+        with torch.autocast(x.device.type, enabled=False):
             codes, quantised = self._assign(x)
         commitment = self.commitment * (x - quantised).pow(2).sum(-1).mean()  # the encoder commits to its code
         perplexity, usage = code_statistics(codes, self.num_embeddings)

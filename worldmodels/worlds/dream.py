@@ -100,9 +100,8 @@ class Dream:
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advance every episode by M's action input (B, A): (reward, terminated, truncated), each (B,)."""
         keep = None
-        if (
-            self.cfg.dropout and self.memory.cfg.dropout
-        ):  # M's dropout kept on: every step dreams with another sub-network
+        # M's dropout kept on: every step dreams with another sub-network
+        if self.cfg.dropout and self.memory.cfg.dropout:
             keep = (
                 noise.uniform(self.seeds, self.t, noise.DROPOUT, self.memory.cfg.hidden_size) >= self.memory.cfg.dropout
             ).float()

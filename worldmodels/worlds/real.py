@@ -36,9 +36,8 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """
 
     def __init__(self, env: gym.Env, frame_size: int, crop: list[float]):
-        gym.utils.RecordConstructorArgs.__init__(
-            self, frame_size=frame_size, crop=list(crop)
-        )  # so the spec rebuilds it
+        # so the spec rebuilds it
+        gym.utils.RecordConstructorArgs.__init__(self, frame_size=frame_size, crop=list(crop))
         super().__init__(env)
         self.frame_size = frame_size
         self.crop = crop
