@@ -292,7 +292,7 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
             evaluator.restore(p.world_state)
         watcher = None  # real episodes that only watch a dream-trained controller
         if c.world == "dream" and c.real_rollouts:
-            watcher = stack.enter_context(real_world(cfg, run).open())
+            watcher = stack.enter_context(real_evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps))
         if search.new_round:
             search.start_round(evaluator)
         generations = bar(range(p.generation, search.until()), desc=f"cma-es ({c.world})", unit="gen")

@@ -63,11 +63,16 @@ def link_tree(source: Path, target: Path) -> None:
             link(path, target / path.relative_to(source))
 
 
-def run_shared(cfg: Config, run: Run, rollouts_root: Path, shared: tuple[str, ...]) -> None:
-    """The stages every seed shares, once, in the study's `shared` folder."""
-    stages.check_run(cfg, run)
+def prepare(run: Run) -> None:
+    """What the CLI does for a writing stage: refuse other model sizes, make the folder, record the recipe."""
+    stages.check_run(run.cfg, run)
     run.dir.mkdir(parents=True, exist_ok=True)
     run.write_recipe()
+
+
+def run_shared(cfg: Config, run: Run, rollouts_root: Path, shared: tuple[str, ...]) -> None:
+    """The stages every seed shares, once, in the study's `shared` folder."""
+    prepare(run)
     stages.collect(cfg, rollouts_root)
     if "train-vision" in shared:
         stages.train_vision(cfg, run, rollouts_root)
@@ -174,9 +179,7 @@ def run_seed(seed: int, seed_run: Run, rollouts_root: Path, old: dict | None) ->
     """One seed's pipeline, resumed where it stopped: its study row (a finished seed keeps its measured time)."""
     from .pipeline import pipeline
 
-    stages.check_run(seed_run.cfg, seed_run)
-    seed_run.dir.mkdir(parents=True, exist_ok=True)
-    seed_run.write_recipe()
+    prepare(seed_run)
     started = time.perf_counter()
     report = pipeline(seed_run.cfg, seed_run, rollouts_root)
     wall = time.perf_counter() - started
