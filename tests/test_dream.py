@@ -541,6 +541,24 @@ def test_train_controller_in_the_dream(copy_run, capsys):
     assert recipe.controller.world == "dream" and recipe.dream.max_steps == 30
 
 
+def test_real_episodes_watch_a_dream_search_without_feeding_it(copy_run, capsys):
+    """controller.real_rollouts: real episodes of the kept controller beside its dream score, counted apart."""
+    ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
+    for name in ("cmaes.pt", "controller.pt"):
+        (run / name).unlink()
+    capsys.readouterr()
+    sets = ["--world", "dream", "--set", "dream.max_steps=30", "--set", "controller.real_rollouts=2"]
+    assert cli_stage("train-controller", ck, ro, *sets) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])["result"]
+    assert out.count("kept controller: dream") == 2  # one line per re-evaluation (every generation here)
+    _, progress, _ = cmaes_state(run)
+    assert (
+        2 * 2 <= result["real_steps_watching"] == progress.real_steps <= 2 * 2 * 50
+    )  # 2 episodes x 2, at most 50 steps
+    assert result["steps"] == progress.env_steps  # the dream's own steps, the real ones apart
+
+
 def test_evaluate_in_the_dream_writes_its_own_report(copy_run, capsys):
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
     real_report = (run / "report.json").read_bytes()
