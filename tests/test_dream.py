@@ -16,14 +16,14 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 from PIL import Image
 
-from worldmodels import checkpoints, noise, search_state
+from worldmodels import checkpoints, evolution, noise, search_state
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
 from worldmodels.config import DreamConfig
 from worldmodels.controller import Controller, to_action
 from worldmodels.evolution import DreamEvaluator, generation_seeds
 from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, draw
-from worldmodels.rollouts import load_episode, load_latents, start_latents
+from worldmodels.rollouts import LatentEpisode, load_episode, load_latents, start_latents
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.dream import Dream, DreamEnv, DreamVectorEnv, play_dream
 from worldmodels.worlds.real import action_dim, action_space
@@ -234,6 +234,32 @@ def test_episodes_start_from_the_data_or_the_prior():
     wide = torch.tensor([[[0.5, 0.0, -0.5], [math.log(2.0)] * 3]])
     z = Dream(memory, DreamConfig(), wide).reset(seeds)[:, :Z]
     torch.testing.assert_close(z, wide[0, 0] + 2.0 * noise.normal(seeds, torch.full_like(seeds, -1), Z))
+
+
+def test_along_starts_are_every_frame_of_every_episode():
+    """start="along": the dream starts from any real frame, each frame as likely (so a longer episode more often)."""
+    lengths = (2, 5)  # steps: 3 and 6 frames
+    episodes = [
+        LatentEpisode(
+            np.full((n + 1, Z), i, np.float32) + np.arange(n + 1, dtype=np.float32)[:, None] / 10,
+            np.full((n + 1, Z), -30.0, np.float32),
+            np.zeros((n, 2), np.float32),
+            np.zeros(n, np.float32),
+            np.zeros(n, bool),
+        )
+        for i, n in enumerate(lengths)
+    ]
+    first = start_latents(episodes)
+    assert first.shape == (2, 2, Z) and first[:, 0, 0].tolist() == [0.0, 1.0]
+    along = start_latents(episodes, "along")
+    assert along.shape == (9, 2, Z)
+    np.testing.assert_allclose(along[:, 0, 0].numpy(), [0, 0.1, 0.2, 1, 1.1, 1.2, 1.3, 1.4, 1.5], atol=1e-6)
+    assert (along[:, 1] == -30).all()
+    z = Dream(small_memory(), DreamConfig(start="along"), along).reset(torch.arange(9000))[:, 0]
+    frames = torch.tensor([0, 0.1, 0.2, 1, 1.1, 1.2, 1.3, 1.4, 1.5])
+    hit = (z[:, None] - frames).abs() < 1e-4
+    assert (hit.sum(1) == 1).all()  # every start is one of the frames, its std e^-30 adding nothing
+    np.testing.assert_allclose(hit.double().mean(0).numpy(), np.full(9, 1 / 9), atol=0.015)
 
 
 # ---------------------------------------------------------------- M's reward and done heads in the dream
@@ -539,6 +565,19 @@ def test_train_controller_in_the_dream(copy_run, capsys):
     assert rescored == pytest.approx(saved["score"], abs=1e-4)
     recipe = config_lib.load(run / "recipe.toml")
     assert recipe.controller.world == "dream" and recipe.dream.max_steps == 30
+
+
+def test_the_dream_world_starts_where_the_recipe_says(copy_run):
+    """dream.start reaches the search's world: first frames ("data"), every frame ("along"), or none ("prior")."""
+    ck = copy_run["checkpoints"]
+    latents = load_latents(checkpoints.Run(ck, config_lib.load(TINY)))
+    expected = {"data": len(latents), "along": sum(len(e.mu) for e in latents)}
+    for start in ("data", "along", "prior"):
+        cfg = config_lib.load(TINY, [f'dream.start="{start}"'])
+        with evolution.dream_world(cfg, checkpoints.Run(ck, cfg)).open() as evaluator:
+            starts = evaluator.dream.starts
+            assert (starts is None) if start == "prior" else len(starts) == expected[start]
+    assert expected["along"] > expected["data"]
 
 
 def test_real_episodes_watch_a_dream_search_without_feeding_it(copy_run, capsys):

@@ -143,7 +143,7 @@ class DreamConfig:
     max_steps: int = 1000  # step cap of a dream episode
     done: str = "sample"  # sample: Bernoulli from M's done head | threshold | never
     done_threshold: float = 0.5  # done = "threshold": an episode ends once M's done probability passes it
-    start: str = "data"  # data: first frames of real episodes | prior: V's N(0, I)
+    start: str = "data"  # data: first frames of real episodes | along: any frame of them | prior: V's N(0, I)
     dropout: bool = False  # M's dropout (memory.dropout) kept on in the dream, a new mask a step (Dropout's Dream Land)
     batch: int = 0  # episodes dreamt at once; 0: the whole population x rollouts
     rounds: int = 0  # iterations after the first: collect with C, retrain M, retrain C in the dream
@@ -502,7 +502,10 @@ def _dream_checks(cfg: Config) -> list[Check]:
             cfg.dream.done in ("sample", "threshold", "never"),
             f"dream.done must be 'sample', 'threshold' or 'never', got '{cfg.dream.done}'",
         ),
-        (cfg.dream.start in ("data", "prior"), f"dream.start must be 'data' or 'prior', got '{cfg.dream.start}'"),
+        (
+            cfg.dream.start in ("data", "along", "prior"),
+            f"dream.start must be 'data', 'along' or 'prior', got '{cfg.dream.start}'",
+        ),
         (cfg.dream.tau >= 0, f"dream.tau must be at least 0, got {cfg.dream.tau}"),
         (cfg.dream.max_steps >= 1, "dream.max_steps must be at least 1"),
         (cfg.dream.rounds >= 0 and cfg.dream.batch >= 0, "dream.rounds and dream.batch must not be negative"),

@@ -20,7 +20,7 @@ from .controller import Controller
 from .errors import WorldModelsError
 from .evaluators import Evaluator, SearchWorld, StatefulEvaluator, open_world, register_world
 from .progress import bar
-from .rollouts import load_latents, start_latents
+from .rollouts import dream_starts
 from .search_state import Progress
 from .training import pick_device
 from .worlds.dream import Dream, dream_rollout, filmstrip, play_dream
@@ -32,7 +32,7 @@ from .worlds.real import action_space
 class DreamEvaluator:
     """Scores controllers in M's dream: every candidate x rollout in one batch, one M step for all per time step."""
 
-    def __init__(self, model: WorldModel, cfg: DreamConfig, starts: torch.Tensor, space: gym.Space):
+    def __init__(self, model: WorldModel, cfg: DreamConfig, starts: torch.Tensor | None, space: gym.Space):
         self.dream = Dream(model.memory, cfg, starts, model.vision)
         self.input_dim, self.space, self.batch = model.controller_input, space, cfg.batch
         self.steps = 0  # dream steps spent, for the logs
@@ -113,12 +113,14 @@ def real_world(cfg: Config, run: checkpoints.Run) -> SearchWorld:
 
 
 def dream_world(cfg: Config, run: checkpoints.Run) -> SearchWorld:
-    """M's dream, started from the real first frames V encoded."""
+    """M's dream, started from real frames V encoded (dream.start)."""
     vision, memory = run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory")
     model = WorldModel.load(vision, memory, pick_device(cfg.device))
     space = action_space(cfg.env)
     return SearchWorld(
-        model.controller_input, space, lambda: DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space)
+        model.controller_input,
+        space,
+        lambda: DreamEvaluator(model, cfg.dream, dream_starts(run, cfg.dream.start), space),
     )
 
 
@@ -344,7 +346,7 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     flat = saved["params"].numpy()
     evaluator: Evaluator
     if world == "dream":
-        evaluator = DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), action_space(cfg.env))
+        evaluator = DreamEvaluator(model, cfg.dream, dream_starts(run, cfg.dream.start), action_space(cfg.env))
     else:
         evaluator = real_evaluator(cfg, run.vision, run.memory, e.workers)
     with evaluator:

@@ -22,7 +22,7 @@ from .agent import WorldModel
 from .backends import real_evaluator
 from .config import Config
 from .memory import MDNRNN
-from .rollouts import LatentEpisode, load_latents, start_latents
+from .rollouts import LatentEpisode, dream_starts
 from .training import pick_device
 from .worlds.real import action_space
 
@@ -120,7 +120,7 @@ def dream_and_real_returns(
         checkpoints.load(run.vision, "vision"), memory, pick_device(cfg.device), names=(run.vision, run.memory)
     )
     space = action_space(cfg.env)
-    with evolution.DreamEvaluator(model, cfg.dream, start_latents(load_latents(run)), space) as dream:
+    with evolution.DreamEvaluator(model, cfg.dream, dream_starts(run, cfg.dream.start), space) as dream:
         dreamt = dream.returns(flat, evolution.generation_seeds(c.seed + 4, 0, c.eval_rollouts))
     with real_evaluator(cfg, run.vision, run.memory, c.workers) as world:
         real = world.returns(flat, real_seeds)

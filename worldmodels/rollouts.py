@@ -463,6 +463,14 @@ def load_latents(run: Run) -> list[LatentEpisode]:
     return episodes
 
 
-def start_latents(episodes: list[LatentEpisode]) -> torch.Tensor:
-    """The latent mean and log-std of every episode's first frame, (N, 2, Z): where dreams start."""
+def dream_starts(run: Run, start: str) -> torch.Tensor | None:
+    """The run's encoded frames its dreams start from (`dream.start`); None for V's prior."""
+    return None if start == "prior" else start_latents(load_latents(run), start)
+
+
+def start_latents(episodes: list[LatentEpisode], start: str = "data") -> torch.Tensor:
+    """Where dreams start, (N, 2, Z) latent means and log-stds: every episode's first frame ("data") or every
+    frame of every episode ("along")."""
+    if start == "along":  # M trains on windows from random steps with a fresh LSTM state: such a start is in its data
+        return torch.from_numpy(np.concatenate([np.stack([e.mu, e.logstd], axis=1) for e in episodes]))
     return torch.from_numpy(np.stack([np.stack([e.mu[0], e.logstd[0]]) for e in episodes]))

@@ -40,7 +40,7 @@ class Dream:
     ):
         self.memory, self.cfg, self.vision = memory, cfg, vision
         self.device = next(memory.parameters()).device
-        # (N, 2, Z): mean and log-std of real first frames; None starts from V's prior N(0, I)
+        # (N, 2, Z): mean and log-std of real frames to start from; None starts from V's prior N(0, I)
         self.starts = None if starts is None or cfg.start == "prior" else starts.to(self.device, torch.float32)
         self.latent_dim = memory.cfg.latent_dim
         self.block_steps = 32  # small batches hash this many steps of noise at once; 0: every step on its own

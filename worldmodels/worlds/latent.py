@@ -68,16 +68,16 @@ def open_run(run: str | Path, recipe: str | Path | None = None):
 def dream_env(
     run: str | Path, recipe: str | Path | None = None, device: str = "cpu", render_mode: str | None = None
 ) -> DreamEnv:
-    """The dream the run's controller trained in: its M, V, dream settings, real first frames and action space."""
+    """The dream the run's controller trained in: its M, V, dream settings, starts and action space."""
     from ..agent import WorldModel
-    from ..rollouts import load_latents, start_latents
+    from ..rollouts import dream_starts
     from .real import action_space
 
     cfg, folder = open_run(run, recipe)
     model = WorldModel.load(
         folder.require(folder.vision, "train-vision"), folder.require(folder.memory, "train-memory"), device
     )
-    starts = start_latents(load_latents(folder)) if cfg.dream.start == "data" else None
+    starts = dream_starts(folder, cfg.dream.start)
     return DreamEnv(
         Dream(model.memory, cfg.dream, starts, model.vision), action_space(cfg.env), render_mode=render_mode
     )
