@@ -89,9 +89,11 @@ class WorldModel:
     def device(self) -> torch.device:
         return next(self.memory.parameters()).device
 
-    def see(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 frames (B, H, W, 3) -> z (B, Z), V's posterior mean: what C and M read."""
-        return self.vision.encode(frames_to_float(torch.from_numpy(frames), self.device)).mean
+    def see(self, frames: np.ndarray, history: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 frames (B, H, W, 3) -> (z (B, Z), V's posterior mean: what C and M read; what V keeps for the next
+        frames, None for a V that reads one frame). `history` is the last call's, a row of NaN for a new episode."""
+        latent, history = self.vision.observe(frames_to_float(torch.from_numpy(frames), self.device), history)
+        return latent.mean, history
 
     def remember(self, z: torch.Tensor, actions: list, space: gym.Space, state: tuple) -> tuple:
         """M's next state after seeing z and taking `actions` (one per row)."""
@@ -152,8 +154,9 @@ def play(
     totals, steps = [0.0] * n, [0] * n
     alive = list(range(n))
     space = worlds[0].action_space
+    history = None
     while alive:
-        z = model.see(np.stack([obs[k] for k in alive]))  # (B, Z)
+        z, history = model.see(np.stack([obs[k] for k in alive]), history)  # (B, Z)
         noise = (
             exploration * np.stack([rngs[k].standard_normal(controller.out) for k in alive]) if exploration else None
         )
@@ -170,6 +173,7 @@ def play(
         state = model.remember(z, actions, space, state)
         keep = torch.tensor(still, dtype=torch.long, device=model.device)
         state = (state[0][:, keep], state[1][:, keep])
+        history = None if history is None else history[keep]
         alive = [alive[row] for row in still]
     if record is not None:
         assert episodes is not None
@@ -235,9 +239,12 @@ def play_vector(
     episodes: dict[int, EpisodeRecord] = {}
     totals, steps = [0.0] * len(seeds), [0] * len(seeds)
     success: list[bool | None] = [None] * len(seeds)
+    history: torch.Tensor | None = None  # V's memory of past frames, for a V that reads several
 
     def start(mask: np.ndarray) -> None:
         """Reset the copies in `mask`, each with the next episode's seed (idle once none is left)."""
+        if history is not None:
+            history[torch.from_numpy(mask).to(history.device)] = float("nan")  # these copies' next frame starts anew
         for i in np.flatnonzero(mask):
             playing[i] = queue.pop() if queue else -1
         seed = [seeds[playing[i]] if mask[i] and playing[i] >= 0 else None for i in range(copies)]
@@ -253,7 +260,7 @@ def play_vector(
 
     start(np.ones(copies, dtype=bool))
     while any(k >= 0 for k in playing):
-        z = model.see(obs)
+        z, history = model.see(obs, history)
         rows = [max(k, 0) for k in playing]  # idle copies act with any controller; their steps are dropped
         noise = _exploration_noise(playing, rngs, exploration, controller.out)
         actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=rows, noise=noise)

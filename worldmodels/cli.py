@@ -240,7 +240,8 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_r
             return search.train_vision(cfg, run)["losses"]
         return summary(search.evaluate(cfg, run))
     if args.stage == "train-vision":
-        return stages.train_vision(cfg, run, rollouts_root)["losses"]
+        trained = stages.train_vision(cfg, run, rollouts_root)
+        return trained["losses"] | trained.get("compressor", {})  # a pretrained V's held-out error and speed
     if args.stage == "sample":
         return [str(p) for p in stages.sample(cfg, run, rollouts_root, args.n, args.temperature)]
     if args.stage == "encode":

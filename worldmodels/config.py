@@ -59,11 +59,24 @@ class CollectConfig:
 
 
 @dataclass
-class VisionConfig:
-    """V: the conv VAE of Ha & Schmidhuber, a conv VQ-VAE, or NVAE."""
+class PretrainedConfig:
+    """vision.model = "pretrained" (seed 003): a frozen encoder, its features compressed into z."""
 
-    model: str = "vae"  # vae | vqvae | nvae
-    latent_dim: int = 32  # vae and nvae; a VQ-VAE's z is (frame_size / 16)^2 positions x embed_dim
+    encoder: str = ""  # hf:FOLDER (a local Hugging Face model: CLIP, SigLIP, any image AutoModel) | run:FOLDER (a V)
+    layer: int = -1  # hf: the hidden state whose tokens are averaged into features; -1: the pooled output
+    compressor: str = "autoencoder"  # autoencoder (seed 003's main line) | linear (its idea 3)
+    hidden: int = 256  # autoencoder: width of its hidden layers
+    context: int = 1  # consecutive frames whose features are compressed together (never across episodes)
+    concat: bool = False  # z = [the run: encoder's own z, the code] (seed 003's idea 2)
+    decoder: bool = False  # also train a conv decoder from z to frames, for sample, dream GIFs and render()
+
+
+@dataclass
+class VisionConfig:
+    """V: the conv VAE of Ha & Schmidhuber, a conv VQ-VAE, NVAE, or a frozen pretrained encoder."""
+
+    model: str = "vae"  # vae | vqvae | nvae | pretrained
+    latent_dim: int = 32  # vae, nvae, pretrained (its code); a VQ-VAE's z is (frame_size / 16)^2 positions x embed_dim
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # vae, vqvae: the four convs' widths
     free_bits: float = 0.5  # KL floor per latent dimension, in nats (Ha's kl_tolerance)
     kl_weight: float = 1.0  # vae and nvae: beta, the KL's weight
@@ -87,6 +100,7 @@ class VisionConfig:
     lr: float = 1e-3  # Adam's learning rate
     buffer_episodes: int = 256  # episodes held in memory at once while streaming frames
     seed: int = 0  # initial weights and the order of frames
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)  # model = "pretrained": its encoder
 
 
 @dataclass
@@ -266,7 +280,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 # Every number in a recipe is finite and not negative, except where these say otherwise.
-SIGNED = {"env.action_low", "env.action_high", "collect.keep.low", "collect.keep.high", "controller.target"}
+SIGNED = {
+    "env.action_low",
+    "env.action_high",
+    "collect.keep.low",
+    "collect.keep.high",
+    "controller.target",
+    "vision.pretrained.layer",  # -1: the pooled output
+}
 INFINITE_OK = {"collect.keep.low", "collect.keep.high", "controller.target"}
 POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that cannot move
     "env.frame_size",
@@ -312,6 +333,8 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "collect.episodes": 1_000_000,
     "collect.workers": 1024,
     "vision.latent_dim": 65_536,
+    "vision.pretrained.context": 64,
+    "vision.pretrained.hidden": 65_536,
     "vision.channels": 8192,
     "vision.batch_size": 65_536,
     "vision.buffer_episodes": 1_000_000,
@@ -380,13 +403,32 @@ def check_name(name: str) -> None:
 Check = tuple[bool, str]  # a condition that must hold, and the message when it does not
 
 
+def _pretrained_checks(p: PretrainedConfig, used: bool) -> list[Check]:
+    """vision.pretrained: where its encoder comes from and how its features are compressed."""
+    return [
+        (
+            not used or p.encoder.partition(":")[0] in ("hf", "run") and p.encoder.partition(":")[2] != "",
+            "vision.pretrained.encoder must be 'hf:FOLDER' (a local Hugging Face model) or 'run:FOLDER' (another "
+            f"run's V), got '{p.encoder}'",
+        ),
+        (
+            p.compressor in ("autoencoder", "linear"),
+            f"vision.pretrained.compressor must be 'autoencoder' or 'linear', got '{p.compressor}'",
+        ),
+        (p.layer >= -1, f"vision.pretrained.layer must be -1 (the pooled output) or a hidden state, got {p.layer}"),
+        (p.context >= 1 and p.hidden >= 1, "vision.pretrained.context and vision.pretrained.hidden must be at least 1"),
+        (not p.concat or p.encoder.startswith("run:"), "vision.pretrained.concat needs a 'run:' encoder (its z)"),
+    ]
+
+
 def _vision_checks(cfg: Config) -> list[Check]:
     """V: its model, sizes, KL schedule, loss weights and codebook."""
     return [
         (
-            cfg.vision.model in ("vae", "vqvae", "nvae"),
-            f"vision.model must be 'vae', 'vqvae' or 'nvae', got '{cfg.vision.model}'",
+            cfg.vision.model in ("vae", "vqvae", "nvae", "pretrained"),
+            f"vision.model must be 'vae', 'vqvae', 'nvae' or 'pretrained', got '{cfg.vision.model}'",
         ),
+        *_pretrained_checks(cfg.vision.pretrained, cfg.vision.model == "pretrained"),
         *[
             (getattr(cfg.vision, key) >= 1, f"vision.{key} must be at least 1, got {getattr(cfg.vision, key)}")
             for key in ("base_channels", "groups_per_scale", "latent_channels", "cells_per_group")
@@ -615,8 +657,12 @@ def field_meanings() -> dict[str, str]:
     import inspect
 
     meanings = {}
-    sections = {f.name: f.type for f in fields(Config)}
-    for section, cls in [("", Config)] + [(name, globals()[tp]) for name, tp in sections.items() if tp in globals()]:
+    todo = [("", Config)]
+    while todo:  # the recipe's sections, then their sub-tables (vision.pretrained)
+        section, cls = todo.pop(0)
+        for f in fields(cls):
+            if isinstance(f.type, str) and f.type in globals() and dataclasses.is_dataclass(globals()[f.type]):
+                todo.append((f"{section}.{f.name}" if section else f.name, globals()[f.type]))
         for match in re.finditer(r"^    (\w+): [^=\n]+=[^#\n]*#\s*(.+)$", inspect.getsource(cls), re.MULTILINE):
             meanings[f"{section}.{match[1]}" if section else match[1]] = match[2].strip()
     return meanings
@@ -646,12 +692,16 @@ def explain(cfg: Config) -> str:
     for key, value in data.items():
         if not isinstance(value, dict):
             lines.append(f"{key} = {_toml_value(value)}" + (f"  # {meanings[key]}" if key in meanings else ""))
-    for section, values in data.items():
-        if isinstance(values, dict):
-            lines += ["", f"[{section}]"]
-            for key, value in values.items():
-                note = meanings.get(f"{section}.{key}")
-                lines.append(f"{key} = {_toml_value(value)}" + (f"  # {note}" if note else ""))
+    tables = [(section, values) for section, values in data.items() if isinstance(values, dict)]
+    while tables:  # a section's own keys, then its sub-tables ([vision.pretrained]) after it
+        section, values = tables.pop(0)
+        lines += ["", f"[{section}]"]
+        for key, value in values.items():
+            note = meanings.get(f"{section}.{key}")
+            if isinstance(value, dict) and f"{section}.{key}" in meanings and value:
+                tables.insert(0, (f"{section}.{key}", value))
+                continue
+            lines.append(f"{key} = {_toml_value(value)}" + (f"  # {note}" if note else ""))
     return "\n".join(lines) + "\n"
 
 

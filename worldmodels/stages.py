@@ -17,6 +17,7 @@ from .agent import load_vision, memory_from_checkpoint, vision_from_checkpoint
 from .checkpoints import Run
 from .config import Config, MemoryConfig
 from .errors import WorldModelsError
+from .features import train_pretrained_vision
 from .memory import MDNRNN, MemoryModelConfig, memory_loss
 from .progress import bar, say
 from .rollouts import (
@@ -28,7 +29,8 @@ from .rollouts import (
     load_latents,
 )
 from .training import Fit, fit, fit_options, main_writer, pick_device
-from .vision import VQVAE, VisionModel, build_vision, vision_config
+from .vision import VQVAE, PretrainedV, VisionModel, build_vision, vision_config
+from .vision.encoders import encoder_weights
 from .worlds.real import action_dim, action_space, encode_actions
 
 
@@ -85,6 +87,9 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     model_config = vision_config(cfg)
     torch.manual_seed(v.seed)  # the same initial weights whatever ran before in this process
     model = build_vision(model_config).to(device)
+    if isinstance(model, PretrainedV):  # the frozen encoder's own weights; only its compressor trains
+        model.encoder.load_state_dict(encoder_weights(v.pretrained.encoder))
+        return train_pretrained_vision(cfg, run, store, model, model_config, device)
     if device.type == "cuda":  # cuDNN's fast convolutions want NHWC; frames_to_float already makes NHWC batches
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
     stream = FrameStream(store, v.buffer_episodes, seed=v.seed)
@@ -138,6 +143,9 @@ def two_rows(*images: torch.Tensor) -> list[torch.Tensor]:
 def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature: float = 1.0) -> list[Path]:
     """Write PNG grids: prior samples, and reconstructions under their originals."""
     model = load_vision(run.require(run.vision, "train-vision"))
+    if not model.draws:
+        say("sample: this V draws no frames (vision.pretrained.decoder = false); nothing to show")
+        return []
     store = EpisodeStore(episodes_dir(rollouts_root, cfg))
     store.manifest()
     torch.manual_seed(cfg.vision.seed)
@@ -145,11 +153,11 @@ def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature:
     with torch.no_grad():
         recon = model.through_z(originals)
         full = model.reconstruct(originals)  # a hierarchical V's own, from all its latents: a third row when it differs
-        prior = model.sample(n, temperature)
+        prior = model.sample(n, temperature) if model.has_prior else None
     out = run.dir / "samples"
-    paths = [out / "reconstructions.png", out / "prior.png"]
+    paths = [out / "reconstructions.png", out / "prior.png"][: 2 if prior is not None else 1]
     rows = two_rows(originals, recon) if torch.equal(full, recon) else two_rows(originals, recon, full)
-    pictures = [image_grid(rows), image_grid(two_rows(prior))]
+    pictures = [image_grid(rows)] + ([image_grid(two_rows(prior))] if prior is not None else [])
     writer = main_writer(run.tensorboard)
     for path, picture in zip(paths, pictures):
         png = io.BytesIO()
@@ -196,19 +204,19 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     todo = [p for p in wanted if p.name not in done]
     for path, episode in bar(store.iter_episodes(todo), total=len(todo), desc="encode", unit="ep"):
         frames = torch.from_numpy(episode["obs"])
-        parts: dict[str, list[torch.Tensor]] = {"mu": [], "logstd": [], "codes": []}
         with torch.no_grad():
-            for chunk in frames.split(256):
-                latent = model.encode(frames_to_float(chunk, device))
-                for key, value in zip(parts, (latent.mean, latent.logstd, latent.codes)):
-                    if value is not None:  # a VAE has no codes, a VQ-VAE no log-std
-                        parts[key].append(value.cpu())
+            latent = model.encode_episode(frames_to_float(chunk, device) for chunk in frames.split(256))
+        parts = {
+            "mu": latent.mean,
+            "logstd": latent.logstd,
+            "codes": latent.codes,
+        }  # a VAE has no codes, a VQ-VAE no log-std
         # a discrete V's z is codebook rows, kept exact (float32) so M learns and dreams the very vectors C sees
-        dtypes = {"mu": np.float32 if parts["codes"] else np.float16, "logstd": np.float16, "codes": np.int16}
+        dtypes = {"mu": np.float32 if latent.codes is not None else np.float16, "logstd": np.float16, "codes": np.int16}
         rollouts.save_episode(
             run.latents / path.name,
             {
-                **{key: torch.cat(values).numpy().astype(dtypes[key]) for key, values in parts.items() if values},
+                **{key: value.cpu().numpy().astype(dtypes[key]) for key, value in parts.items() if value is not None},
                 "action": encode_actions(episode["action"], space),
                 "reward": episode["reward"].astype(np.float32),
                 "done": episode["terminated"].astype(bool),

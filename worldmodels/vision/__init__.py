@@ -7,17 +7,27 @@ import dataclasses
 from ..config import Config
 from ..errors import WorldModelsError
 from .base import Latent, VisionModel
+from .encoders import describe_encoder
 from .nvae import NVAE, NVAEConfig
+from .pretrained import PretrainedV, PretrainedVConfig
 from .vae import ConvVAE, VAEConfig
 from .vqvae import VQVAE, VQVAEConfig
 
-MODELS = {"vae": (ConvVAE, VAEConfig), "vqvae": (VQVAE, VQVAEConfig), "nvae": (NVAE, NVAEConfig)}
+MODELS = {
+    "vae": (ConvVAE, VAEConfig),
+    "vqvae": (VQVAE, VQVAEConfig),
+    "nvae": (NVAE, NVAEConfig),
+    "pretrained": (PretrainedV, PretrainedVConfig),
+}
 
 
 def vision_config(cfg: Config) -> dict:
     """The model config of the recipe's V, as stored in its checkpoint."""
     _, config_cls = MODELS[cfg.vision.model]
     wanted = {"frame_size": cfg.env.frame_size, **dataclasses.asdict(cfg.vision)}
+    if cfg.vision.model == "pretrained":  # its own sub-table, and the encoder as the checkpoint stores it
+        p = cfg.vision.pretrained
+        wanted |= dataclasses.asdict(p) | {"encoder": describe_encoder(p.encoder, p.layer)}
     names = {f.name for f in dataclasses.fields(config_cls)}
     return {"model": cfg.vision.model, **{k: v for k, v in wanted.items() if k in names}}
 
@@ -43,6 +53,8 @@ __all__ = [
     "VQVAEConfig",
     "NVAE",
     "NVAEConfig",
+    "PretrainedV",
+    "PretrainedVConfig",
     "MODELS",
     "build_vision",
     "vision_config",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -31,6 +33,8 @@ class VisionModel(nn.Module):
     latent_dim: int
     latent_kind: str  # "continuous" | "discrete"
     progress: float = 1.0  # fraction of training done, set by trainers that warm up NVAE's KL; 1: warmed up
+    draws: bool = True  # decode() makes frames (a pretrained V only with its optional pixel decoder)
+    has_prior: bool = True  # z ~ N(0, I) is a frame V could see (not so for an autoencoder's code)
 
     def encode(self, x: torch.Tensor) -> Latent:
         """(B, 3, H, W) in [0, 1] -> Latent."""
@@ -39,6 +43,22 @@ class VisionModel(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, Z) -> (B, 3, H, W) in [0, 1]."""
         raise NotImplementedError
+
+    def encode_episode(self, chunks: Iterable[torch.Tensor]) -> Latent:
+        """One episode's frames, in order and in chunks -> its latents; a V that reads past frames overrides it."""
+        parts = [self.encode(chunk) for chunk in chunks]
+
+        def joined(values: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if values[0] is None else torch.cat(cast(list[torch.Tensor], values))
+
+        return Latent(
+            torch.cat([p.mean for p in parts]), joined([p.logstd for p in parts]), joined([p.codes for p in parts])
+        )
+
+    def observe(self, x: torch.Tensor, history: torch.Tensor | None) -> tuple[Latent, torch.Tensor | None]:
+        """One step of B episodes: (their latents, what V keeps of them for their next frame: None for a V that
+        reads one frame)."""
+        return self.encode(x), None
 
     def through_z(self, x: torch.Tensor) -> torch.Tensor:
         """decode(encode(x).mean): frames as M, C and the dream see them."""

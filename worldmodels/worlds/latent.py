@@ -27,15 +27,16 @@ class LatentObservation(gym.Wrapper):
         super().__init__(env)
         self.model = model
         self.observation_space = observation_space(model.vision.latent_dim, model.memory.cfg.hidden_size)
+        self.history: torch.Tensor | None = None  # V's memory of this episode's past frames, for a V that reads several
 
     @torch.inference_mode()
     def _see(self, frame: np.ndarray) -> np.ndarray:
-        self.z = self.model.see(frame[None])
+        self.z, self.history = self.model.see(frame[None], self.history)
         return torch.cat([self.z, MDNRNN.hidden(self.state)], dim=-1)[0].cpu().numpy()
 
     def reset(self, **kwargs):
         frame, info = self.env.reset(**kwargs)
-        self.state = self.model.memory.initial_state(1, self.model.device)
+        self.state, self.history = self.model.memory.initial_state(1, self.model.device), None
         return self._see(frame), info
 
     @torch.inference_mode()
