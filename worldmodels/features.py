@@ -7,6 +7,7 @@ the held-out feature reconstruction error the stage reports.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -84,16 +85,18 @@ def train_pretrained_vision(
 ) -> dict:
     """Cache the features, then train the compressor (and the pixel decoder) on the episodes not held out."""
     v = cfg.vision
-    cache = cache_features(model, store, device, keep_frames=v.pretrained.decoder)
-    train_rows = (~cache.heldout).nonzero().flatten()
     rank, size = distributed.world()
     batch_size = distributed.local_batch(v.batch_size, "vision.batch_size")
 
+    @functools.cache
+    def cached() -> tuple[FeatureCache, torch.Tensor]:  # only once training starts: a trained V skips the encoder
+        cache = cache_features(model, store, device, keep_frames=v.pretrained.decoder)
+        return cache, (~cache.heldout).nonzero().flatten()
+
     def batches(epoch: int):
-        order = train_rows[
-            torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(v.seed * 1000 + epoch))
-        ]
-        mine = order[rank::size]  # every process its share of each global batch
+        cache, train_rows = cached()
+        shuffle = torch.Generator().manual_seed(v.seed * 1000 + epoch)
+        mine = train_rows[torch.randperm(len(train_rows), generator=shuffle)][rank::size]  # this process's share
         end = len(mine) if size == 1 else len(mine) // batch_size * batch_size  # equal batch counts under DDP
         for i in range(0, end, batch_size):
             yield cache.batch(mine[i : i + batch_size], device)
@@ -111,11 +114,13 @@ def train_pretrained_vision(
         run.vision,
         writer,
         **fit_options(cfg, device),
-        batches_per_epoch=-(-len(train_rows) // v.batch_size),
+        batches_per_epoch=-(-store.manifest().get("frames", 1) * 9 // 10 // v.batch_size),  # about: 1 in 10 held out
     )
     result = fit(job)
-    model.eval()
-    held = heldout_error(model, cache, device)
     writer.close()
+    if cached.cache_info().currsize == 0:  # trained before: nothing new to report
+        return result
+    cache, _ = cached()
+    model.eval()
     speed = {"encoder_frames_per_second": round(cache.frames_per_second, 1), "feature_size": int(model.feature_dim)}
-    return {**result, "compressor": {**held, **speed, "frames": len(cache.features)}}
+    return {**result, "compressor": {**heldout_error(model, cache, device), **speed, "frames": len(cache.features)}}
