@@ -74,7 +74,10 @@ class PretrainedV(VisionModel):
 
     def code(self, stacked: torch.Tensor) -> torch.Tensor:
         """Stacked features (B, context x F), oldest first -> z (B, latent_dim)."""
-        code = self.compress(stacked)
+        return self._beside(stacked, self.compress(stacked))
+
+    def _beside(self, stacked: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """z from the code: the code alone, or with `concat` the frozen V's z of the newest frame beside it."""
         return torch.cat([stacked[:, -self.feature_dim :], code], dim=-1) if self.cfg.concat else code
 
     def encode(self, x: torch.Tensor) -> Latent:
@@ -111,9 +114,9 @@ class PretrainedV(VisionModel):
         features = F.mse_loss(self.expand(code), stacked)
         terms = {"features": features}
         if self.pixels is not None:  # drawn from z without steering it: the code is the compressor's alone
-            z = torch.cat([stacked[:, -self.feature_dim :], code], dim=-1) if self.cfg.concat else code
             frames = batch["frames"]
-            terms["pixels"] = F.mse_loss(self.decode(z.detach()), frames, reduction="sum") / len(frames)
+            z = self._beside(stacked, code).detach()
+            terms["pixels"] = F.mse_loss(self.decode(z), frames, reduction="sum") / len(frames)
         return {"loss": sum(terms.values()), **terms}  # type: ignore[dict-item]
 
 
