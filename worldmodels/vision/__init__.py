@@ -8,17 +8,13 @@ from ..config import Config
 from ..errors import WorldModelsError
 from .base import Latent, VisionModel
 from .encoders import describe_encoder
+from .frames import FRAME_MODELS
 from .nvae import NVAE, NVAEConfig
 from .pretrained import PretrainedV, PretrainedVConfig
 from .vae import ConvVAE, VAEConfig
 from .vqvae import VQVAE, VQVAEConfig
 
-MODELS = {
-    "vae": (ConvVAE, VAEConfig),
-    "vqvae": (VQVAE, VQVAEConfig),
-    "nvae": (NVAE, NVAEConfig),
-    "pretrained": (PretrainedV, PretrainedVConfig),
-}
+MODELS = {**FRAME_MODELS, "pretrained": (PretrainedV, PretrainedVConfig)}
 
 
 def vision_config(cfg: Config) -> dict:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WorldModelsError
+from .frames import FRAME_MODELS
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
@@ -155,9 +156,9 @@ def encoder_weights(source: str) -> dict[str, torch.Tensor]:
 def build_encoder(description: dict) -> FrozenEncoder:
     """The encoder a description names, with untrained weights (a checkpoint's state dict fills them)."""
     if description["kind"] == "run":
-        from . import build_vision
-
-        return VisionEncoder(build_vision(description["config"]))
+        config = dict(description["config"])
+        model_cls, config_cls = FRAME_MODELS[config.pop("model")]
+        return VisionEncoder(model_cls(config_cls(**config)))
     transformers = _transformers()
     config = dict(description["config"])
     tower_config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
