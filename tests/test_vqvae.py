@@ -637,7 +637,7 @@ def test_vq_dream_z_is_always_codebook_rows(vq_run, start):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ('vision.model="vqgan"', "vision.model must be 'vae', 'vqvae' or 'nvae'"),
+        ('vision.model="vqgan"', "vision.model must be 'vae', 'vqvae', 'nvae' or 'pretrained'"),
         ('vision.codebook_init="zeros"', "vision.codebook_init must be 'kmeans' or 'random'"),
         ("vision.num_embeddings=1", "vision.num_embeddings must be 2..32767"),
         ("vision.dead_after=-1", "vision.dead_after must not be negative, got -1"),
