@@ -180,6 +180,7 @@ def test_override_type_is_checked():
         ("vision.epochs=0", "vision.epochs"),
         ("memory.epochs=0", "memory.epochs"),
         ("controller.eval_every=0", "controller.eval_every"),
+        ('memory.reward_from="frame"', "memory.reward_from"),
     ],
 )
 def test_validate_rejects_bad_values(override, key):

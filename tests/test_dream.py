@@ -325,6 +325,22 @@ def test_never_done():
     np.testing.assert_allclose(returns, 21.0)
 
 
+def test_a_dream_reads_its_reward_from_the_latent_it_drew():
+    """reward_from = "next": each step's reward and done are M's outcome head on [h_{t+1}, the z_{t+1} just drawn]."""
+    torch.manual_seed(2)
+    memory = MDNRNN(MemoryModelConfig(Z, 2, H, K, reward_from="next")).eval()
+    dream = Dream(memory, DreamConfig(max_steps=5, done="threshold", done_threshold=0.5), fixed_start(torch.zeros(Z)))
+    dream.reset(torch.arange(16))
+    for _ in range(5):
+        reward, terminated, _ = dream.step(torch.randn(16, 2))
+        with torch.no_grad():
+            outcome = memory.outcome(torch.cat([MDNRNN.hidden(dream.state), dream.z], -1))
+        torch.testing.assert_close(reward, outcome[:, 0])
+        p_done = memory.done_probability(Prediction(None, None, None, reward, outcome[:, 1]))
+        assert torch.equal(terminated, p_done > 0.5)
+    assert reward.std() > 0  # the rows drew different latents, so their rewards differ
+
+
 # ---------------------------------------------------------------- batched, unbatched and by hand
 
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, memory_loss, mixture_log_prob, sample
 
@@ -237,3 +238,47 @@ def test_training_lowers_the_loss():
     assert last["loss"] < first["loss"] - 1.0, (first, last)
     assert last["nll"] < first["nll"] - 0.5, (first, last)
     assert last["reward"] < 0.5 * first["reward"], (first, last)
+
+
+def test_reward_from_next_reads_the_next_latent_given():
+    """reward_from = "next": reward and done are the outcome MLP on [h_{t+1}, z_{t+1}]; the mixture ignores z_{t+1}."""
+    torch.manual_seed(3)
+    model = MDNRNN(MemoryModelConfig(latent_dim=4, action_dim=2, hidden_size=16, num_gaussians=3, reward_from="next"))
+    z, a, nxt = torch.randn(2, 5, 4), torch.randn(2, 5, 2), torch.randn(2, 5, 4)
+    with torch.no_grad():
+        bare, _ = model(z, a)
+        assert bare.reward.isnan().all() and bare.done_logit.isnan().all()  # nothing to read it from yet
+        pred, _ = model(z, a, next_z=nxt)
+        other, _ = model(z, a, next_z=nxt + 1.0)
+        out, _ = model.lstm(torch.cat([z, a], -1))
+        by_hand = model.outcome[2](F.elu(model.outcome[0](torch.cat([out, nxt], -1))))
+    torch.testing.assert_close(pred.reward, by_hand[..., 0])
+    torch.testing.assert_close(pred.done_logit, by_hand[..., 1])
+    torch.testing.assert_close(pred.mu, other.mu)
+    assert not torch.allclose(pred.reward, other.reward)
+
+
+@pytest.mark.parametrize("reward_from, at_least, at_most", [("next", 0.8, 1.0), ("hidden", -math.inf, 0.2)])
+def test_a_reward_of_the_next_frame_is_learnt_only_from_it(reward_from, at_least, at_most):
+    """z_{t+1} is fresh noise and the reward is |z_{t+1}[0]|: h cannot know it (held-out R^2 near 0), [h, z_{t+1}]
+    can."""
+    g = torch.Generator().manual_seed(0)
+    B, T, Z = 32, 12, 2
+    z, a = torch.randn(B, T + 1, Z, generator=g), torch.zeros(B, T, 2)
+    reward, done, mask = z[:, 1:, 0].abs(), torch.zeros(B, T), torch.ones(B, T)
+    held = torch.randn(B, T + 1, Z, generator=g)
+    torch.manual_seed(0)
+    sizes = {"latent_dim": Z, "action_dim": 2, "hidden_size": 16, "num_gaussians": 2}
+    model = MDNRNN(MemoryModelConfig(**sizes, reward_from=reward_from))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        pred, _ = model(z[:, :-1], a, next_z=z[:, 1:])
+        loss = memory_loss(pred, z[:, 1:], reward, done, mask, reward_weight=10.0)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        pred, _ = model(held[:, :-1], a, next_z=held[:, 1:])
+    actual = held[:, 1:, 0].abs()
+    r2 = 1 - float(((pred.reward - actual) ** 2).sum() / ((actual - actual.mean()) ** 2).sum())
+    assert at_least <= r2 <= at_most, r2

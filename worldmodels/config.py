@@ -119,6 +119,7 @@ class MemoryConfig:
     reward_weight: float = 1.0  # the reward head's share of the loss
     done_loss_weight: float = 1.0  # the done head's share of the loss
     dropout: float = 0.0  # on the LSTM's output before the heads, in training (and in the dream with dream.dropout)
+    reward_from: str = "hidden"  # reward and done read from h_{t+1} | "next": from [h_{t+1}, the z_{t+1} drawn]
     holdout: float = 0.0  # fraction of episodes kept out of M's training for its fidelity report; 0: training data
     seed: int = 0  # initial weights and the order of windows
 
@@ -505,6 +506,10 @@ def _training_checks(cfg: Config) -> list[Check]:
         (cfg.vision.epochs >= 1 and cfg.memory.epochs >= 1, "vision.epochs and memory.epochs must be at least 1"),
         (cfg.controller.eval_every >= 1, "controller.eval_every must be at least 1"),
         (0 <= cfg.memory.dropout < 1, f"memory.dropout must be in [0, 1), got {cfg.memory.dropout}"),
+        (
+            cfg.memory.reward_from in ("hidden", "next"),
+            f"memory.reward_from must be hidden or next, got {cfg.memory.reward_from!r}",
+        ),
         (0 <= cfg.memory.holdout < 1, f"memory.holdout must be a fraction in [0, 1), got {cfg.memory.holdout}"),
         (
             cfg.controller.fidelity_controllers >= 0 and cfg.controller.fidelity_episodes >= 1,
@@ -692,15 +697,15 @@ def explain(cfg: Config) -> str:
     for key, value in data.items():
         if not isinstance(value, dict):
             lines.append(f"{key} = {_toml_value(value)}" + (f"  # {meanings[key]}" if key in meanings else ""))
-    tables = [(section, values) for section, values in data.items() if isinstance(values, dict)]
+    tables = [(name, getattr(cfg, name), values) for name, values in data.items() if isinstance(values, dict)]
     while tables:  # a section's own keys, then its sub-tables ([vision.pretrained]) after it
-        section, values = tables.pop(0)
+        section, obj, values = tables.pop(0)
         lines += ["", f"[{section}]"]
         for key, value in values.items():
-            note = meanings.get(f"{section}.{key}")
-            if isinstance(value, dict) and f"{section}.{key}" in meanings and value:
-                tables.insert(0, (f"{section}.{key}", value))
+            if dataclasses.is_dataclass(getattr(obj, key)):  # a sub-table; a dict field (env.kwargs) stays inline
+                tables.insert(0, (f"{section}.{key}", getattr(obj, key), value))
                 continue
+            note = meanings.get(f"{section}.{key}")
             lines.append(f"{key} = {_toml_value(value)}" + (f"  # {note}" if note else ""))
     return "\n".join(lines) + "\n"
 

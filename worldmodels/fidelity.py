@@ -45,7 +45,8 @@ def predicted_rewards(memory: MDNRNN, episode: LatentEpisode) -> tuple[np.ndarra
     device = next(memory.parameters()).device
     z = torch.from_numpy(episode.mu[:-1]).to(device)[None]
     action = torch.from_numpy(episode.action).to(device, torch.float32)[None]
-    prediction, _ = memory(z, action)
+    next_z = torch.from_numpy(episode.mu[1:]).to(device)[None]
+    prediction, _ = memory(z, action, next_z=next_z)
     return prediction.reward[0].double().cpu().numpy(), memory.done_probability(prediction)[0].double().cpu().numpy()
 
 

@@ -33,6 +33,8 @@ class MemoryModelConfig:
     positions: int = 0  # discrete V: a categorical head over num_codes codes at each of these positions; 0: mixture
     num_codes: int = 0
     dropout: float = 0.0  # dropout on the LSTM's output before the head while training (and while dreaming, if asked)
+    reward_from: str = "hidden"  # "hidden": reward and done read from h_{t+1}; "next": from [h_{t+1}, z_{t+1}]
+    outcome_hidden: int = 64  # width of the small MLP that reads [h_{t+1}, z_{t+1}] when reward_from = "next"
 
 
 @dataclass
@@ -64,7 +66,12 @@ class MDNRNN(nn.Module):
         self.categorical = cfg.positions > 0
         self.lstm = nn.LSTM(z + cfg.action_dim, cfg.hidden_size, batch_first=True)
         outputs = cfg.positions * cfg.num_codes if self.categorical else 3 * z * k
-        self.head = nn.Linear(cfg.hidden_size, outputs + 2)
+        self.from_next = cfg.reward_from == "next"
+        self.head = nn.Linear(cfg.hidden_size, outputs + (0 if self.from_next else 2))
+        if self.from_next:  # reward and done of the z_{t+1} actually drawn, so a dream's reward agrees with its frame
+            self.outcome = nn.Sequential(
+                nn.Linear(cfg.hidden_size + z, cfg.outcome_hidden), nn.ELU(), nn.Linear(cfg.outcome_hidden, 2)
+            )
         if self.categorical:  # V's codebook, copied when M is trained: M then dreams z without V
             self.register_buffer("codebook", torch.zeros(cfg.num_codes, z // cfg.positions))
 
@@ -79,7 +86,11 @@ class MDNRNN(nn.Module):
         elif self.training and self.cfg.dropout:
             out = F.dropout(out, self.cfg.dropout)
         params = self.head(out)
-        mixture, reward, done = params[..., :-2], params[..., -2], params[..., -1]
+        if self.from_next:  # filled in by `complete` once z_{t+1} is known
+            unknown = out.new_full(out.shape[:-1], math.nan)
+            mixture, reward, done = params, unknown, unknown.clone()
+        else:
+            mixture, reward, done = params[..., :-2], params[..., -2], params[..., -1]
         if self.categorical:
             logits = mixture.reshape(*out.shape[:-1], self.cfg.positions, self.cfg.num_codes)
             return Prediction(None, None, None, reward, done, logits)
@@ -88,12 +99,28 @@ class MDNRNN(nn.Module):
         return Prediction(logit_pi, mu, sigma, reward, done)
 
     def forward(
-        self, z: torch.Tensor, action: torch.Tensor, state: State | None = None, keep: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        action: torch.Tensor,
+        state: State | None = None,
+        keep: torch.Tensor | None = None,
+        next_z: torch.Tensor | None = None,
     ) -> tuple[Prediction, State]:
         """z (B, T, Z), action (B, T, A) -> prediction for z_{t+1} at every t, final LSTM state; `keep` (B, T, H) a 0/1
-        dropout mask for the head."""
+        dropout mask for the head; `next_z` (B, T, Z) the z_{t+1} that the reward and done are read from
+        (reward_from = "next")."""
         out, state = self.lstm(torch.cat([z, action], dim=-1), state)  # (B, T, H)
-        return self._predict(out, keep), state
+        prediction = self._predict(out, keep)
+        return (prediction if next_z is None else self.complete(prediction, out, next_z)), state
+
+    def complete(self, prediction: Prediction, h: torch.Tensor, next_z: torch.Tensor) -> Prediction:
+        """The prediction with its reward and done read from [h_{t+1}, z_{t+1}] when reward_from = "next";
+        unchanged otherwise."""
+        if not self.from_next:
+            return prediction
+        outcome = self.outcome(torch.cat([h, next_z.to(h.dtype)], dim=-1))
+        prediction.reward, prediction.done_logit = outcome[..., 0], outcome[..., 1]
+        return prediction
 
     def step(
         self, z: torch.Tensor, action: torch.Tensor, state: State, keep: torch.Tensor | None = None

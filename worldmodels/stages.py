@@ -206,11 +206,7 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
         frames = torch.from_numpy(episode["obs"])
         with torch.no_grad():
             latent = model.encode_episode(frames_to_float(chunk, device) for chunk in frames.split(256))
-        parts = {
-            "mu": latent.mean,
-            "logstd": latent.logstd,
-            "codes": latent.codes,
-        }  # a VAE has no codes, a VQ-VAE no log-std
+        parts = {"mu": latent.mean, "logstd": latent.logstd, "codes": latent.codes}  # None: not made by this V
         # a discrete V's z is codebook rows, kept exact (float32) so M learns and dreams the very vectors C sees
         dtypes = {"mu": np.float32 if latent.codes is not None else np.float16, "logstd": np.float16, "codes": np.int16}
         rollouts.save_episode(
@@ -246,6 +242,7 @@ def memory_config(cfg: Config, vision: VisionModel) -> dict:
             done_weight=m.done_weight,
             sample_latents=m.sample_latents and not discrete,
             dropout=m.dropout,
+            reward_from=m.reward_from,
             positions=cast(VQVAE, vision).positions if discrete else 0,  # the discrete V is a VQ-VAE
             num_codes=cast(VQVAE, vision).num_embeddings if discrete else 0,
         )
@@ -274,7 +271,7 @@ def memory_objective(model: MDNRNN, m: MemoryConfig, device: torch.device) -> Ca
         if model.cfg.sample_latents:
             z = z + b["logstd"].exp() * distributed.randn_like(z)
             next_z = next_z + b["next_logstd"].exp() * distributed.randn_like(next_z)
-        prediction, _ = model(z, b["action"])
+        prediction, _ = model(z, b["action"], next_z=next_z)
         return memory_loss(
             prediction,
             next_z,

@@ -108,6 +108,7 @@ class Dream:
         prediction, self.state = self.memory.step(self.z, action.to(self.device, torch.float32), self.state, keep)
         u = self._step_noise()
         self.z = self.memory.draw(prediction, self.cfg.tau, u[:, 0], noise.box_muller(u[:, 1], u[:, 2]))
+        prediction = self.memory.complete(prediction, MDNRNN.hidden(self.state), self.z)
         if self.cfg.done == "sample":
             terminated = u[:, 3, 0] < self.memory.done_probability(prediction)
         elif self.cfg.done == "threshold":
