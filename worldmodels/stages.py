@@ -349,6 +349,6 @@ def check_run(cfg: Config, run: Run) -> None:
         checkpoints.check_same_config(run.vision, saved, vision_config(cfg), "vision")
         if run.memory.is_file():
             wanted = memory_config(cfg, build_vision(saved))
-            checkpoints.check_same_config(
-                run.memory, checkpoints.load(run.memory, "memory")["config"], wanted, "memory"
-            )
+            # as it loads: a field the checkpoint predates takes its default (an old M reads its reward from h)
+            saved_memory = vars(MemoryModelConfig(**checkpoints.load(run.memory, "memory")["config"]))
+            checkpoints.check_same_config(run.memory, saved_memory, wanted, "memory")
