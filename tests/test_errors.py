@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import RUN_NAME, cli_stage, run_cli
 
 from worldmodels import config as config_lib
@@ -143,3 +144,15 @@ def test_checkpoint_of_the_wrong_kind(copy_run, capsys):
     (run / "memory.pt").write_bytes((run / "vision.pt").read_bytes())
     assert cli_stage("evaluate", copy_run["checkpoints"], copy_run["rollouts"]) == 2
     assert "not a memory checkpoint" in one_error_line(capsys, "evaluate")
+
+
+def test_an_m_saved_before_reward_from_is_refused_under_next(copy_run, capsys):
+    """An M checkpoint whose config predates memory.reward_from reads its reward from h: a recipe asking for "next"
+    gets one line, not a failure deep in load_state_dict."""
+    path = copy_run["dir"] / "memory.pt"
+    saved = torch.load(path, weights_only=True)
+    del saved["config"]["reward_from"]
+    torch.save(saved, path)
+    args = ("--set", 'memory.reward_from="next"')
+    assert cli_stage("train-memory", copy_run["checkpoints"], copy_run["rollouts"], *args) == 2
+    assert "memory.reward_from='hidden'" in one_error_line(capsys, "train-memory")
