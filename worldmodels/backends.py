@@ -50,13 +50,14 @@ def _worker_worlds(n: int) -> list:
     return _worlds[:n]
 
 
-def _play_chunk(job: tuple[np.ndarray, list[int]]) -> list[tuple[float, int, bool | None]]:
-    """Play one episode per (candidate row, seed), batched: [(return, steps, the last step's is_success or None)]."""
-    flats, seeds = job
+def _play_chunk(job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, bool | None]]:
+    """Play one episode per (candidate row, seed) with C's own noise, batched: [(return, steps, the last step's
+    is_success or None)]."""
+    flats, seeds, noise = job
     worlds = _worker_worlds(len(seeds))
     assert _model is not None  # set by _init_worker
     controller = Controller.from_flat(flats, _model.controller_input, worlds[0].action_space)
-    results = play(worlds, _model, controller, seeds)
+    results = play(worlds, _model, controller, seeds, noise)
     return [(ret, steps, world.success) for (ret, steps), world in zip(results, worlds)]
 
 
@@ -211,8 +212,9 @@ class Evaluator:
     Each worker plays its chunk in lock-step, V, M and C batched over the chunk's episodes.
     """
 
-    def __init__(self, runner, workers: int, batch: int = 8):
+    def __init__(self, runner, workers: int, batch: int = 8, noise: float = 0.0):
         self.runner, self.workers, self.batch = runner, workers, batch
+        self.noise = noise  # controller.noise: the std of C's own noise on its outputs, in every episode it plays
         self.steps = 0  # real env steps spent, for the logs
         self.success: np.ndarray | None = (
             None  # the last returns()' (P, N) is_success flags; None if the env reports none
@@ -230,7 +232,7 @@ class Evaluator:
         pairs = [(x, s) for x in candidates for s in seeds]
         size = self._chunk(len(pairs))
         jobs = [
-            (np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]])
+            (np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]], self.noise)
             for i in range(0, len(pairs), size)
         ]
         counter = bar(
@@ -281,7 +283,7 @@ class VectorEvaluator(Evaluator):
     steps every episode, and V, M and C run once per step, batched across the copies."""
 
     def __init__(self, cfg: Config, vision: dict, memory: dict, copies: int, max_steps: int = 0):
-        super().__init__(None, copies)
+        super().__init__(None, copies, noise=cfg.controller.noise)
         self.model = WorldModel.from_checkpoints(vision, memory, pick_device(cfg.device))  # a GPU serves every copy
         make = functools.partial(make_world, cfg.env, max_steps)
         # spawned, not forked: this process has started torch's thread pools; autoreset off: play_vector resets
@@ -298,7 +300,7 @@ class VectorEvaluator(Evaluator):
         """As Evaluator.returns; every episode is one lock-step loop here, so there is no bar to show."""
         population = Controller.from_flat(candidates, self.model.controller_input, self.envs.single_action_space)
         every = population.select(torch.arange(len(candidates)).repeat_interleave(len(seeds)))
-        return self._tally(self._play(every, seeds * len(candidates)), len(candidates), len(seeds))
+        return self._tally(self._play(every, seeds * len(candidates), self.noise), len(candidates), len(seeds))
 
     def collect(
         self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]
@@ -330,5 +332,6 @@ def real_evaluator(cfg: Config, vision_path: Path, memory_path: Path, workers: i
         return VectorEvaluator(cfg, vision, memory, workers, max_steps)
     init_args = (cfg, vision, memory, max_steps)
     if backend == "ray":
-        return Evaluator(RayPool(workers, init_args, cfg.controller.address), workers)
-    return Evaluator(LocalPool(workers, init_args) if workers > 1 else InProcess(init_args), workers)
+        return Evaluator(RayPool(workers, init_args, cfg.controller.address), workers, noise=cfg.controller.noise)
+    runner = LocalPool(workers, init_args) if workers > 1 else InProcess(init_args)
+    return Evaluator(runner, workers, noise=cfg.controller.noise)

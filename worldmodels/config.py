@@ -148,6 +148,8 @@ class ControllerConfig:
     fidelity_controllers: int = 6  # dream training: controllers of the search's history scored in both worlds; 0: none
     fidelity_episodes: int = 4  # real episodes for each of them (they only watch; nothing feeds the search)
     seed: int = 0  # CMA-ES's sampling and the rollout seeds
+    noise: float = 0.0  # std of Gaussian noise on C's outputs wherever C acts (searched in the real world or the
+    #                     dream, collecting, evaluated): C is the stochastic policy tanh(W [z, h] + b) + noise; 0: none
 
 
 @dataclass
@@ -163,7 +165,7 @@ class DreamConfig:
     batch: int = 0  # episodes dreamt at once; 0: the whole population x rollouts
     rounds: int = 0  # iterations after the first: collect with C, retrain M, retrain C in the dream
     round_episodes: int = 100  # real episodes collected per round
-    exploration: float = 0.5  # std of Gaussian noise on C's outputs while collecting
+    exploration: float = 0.5  # std of Gaussian noise on C's outputs while collecting, on top of controller.noise
     round_memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
     round_generations: int = 10  # further CMA-ES generations per round
 
@@ -529,6 +531,10 @@ def _world_checks(cfg: Config) -> list[Check]:
         (
             (cfg.controller.world == "codebook") <= (cfg.vision.model == "vqvae"),
             "the codebook world needs vision.model = 'vqvae'",
+        ),
+        (
+            cfg.controller.noise == 0 or cfg.controller.world != "codebook",
+            "controller.noise is noise on C's outputs in the real world and the dream; the codebook world takes none",
         ),
         (
             cfg.codebook.max_allowed_actions >= 1 and cfg.codebook.num_previous_actions >= 0,

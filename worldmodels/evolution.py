@@ -32,9 +32,12 @@ from .worlds.real import action_space
 class DreamEvaluator:
     """Scores controllers in M's dream: every candidate x rollout in one batch, one M step for all per time step."""
 
-    def __init__(self, model: WorldModel, cfg: DreamConfig, starts: torch.Tensor | None, space: gym.Space):
+    def __init__(
+        self, model: WorldModel, cfg: DreamConfig, starts: torch.Tensor | None, space: gym.Space, noise: float = 0.0
+    ):
         self.dream = Dream(model.memory, cfg, starts, model.vision)
         self.input_dim, self.space, self.batch = model.controller_input, space, cfg.batch
+        self.noise = noise  # controller.noise: C's outputs are noisy in the dream as everywhere it acts
         self.steps = 0  # dream steps spent, for the logs
 
     def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
@@ -43,7 +46,7 @@ class DreamEvaluator:
         p, r = len(candidates), len(seeds)
         population = Controller.from_flat(candidates, self.input_dim, self.space)
         returns, steps = play_dream(
-            self.dream, population.select(torch.arange(p).repeat_interleave(r)), seeds * p, self.batch
+            self.dream, population.select(torch.arange(p).repeat_interleave(r)), seeds * p, self.batch, self.noise
         )
         self.steps += int(steps.sum())
         return returns.reshape(p, r)
@@ -56,6 +59,12 @@ class DreamEvaluator:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+def dream_evaluator(cfg: Config, run: checkpoints.Run, model: WorldModel) -> DreamEvaluator:
+    """The recipe's dream on `model`: started where dream.start says, C's outputs with controller.noise."""
+    starts = dream_starts(run, cfg.dream.start)
+    return DreamEvaluator(model, cfg.dream, starts, action_space(cfg.env), cfg.controller.noise)
 
 
 # ---------------------------------------------------------------- the CMA-ES loop
@@ -94,7 +103,7 @@ def load_controller(path: Path, model: WorldModel) -> dict:
 def log_dream_rollout(writer: SummaryWriter, evaluator: DreamEvaluator, flat: np.ndarray, seed: int, step: int) -> None:
     """A filmstrip of one dream episode of `flat` (every k-th frame, at most 16) to TensorBoard."""
     controller = Controller.from_flat(flat, evaluator.input_dim, evaluator.space)
-    frames, _ = dream_rollout(evaluator.dream, controller, seed)
+    frames, _ = dream_rollout(evaluator.dream, controller, seed, action_noise=evaluator.noise)
     writer.add_image("dream/rollout", filmstrip(frames), step, dataformats="HWC")
 
 
@@ -116,12 +125,7 @@ def dream_world(cfg: Config, run: checkpoints.Run) -> SearchWorld:
     """M's dream, started from real frames V encoded (dream.start)."""
     vision, memory = run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory")
     model = WorldModel.load(vision, memory, pick_device(cfg.device))
-    space = action_space(cfg.env)
-    return SearchWorld(
-        model.controller_input,
-        space,
-        lambda: DreamEvaluator(model, cfg.dream, dream_starts(run, cfg.dream.start), space),
-    )
+    return SearchWorld(model.controller_input, action_space(cfg.env), lambda: dream_evaluator(cfg, run, model))
 
 
 register_world("real", real_world)
@@ -346,7 +350,7 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     flat = saved["params"].numpy()
     evaluator: Evaluator
     if world == "dream":
-        evaluator = DreamEvaluator(model, cfg.dream, dream_starts(run, cfg.dream.start), action_space(cfg.env))
+        evaluator = dream_evaluator(cfg, run, model)
     else:
         evaluator = real_evaluator(cfg, run.vision, run.memory, e.workers)
     with evaluator:

@@ -22,9 +22,8 @@ from .agent import WorldModel
 from .backends import real_evaluator
 from .config import Config
 from .memory import MDNRNN
-from .rollouts import LatentEpisode, dream_starts
+from .rollouts import LatentEpisode
 from .training import pick_device
-from .worlds.real import action_space
 
 
 def held_out(name: str, fraction: float) -> bool:
@@ -120,8 +119,7 @@ def dream_and_real_returns(
     model = WorldModel.from_checkpoints(
         checkpoints.load(run.vision, "vision"), memory, pick_device(cfg.device), names=(run.vision, run.memory)
     )
-    space = action_space(cfg.env)
-    with evolution.DreamEvaluator(model, cfg.dream, dream_starts(run, cfg.dream.start), space) as dream:
+    with evolution.dream_evaluator(cfg, run, model) as dream:
         dreamt = dream.returns(flat, evolution.generation_seeds(c.seed + 4, 0, c.eval_rollouts))
     with real_evaluator(cfg, run.vision, run.memory, c.workers) as world:
         real = world.returns(flat, real_seeds)

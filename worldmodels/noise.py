@@ -16,7 +16,7 @@ import torch
 _MASK = 0xFFFFFFFF
 
 # streams: independent draws within one step
-START, COMPONENT, GAUSS_A, GAUSS_B, DONE, DROPOUT = range(6)
+START, COMPONENT, GAUSS_A, GAUSS_B, DONE, DROPOUT, ACTION_A, ACTION_B = range(8)
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

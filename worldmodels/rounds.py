@@ -37,7 +37,8 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
         model = WorldModel.load(run.vision, run.memory)
         flat = evolution.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
         with real_evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
-            collector.collect(flat, [seeds[k] for k in todo], cfg.dream.exploration, [paths[k] for k in todo])
+            noise = float(np.hypot(cfg.controller.noise, cfg.dream.exploration))  # C's own noise, then exploration's
+            collector.collect(flat, [seeds[k] for k in todo], noise, [paths[k] for k in todo])
     entries, returns = [], []
     for path, episode in store.iter_episodes(paths):
         entries.append(episode_entry(path, episode, round=r))

@@ -50,13 +50,13 @@ def dream_gifs(cfg: Config, run: Run, seed: int = 0, scale: int = 2) -> dict:
     world = make_world(cfg.env)
     controller = Controller.from_flat(flat, model.controller_input, world.action_space)
     real: list[dict] = []
-    [(real_return, _)] = play([world], model, controller, [seed], record=real)
+    [(real_return, _)] = play([world], model, controller, [seed], cfg.controller.noise, record=real)
     world.close()
     real_frames = real[0]["obs"]
     dream = Dream(model.memory, cfg.dream, start_latents(load_latents(run)), model.vision)
     with torch.no_grad():  # the dream starts where the real episode starts: V's reading of its first frame
         start = model.vision.encode(frames_to_float(torch.from_numpy(real_frames[:1]), "cpu")).mean[0]
-    dream_frames, dream_return = dream_rollout(dream, controller, seed, start)
+    dream_frames, dream_return = dream_rollout(dream, controller, seed, start, cfg.controller.noise)
     out = run.dir / "dream"
     out.mkdir(parents=True, exist_ok=True)
     paths = {"dream": out / f"dream_seed{seed}.gif", "dream_vs_real": out / f"dream_vs_real_seed{seed}.gif"}

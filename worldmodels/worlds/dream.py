@@ -163,9 +163,23 @@ class Dream:
         return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
+def dreamt_outputs(dream: Dream, controller: Controller, action_noise: float) -> torch.Tensor:
+    """C's outputs (B, A) on the dream's [z, h]; with `action_noise`, plus Gaussian noise of that std drawn from
+    each episode's seed and step, added where `Controller.act` adds it in the real world: to tanh of the logits."""
+    z, h = dream.z, MDNRNN.hidden(dream.state)
+    if not action_noise:
+        return controller.outputs(z, h)
+    u = noise.uniforms(dream.seeds, dream.t, (noise.ACTION_A, noise.ACTION_B), controller.out)
+    return torch.tanh(controller.logits(z, h)) + action_noise * noise.box_muller(u[:, 0], u[:, 1]).to(z.device)
+
+
 @torch.inference_mode()
-def play_dream(dream: Dream, controller: Controller, seeds: list[int], batch: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Episode k dreamt with controller row k and seeds[k], `batch` episodes at a time (0: all): (returns, steps)."""
+def play_dream(
+    dream: Dream, controller: Controller, seeds: list[int], batch: int = 0, action_noise: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Episode k dreamt with controller row k and seeds[k], `batch` episodes at a time (0: all): (returns, steps).
+
+    `action_noise`: controller.noise, C's own noise (see `dreamt_outputs`)."""
     n = len(seeds)
     returns, steps = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
     size = batch or n
@@ -174,8 +188,7 @@ def play_dream(dream: Dream, controller: Controller, seeds: list[int], batch: in
         dream.reset(torch.tensor(seeds[first : first + size]))
         acting = controller.select(alive).to(dream.device)
         while len(alive):
-            z, h = dream.z, MDNRNN.hidden(dream.state)
-            action = memory_actions(acting.outputs(z, h), controller.space)
+            action = memory_actions(dreamt_outputs(dream, acting, action_noise), controller.space)
             reward, terminated, truncated = dream.step(action)
             returns[alive] += reward.double().cpu()
             steps[alive] += 1
@@ -276,11 +289,12 @@ def filmstrip(frames: np.ndarray, axis: int = 1, most: int = 16) -> np.ndarray:
 
 @torch.inference_mode()
 def dream_rollout(
-    dream: Dream, controller: Controller, seed: int, start: torch.Tensor | None = None
+    dream: Dream, controller: Controller, seed: int, start: torch.Tensor | None = None, action_noise: float = 0.0
 ) -> tuple[np.ndarray, float]:
     """One dream episode of a single controller, drawn by V: frames (T+1, H, W, 3) and the return.
 
-    `start` (Z,) replaces the drawn first latent, e.g. V's encoding of a real first frame.
+    `start` (Z,) replaces the drawn first latent, e.g. V's encoding of a real first frame; `action_noise` as in
+    `play_dream`.
     """
     dream.reset(torch.tensor([seed]))
     if start is not None:
@@ -288,7 +302,7 @@ def dream_rollout(
     acting = controller.to(dream.device)
     frames, total = [dream.frames()[0]], 0.0
     while True:
-        action = memory_actions(acting.outputs(dream.z, MDNRNN.hidden(dream.state)), controller.space)
+        action = memory_actions(dreamt_outputs(dream, acting, action_noise), controller.space)
         reward, terminated, truncated = dream.step(action)
         total += float(reward[0])
         frames.append(dream.frames()[0])
