@@ -54,23 +54,26 @@ class Controller:
         x = torch.cat([z, h], dim=-1)  # (P, D)
         return torch.einsum("pad,pd->pa", weight, x) + bias
 
-    def outputs(self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+    def outputs(
+        self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """What `to_action` maps: tanh of the logits for Box actions; the logits themselves for choices, whose
-        argmax tanh keeps, except that it rounds logits above ~9 to the same 1.0 and ties them."""
+        argmax tanh keeps, except that it rounds logits above ~9 to the same 1.0 and ties them.
+
+        `noise` (B, A) is added to tanh of the logits, for choices too: C as a noisy policy, or exploration.
+        """
         logits = self.logits(z, h, rows)
+        if noise is not None:
+            return torch.tanh(logits) + noise
         return logits if isinstance(self.space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)) else torch.tanh(logits)
 
     def act(
         self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None, noise: np.ndarray | None = None
     ) -> list:
-        """Actions in the environment's action space, one per controller (or per entry of `rows`).
-
-        `noise` (B, A) is added to tanh of the logits before they are mapped: exploration while collecting.
-        """
-        if noise is None:
-            return [to_action(y, self.space) for y in self.outputs(z.float(), h.float(), rows).numpy()]
-        outputs = torch.tanh(self.logits(z.float(), h.float(), rows)).numpy() + noise
-        return [to_action(y, self.space) for y in outputs]
+        """Actions in the environment's action space, one per controller (or per entry of `rows`); `noise` (B, A)
+        as in `outputs`: exploration while collecting."""
+        y = self.outputs(z.float(), h.float(), rows, None if noise is None else torch.as_tensor(noise))
+        return [to_action(row, self.space) for row in y.numpy()]
 
 
 def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:

@@ -170,7 +170,7 @@ def dreamt_outputs(dream: Dream, controller: Controller, action_noise: float) ->
     if not action_noise:
         return controller.outputs(z, h)
     u = noise.uniforms(dream.seeds, dream.t, (noise.ACTION_A, noise.ACTION_B), controller.out)
-    return torch.tanh(controller.logits(z, h)) + action_noise * noise.box_muller(u[:, 0], u[:, 1]).to(z.device)
+    return controller.outputs(z, h, noise=action_noise * noise.box_muller(u[:, 0], u[:, 1]).to(z.device))
 
 
 @torch.inference_mode()
