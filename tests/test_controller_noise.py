@@ -123,6 +123,41 @@ def test_rounds_collect_with_the_policy_noise_and_the_exploration_on_top(copy_ru
         np.testing.assert_array_equal(episode["action"], by_hand["action"])
 
 
+def test_rounds_collect_each_episode_with_its_own_perturbed_controller(copy_run, copy_rollouts):
+    """dream.exploration_params: episode k drives the kept controller plus std x N(0, I) drawn after the round's
+    seeds, the same controller when a lost episode is collected again."""
+    cfg = config_lib.load(
+        TINY,
+        ["dream.exploration_params=0.5", "dream.exploration=0", "dream.round_episodes=3", 'controller.world="dream"'],
+    )
+    run = Run(copy_run["checkpoints"], cfg)
+    assert rounds.collect_round(cfg, run, copy_rollouts, 1)["episodes"] == 3
+    model = WorldModel.load(run.vision, run.memory)
+    flat = load_controller(run.controller, model)["params"].numpy()
+    rng = np.random.default_rng([cfg.collect.seed, 7919, 1])
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
+    flats = flat + 0.5 * rng.standard_normal((3, len(flat)))
+    store = copy_rollouts / cfg.name / "episodes"
+    collected = [load_episode(store / rounds.round_episode_name(1, k)) for k in range(3)]
+    assert [int(e["seed"]) for e in collected] == seeds
+
+    def by_hand(params: np.ndarray) -> list[dict]:
+        record: list[dict] = []
+        controller = Controller.from_flat(params, model.controller_input, DISCRETE)
+        play([make_world(cfg.env) for _ in seeds], model, controller, seeds, record=record)
+        return record
+
+    for episode, expected in zip(collected, by_hand(flats)):
+        np.testing.assert_array_equal(episode["action"], expected["action"])
+    kept = by_hand(np.repeat(flat[None], 3, 0))
+    assert any(not np.array_equal(e["action"], k["action"]) for e, k in zip(collected, kept))
+
+    (store / rounds.round_episode_name(1, 1)).unlink()  # lost: the resumed round plays it again, the same way
+    rounds.collect_round(cfg, run, copy_rollouts, 1)
+    again = load_episode(store / rounds.round_episode_name(1, 1))
+    np.testing.assert_array_equal(again["action"], collected[1]["action"])
+
+
 @pytest.mark.parametrize(
     "override, words",
     [("controller.noise=-0.1", "controller.noise must not be negative"), ("controller.noise=nan", "controller.noise")],

@@ -62,13 +62,11 @@ def _play_chunk(job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, i
 
 
 def _collect_chunk(job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, dict]]:
-    """Play one episode per seed with one controller plus exploration noise: [(return, steps, episode)]."""
-    flat, seeds, exploration = job
+    """Play one episode per (controller row, seed) plus exploration noise: [(return, steps, episode)]."""
+    flats, seeds, exploration = job
     worlds = _worker_worlds(len(seeds))
     assert _model is not None  # set by _init_worker
-    controller = Controller.from_flat(
-        np.repeat(flat[None], len(seeds), 0), _model.controller_input, worlds[0].action_space
-    )
+    controller = Controller.from_flat(flats, _model.controller_input, worlds[0].action_space)
     episodes: list[dict] = []
     results = play(worlds, _model, controller, seeds, exploration, record=episodes)
     return [(ret, steps, episode) for (ret, steps), episode in zip(results, episodes)]
@@ -252,11 +250,12 @@ class Evaluator:
         return np.array([r for r, _, _ in results], dtype=np.float64).reshape(candidates, seeds)
 
     def collect(
-        self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]
+        self, flats: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]
     ) -> list[tuple[float, int]]:
-        """Play and save one episode per seed with controller `flat` and noise on its outputs: [(return, steps)]."""
+        """Play and save one episode per seed, episode k with controller flats[k] and noise on its outputs:
+        [(return, steps)]."""
         size = self._chunk(len(seeds))
-        jobs = [(flat, seeds[i : i + size], exploration) for i in range(0, len(seeds), size)]
+        jobs = [(flats[i : i + size], seeds[i : i + size], exploration) for i in range(0, len(seeds), size)]
         chunks = self.runner.imap(_collect_chunk, jobs)
         played = [r for chunk in bar(chunks, total=len(jobs), desc="collect (controller)", unit="chunk") for r in chunk]
         return self._save(played, paths)
@@ -303,11 +302,9 @@ class VectorEvaluator(Evaluator):
         return self._tally(self._play(every, seeds * len(candidates), self.noise), len(candidates), len(seeds))
 
     def collect(
-        self, flat: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]
+        self, flats: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]
     ) -> list[tuple[float, int]]:
-        controller = Controller.from_flat(
-            np.repeat(flat[None], len(seeds), 0), self.model.controller_input, self.envs.single_action_space
-        )
+        controller = Controller.from_flat(flats, self.model.controller_input, self.envs.single_action_space)
         episodes: list[dict] = []
         results = self._play(controller, seeds, exploration, episodes)
         return self._save([(ret, steps, episode) for (ret, steps, _), episode in zip(results, episodes)], paths)

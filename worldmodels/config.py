@@ -166,6 +166,8 @@ class DreamConfig:
     rounds: int = 0  # iterations after the first: collect with C, retrain M, retrain C in the dream
     round_episodes: int = 100  # real episodes collected per round
     exploration: float = 0.5  # std of Gaussian noise on C's outputs while collecting, on top of controller.noise
+    exploration_params: float = 0.0  # std of Gaussian noise on C's parameters, drawn once per collected episode: each
+    #                                  drives a nearby controller throughout, the kind of policy the next search tries
     round_memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
     round_generations: int = 10  # further CMA-ES generations per round
 

@@ -27,18 +27,21 @@ def round_episode_name(r: int, index: int) -> str:
 
 
 def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
-    """Real episodes of the kept controller with noise on its outputs, added to the episode store; resumable."""
-    store = EpisodeStore(stages.episodes_dir(rollouts_root, cfg))
+    """Real episodes of the kept controller, its parameters perturbed once per episode (`exploration_params`) and
+    noise on its outputs at every step, added to the episode store; resumable."""
+    d, store = cfg.dream, EpisodeStore(stages.episodes_dir(rollouts_root, cfg))
     rng = np.random.default_rng([cfg.collect.seed, 7919, r])
-    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=cfg.dream.round_episodes)]
-    paths = [store.root / round_episode_name(r, i) for i in range(cfg.dream.round_episodes)]
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=d.round_episodes)]
+    paths = [store.root / round_episode_name(r, i) for i in range(d.round_episodes)]
     todo = [k for k, path in enumerate(paths) if not path.is_file()]
     if todo:
         model = WorldModel.load(run.vision, run.memory)
         flat = evolution.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
+        # drawn for every episode after the seeds, so a resumed round gives its episodes the same controllers
+        flats = flat + d.exploration_params * rng.standard_normal((d.round_episodes, len(flat)))
         with real_evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
-            noise = float(np.hypot(cfg.controller.noise, cfg.dream.exploration))  # C's own noise, then exploration's
-            collector.collect(flat, [seeds[k] for k in todo], noise, [paths[k] for k in todo])
+            noise = float(np.hypot(cfg.controller.noise, d.exploration))  # C's own noise, then exploration's
+            collector.collect(flats[todo], [seeds[k] for k in todo], noise, [paths[k] for k in todo])
     entries, returns = [], []
     for path, episode in store.iter_episodes(paths):
         entries.append(episode_entry(path, episode, round=r))
