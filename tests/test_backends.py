@@ -78,7 +78,8 @@ def test_ray_replaces_a_dead_worker_and_reruns_its_episodes(generation, local_ra
 
 @pytest.mark.parametrize("backend", ["vector", "ray"])
 def test_collected_episodes_do_not_depend_on_the_backend(generation, tmp_path, request, backend):
-    """Exploration noise and the recorded episodes; a Ray actor's episodes are saved here, by the driver."""
+    """Exploration noise, a controller per episode and the recorded episodes; a Ray actor's episodes are saved
+    here, by the driver."""
     if backend == "ray":
         request.getfixturevalue("local_ray")
     run, candidates, _, _, _ = generation
@@ -88,7 +89,7 @@ def test_collected_episodes_do_not_depend_on_the_backend(generation, tmp_path, r
         cfg = config_lib.load(TINY, [f'controller.backend="{kind}"'])
         paths = [tmp_path / kind / f"ep_{i}.npz" for i in range(len(seeds))]
         with real_evaluator(cfg, run.vision, run.memory, 2) as evaluator:
-            results = evaluator.collect(candidates[0], seeds, 0.5, paths)
+            results = evaluator.collect(candidates[: len(seeds)], seeds, 0.5, paths)  # a controller per episode
         episodes[kind] = [load_episode(p) for p in paths]
         assert [steps for _, steps in results] == [len(e["action"]) for e in episodes[kind]]
     for pool, other in zip(episodes["pool"], episodes[backend]):
