@@ -762,6 +762,34 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
         assert p.read_bytes() == content, p.name
 
 
+@pytest.mark.parametrize("round_sigma", [0.0, 0.05])
+def test_a_round_restarts_the_search_at_the_kept_controller_with_round_sigma(copy_run, round_sigma):
+    """dream.round_sigma: the round's CMA-ES starts at the kept controller with that step size (and resumes so);
+    0 carries the last search on."""
+    ck, run = copy_run["checkpoints"], copy_run["dir"]
+    for name in ("cmaes.pt", "controller.pt"):  # the copied run searched in the real world
+        (run / name).unlink()
+    settings = ['controller.world="dream"', "controller.generations=2", "controller.eval_every=1", "dream.max_steps=20"]
+    cfg = config_lib.load(TINY, settings + [f"dream.round_sigma={round_sigma}", "dream.round_generations=1"])
+    evolution.train_controller(cfg, checkpoints.Run(ck, cfg))
+    before, kept, _ = cmaes_state(run)
+    assert not np.array_equal(before.mean, kept.best)  # the search's mean moved on from the kept controller
+    search = evolution.Search(cfg, checkpoints.Run(ck, cfg), evolution.open_world(cfg, checkpoints.Run(ck, cfg)), 1)
+    with search.world.open() as evaluator:
+        search.start_round(evaluator)
+    es, progress, _ = cmaes_state(run)
+    assert progress.round == 1 and np.array_equal(progress.best, kept.best)
+    if round_sigma:
+        np.testing.assert_array_equal(es.mean, kept.best)
+        assert es.sigma == round_sigma and es.countiter == 0
+    else:
+        np.testing.assert_array_equal(es.mean, before.mean)
+        assert es.sigma == before.sigma and es.countiter == before.countiter == 2
+    evolution.train_controller(cfg, checkpoints.Run(ck, cfg), round=1)  # the round's generation, from the saved state
+    after, progress, _ = cmaes_state(run)
+    assert progress.generation == 3 and after.countiter == es.countiter + 1
+
+
 def test_switching_worlds_on_a_search_is_refused(copy_run):
     """A real-world CMA-ES state cannot silently continue in the dream: one line, exit 2, nothing changed."""
     ck, ro, run = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]

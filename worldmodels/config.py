@@ -170,6 +170,8 @@ class DreamConfig:
     #                                  drives a nearby controller throughout, the kind of policy the next search tries
     round_memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
     round_generations: int = 10  # further CMA-ES generations per round
+    round_sigma: float = 0.0  # > 0: each round restarts CMA-ES at the kept controller with this step size (a trust
+    #                           region where M has just seen the kept controller drive); 0: the search goes on
 
 
 @dataclass

@@ -78,6 +78,12 @@ def fresh_search(search: dict) -> cma.CMAEvolutionStrategy:
     )
 
 
+def restarted_search(search: dict, x0: np.ndarray, sigma: float, restart: int) -> cma.CMAEvolutionStrategy:
+    """A fresh search of the same size around `x0` with step size `sigma`, seeded by the restart's number."""
+    options = {"popsize": int(search["population"]), "seed": int(search["seed"]) + 1 + restart, "verbose": -9}
+    return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=float), float(sigma), options)
+
+
 def _cma_class(obj: Any) -> bool:
     """An instance of a class pycma defines."""
     return type(obj).__module__.split(".")[0] == "cma"
