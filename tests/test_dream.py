@@ -762,45 +762,6 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
         assert p.read_bytes() == content, p.name
 
 
-def test_keep_collected_ends_on_the_collecting_controller_the_final_dream_scores_best(copy_run, copy_rollouts):
-    """dream.keep = "collected": every round records the controller it collects with; after the last round the best
-    of them in the final dream (on shared seeds) is kept, with the generation it was found at; a rerun changes
-    nothing."""
-    ck, ro, run = copy_run["checkpoints"], copy_rollouts, copy_run["dir"]
-    for name in ("cmaes.pt", "controller.pt", "report.json"):  # the copied run searched in the real world
-        (run / name).unlink()
-    settings = ['controller.world="dream"', "dream.rounds=2", "dream.round_episodes=2", "dream.round_generations=2"]
-    settings += [
-        "dream.max_steps=30",
-        "controller.eval_every=1",
-        "controller.select_rollouts=4",
-        'dream.keep="collected"',
-    ]
-    args = [word for setting in settings for word in ("--set", setting)]
-    assert cli_stage("pipeline", ck, ro, *args) == 0
-    collected = checkpoints.load(run / "collectors.pt", "collectors")["rounds"]
-    assert sorted(collected) == [1, 2]
-    flats = np.stack([collected[r]["params"].numpy() for r in (1, 2)])
-    cfg = config_lib.load(TINY, settings)
-    dream = evolution.dream_evaluator(
-        cfg, checkpoints.Run(ck, cfg), WorldModel.load(run / "vision.pt", run / "memory.pt")
-    )
-    scores = dream.returns(flats, generation_seeds(cfg.controller.seed + 5, 2, 4)).mean(1)
-    kept = checkpoints.load(run / "controller.pt", "controller")
-    np.testing.assert_array_equal(kept["params"].numpy(), flats[scores.argmax()])
-    assert (
-        kept["score"] == pytest.approx(scores.max())
-        and kept["generation"] == collected[scores.argmax() + 1]["generation"]
-    )
-    _, progress, _ = cmaes_state(run)
-    np.testing.assert_array_equal(progress.best, flats[scores.argmax()])
-    report = json.loads((run / "report.json").read_text())
-    assert report["controller_generation"] == kept["generation"]
-    before = {name: (run / name).read_bytes() for name in ("controller.pt", "cmaes.pt", "collectors.pt", "report.json")}
-    assert cli_stage("pipeline", ck, ro, *args) == 0
-    assert {name: (run / name).read_bytes() for name in before} == before
-
-
 @pytest.mark.parametrize("round_sigma", [0.0, 0.05])
 def test_a_round_restarts_the_search_at_the_kept_controller_with_round_sigma(copy_run, round_sigma):
     """dream.round_sigma: the round's CMA-ES starts at the kept controller with that step size (and resumes so);

@@ -170,8 +170,6 @@ class DreamConfig:
     #                                  drives a nearby controller throughout, the kind of policy the next search tries
     round_memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
     round_generations: int = 10  # further CMA-ES generations per round
-    keep: str = "last"  # the rounds end with: last (the last search's controller) | collected (of the controllers that
-    #                     collected a round's episodes, whose driving M has seen, the one the final dream scores best)
     round_sigma: float = 0.0  # > 0: each round restarts CMA-ES at the kept controller with this step size (a trust
     #                           region where M has just seen the kept controller drive); 0: the search goes on
 
@@ -564,10 +562,6 @@ def _dream_checks(cfg: Config) -> list[Check]:
         (
             cfg.dream.start in ("data", "along", "prior"),
             f"dream.start must be 'data', 'along' or 'prior', got '{cfg.dream.start}'",
-        ),
-        (
-            cfg.dream.keep in ("last", "collected"),
-            f"dream.keep must be 'last' or 'collected', got '{cfg.dream.keep}'",
         ),
         (cfg.dream.tau >= 0, f"dream.tau must be at least 0, got {cfg.dream.tau}"),
         (cfg.dream.max_steps >= 1, "dream.max_steps must be at least 1"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -19,7 +18,6 @@ from .agent import WorldModel
 from .backends import real_evaluator
 from .checkpoints import Run
 from .config import Config
-from .evaluators import open_world
 from .rollouts import EpisodeStore, episode_entry
 
 
@@ -38,9 +36,7 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
     todo = [k for k, path in enumerate(paths) if not path.is_file()]
     if todo:
         model = WorldModel.load(run.vision, run.memory)
-        saved = evolution.load_controller(run.require(run.controller, "train-controller"), model)
-        flat = saved["params"].numpy()
-        record_collector(run, r, flat, saved["generation"])  # before any episode exists, so a resumed round has it
+        flat = evolution.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
         # drawn for every episode after the seeds, so a resumed round gives its episodes the same controllers
         flats = flat + d.exploration_params * rng.standard_normal((d.round_episodes, len(flat)))
         with real_evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
@@ -57,43 +53,6 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
         "real_steps": sum(e["frames"] for e in entries),
         "real_return_explore": float(np.mean(returns)) if returns else float("nan"),
     }
-
-
-def collectors_path(run: Run) -> Path:
-    return run.dir / "collectors.pt"
-
-
-def record_collector(run: Run, r: int, flat: np.ndarray, generation: int) -> None:
-    """Remember the controller that collects round r, and the generation it was kept at."""
-    path = collectors_path(run)
-    saved = checkpoints.load(path, "collectors") if path.is_file() else {"kind": "collectors", "rounds": {}}
-    saved["rounds"][r] = {"params": torch.as_tensor(flat, dtype=torch.float32), "generation": generation}
-    checkpoints.save(path, saved)
-
-
-def keep_collected(cfg: Config, run: Run) -> dict:
-    """dream.keep = "collected": the controllers that collected the rounds are the ones whose driving M has seen, so
-    the final dream scores them as the real world would; the best of them on `controller.select_rollouts` shared
-    episodes becomes the kept controller (the last search's, never driven, is not among them)."""
-    collected = checkpoints.load(collectors_path(run), "collectors")["rounds"]
-    rounds = sorted(collected)
-    flats = np.stack([collected[r]["params"].numpy() for r in rounds])
-    search = evolution.Search(cfg, run, open_world(cfg, run), cfg.dream.rounds)
-    c, p = cfg.controller, search.progress
-    seeds = evolution.generation_seeds(c.seed + 5, cfg.dream.rounds, c.select_rollouts)
-    with search.world.open() as evaluator:
-        scores = evaluator.returns(flats, seeds).mean(1)
-        best = int(scores.argmax())
-        if p.best is None or not np.array_equal(p.best, flats[best]):
-            p.best, p.best_score = flats[best], float(scores[best])
-            generation = collected[rounds[best]]["generation"]
-            evolution.save_controller(run.controller, flats[best], search.world.input_dim, p.best_score, generation)
-            search.save(evaluator)
-    tqdm.write(
-        f"rounds: the controllers that collected rounds {rounds[0]}-{rounds[-1]} score "
-        f"{', '.join(f'{x:.4g}' for x in scores)} in the final dream; kept round {rounds[best]}'s"
-    )
-    return {"rounds": rounds, "scores": [float(x) for x in scores], "kept_round": rounds[best]}
 
 
 def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
@@ -123,6 +82,4 @@ def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
         writer.add_scalar("rounds/dream_score", record["dream_score"], r)
         writer.add_scalar("rounds/real_steps", record["real_steps"], r)
         writer.close()
-    if cfg.dream.keep == "collected" and collectors_path(run).is_file():
-        keep_collected(cfg, run)
     return history
