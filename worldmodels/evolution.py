@@ -205,7 +205,7 @@ class Search:
             tqdm.write(f"round {self.round}: the kept controller scores {p.best_score:.1f} in the new dream")
             if self.cfg.dream.round_sigma:  # M has just seen the kept controller's states: search near it, not
                 # from wherever the last search's distribution went (where M had seen nothing)
-                self.es = search_state.restarted_search(self.search, p.best, self.cfg.dream.round_sigma, self.round)
+                self.es = search_state.fresh_search(self.search, p.best, self.cfg.dream.round_sigma, self.round)
         self.save(evaluator)
 
     def generation(self, evaluator: Evaluator, generation: int, writer: SummaryWriter) -> tuple[np.ndarray, np.ndarray]:

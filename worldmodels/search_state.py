@@ -68,20 +68,16 @@ class Progress:
         return cls(**saved)
 
 
-def fresh_search(search: dict) -> cma.CMAEvolutionStrategy:
-    """The search a controller run starts from (`search`: dim, population, sigma0, seed);
-    also the template a state is rebuilt over."""
+def fresh_search(
+    search: dict, x0: np.ndarray | None = None, sigma: float | None = None, restart: int = 0
+) -> cma.CMAEvolutionStrategy:
+    """The search a controller run starts from (`search`: dim, population, sigma0, seed), also the template a state
+    is rebuilt over; with `x0` and `sigma`, its restart number `restart` around `x0` (dream.round_sigma)."""
     return cma.CMAEvolutionStrategy(
-        np.zeros(int(search["dim"])),
-        float(search["sigma0"]),
-        {"popsize": int(search["population"]), "seed": int(search["seed"]) + 1, "verbose": -9},
+        np.zeros(int(search["dim"])) if x0 is None else np.asarray(x0, dtype=float),
+        float(search["sigma0"] if sigma is None else sigma),
+        {"popsize": int(search["population"]), "seed": int(search["seed"]) + 1 + restart, "verbose": -9},
     )
-
-
-def restarted_search(search: dict, x0: np.ndarray, sigma: float, restart: int) -> cma.CMAEvolutionStrategy:
-    """A fresh search of the same size around `x0` with step size `sigma`, seeded by the restart's number."""
-    options = {"popsize": int(search["population"]), "seed": int(search["seed"]) + 1 + restart, "verbose": -9}
-    return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=float), float(sigma), options)
 
 
 def _cma_class(obj: Any) -> bool:
