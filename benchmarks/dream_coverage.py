@@ -39,12 +39,14 @@ def dream_returns(run: Path, dynamics: Path, cfg: config.Config, episodes: int, 
     dream = Dream(world, cfg.dream, dream_starts(checkpoints.Run(run.parent, cfg), cfg.dream.start))
     dream.reset(torch.arange(episodes) + seed)
     state, total = own.initial_state(episodes), torch.zeros(episodes, dtype=torch.float64)
+    alive = torch.ones(episodes, dtype=torch.bool)
     for _ in range(cfg.dream.max_steps):
         z = dream.z
         action = memory_actions(controller.outputs(z, MDNRNN.hidden(state)), controller.space)
         _, state = own.step(z, action, state)  # C's h: its own M, fed what the other M dreams
-        reward, _, _ = dream.step(action)
-        total += reward.double()
+        reward, terminated, _ = dream.step(action)
+        total += torch.where(alive, reward.double(), 0.0)  # an ended episode's later steps do not count
+        alive &= ~terminated
     return total.numpy()
 
 
