@@ -771,10 +771,11 @@ def test_a_round_restarts_the_search_at_the_kept_controller_with_round_sigma(cop
         (run / name).unlink()
     settings = ['controller.world="dream"', "controller.generations=2", "controller.eval_every=1", "dream.max_steps=20"]
     cfg = config_lib.load(TINY, settings + [f"dream.round_sigma={round_sigma}", "dream.round_generations=1"])
-    evolution.train_controller(cfg, checkpoints.Run(ck, cfg))
+    folder = checkpoints.Run(ck, cfg)
+    evolution.train_controller(cfg, folder)
     before, kept, _ = cmaes_state(run)
     assert not np.array_equal(before.mean, kept.best)  # the search's mean moved on from the kept controller
-    search = evolution.Search(cfg, checkpoints.Run(ck, cfg), evolution.open_world(cfg, checkpoints.Run(ck, cfg)), 1)
+    search = evolution.Search(cfg, folder, evolution.open_world(cfg, folder), 1)
     with search.world.open() as evaluator:
         search.start_round(evaluator)
     es, progress, _ = cmaes_state(run)
@@ -785,7 +786,7 @@ def test_a_round_restarts_the_search_at_the_kept_controller_with_round_sigma(cop
     else:
         np.testing.assert_array_equal(es.mean, before.mean)
         assert es.sigma == before.sigma and es.countiter == before.countiter == 2
-    evolution.train_controller(cfg, checkpoints.Run(ck, cfg), round=1)  # the round's generation, from the saved state
+    evolution.train_controller(cfg, folder, round=1)  # the round's generation, from the saved state
     after, progress, _ = cmaes_state(run)
     assert progress.generation == 3 and after.countiter == es.countiter + 1
 
