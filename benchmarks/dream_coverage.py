@@ -6,7 +6,8 @@ Dreams run A's controller with each listed run's M as the world: that M draws th
 reward, while C reads the h of A's own M (the one it was searched on) fed the same dreamed latents and actions.
 So an M trained on other data can be asked about a controller it has never seen, e.g. a controller searched in
 the real world, or an M whose data includes that controller's own episodes. A dream that scores a good driver
-low, where the real world and M's teacher-forced reward score it high, has not seen that driving.
+low, where the real world and M's teacher-forced reward score it high, has not seen that driving. C plays
+noise-free (the recipe's `controller.noise` is not applied).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from worldmodels import checkpoints, config
 from worldmodels.agent import load_memory
 from worldmodels.controller import Controller, memory_actions
+from worldmodels.errors import WorldModelsError
 from worldmodels.memory import MDNRNN
 from worldmodels.rollouts import dream_starts
 from worldmodels.worlds.dream import Dream
@@ -82,4 +84,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except WorldModelsError as exc:  # a missing or foreign run folder is one line, as in the stages
+        raise SystemExit(f"error: {exc}") from None
