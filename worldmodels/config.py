@@ -168,6 +168,8 @@ class DreamConfig:
     exploration: float = 0.5  # std of Gaussian noise on C's outputs while collecting, on top of controller.noise
     exploration_params: float = 0.0  # std of Gaussian noise on C's parameters, drawn once per collected episode: each
     #                                  drives a nearby controller throughout, the kind of policy the next search tries
+    collectors: int = 1  # controllers that take turns collecting a round: the kept one, then the last search's best
+    #                      other re-evaluated ones by their dream score; 1: the kept controller alone
     round_memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
     round_generations: int = 10  # further CMA-ES generations per round
     round_sigma: float = 0.0  # > 0: each round restarts CMA-ES at the kept controller with this step size (a trust
@@ -326,6 +328,7 @@ POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that can
     "controller.select_rollouts",
     "dream.max_steps",
     "dream.round_episodes",
+    "dream.collectors",
     "evaluate.episodes",
     "evaluate.workers",
     "nas.samples",
@@ -361,6 +364,7 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "dream.max_steps": 10_000_000,
     "dream.batch": 10_000_000,
     "dream.round_episodes": 1_000_000,
+    "dream.collectors": 1_000_000,
     "evaluate.episodes": 1_000_000,
     "evaluate.workers": 1024,
     "nas.samples": 10_000_000,
