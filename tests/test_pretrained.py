@@ -117,6 +117,30 @@ def test_the_run_encoder_gives_the_sizes_it_should(tiny_run):
         torch.testing.assert_close(latent.mean[0], sequence.mean[t])
 
 
+def test_a_llava_vision_tower_is_taken_from_inside_the_vlm(tmp_path, tiny_rollouts):
+    """hf:FOLDER of a LLaVA-style VLM: its CLIP tower is the encoder, with the weights the VLM holds for it (a tower
+    loaded on its own would find none under its own names and start from random ones)."""
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    text = transformers.LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+    )
+    torch.manual_seed(0)
+    vlm = transformers.LlavaForConditionalGeneration(
+        transformers.LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=63)
+    )
+    vlm.save_pretrained(tmp_path / "llava")
+    tower = vlm.get_submodule("model.vision_tower")
+    ck = tmp_path / "ck"
+    assert cli_stage("train-vision", ck, tiny_rollouts, *settings(f"hf:{tmp_path / 'llava'}")) == 0
+    saved = checkpoints.load(ck / RUN_NAME / "vision.pt", "vision")["state_dict"]
+    weights = tower.state_dict()
+    assert len(weights) > 10
+    for key, value in weights.items():
+        torch.testing.assert_close(saved[f"encoder.tower.{key}"], value, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

@@ -63,6 +63,7 @@ class PretrainedConfig:
     """vision.model = "pretrained" (seed 003): a frozen encoder, its features compressed into z."""
 
     encoder: str = ""  # hf:FOLDER (a local Hugging Face model: CLIP, SigLIP, any image AutoModel) | run:FOLDER (a V)
+    #                    | module:PACKAGE.MODULE:FUNCTION (returns an nn.Module) | export:FILE (torch.export.save's)
     layer: int = -1  # hf: the hidden state whose tokens are averaged into features; -1: the pooled output
     compressor: str = "autoencoder"  # autoencoder (seed 003's main line) | linear (its idea 3)
     hidden: int = 256  # autoencoder: width of its hidden layers
@@ -414,14 +415,25 @@ def check_name(name: str) -> None:
 Check = tuple[bool, str]  # a condition that must hold, and the message when it does not
 
 
+ENCODER_KINDS = ("hf", "run", "module", "export")  # where a pretrained V's frozen encoder comes from
+
+
+def encoder_source_problem(source: str) -> str | None:
+    """Why `source` names no encoder (the one-line message), or None."""
+    kind, _, where = source.partition(":")
+    if kind in ENCODER_KINDS and where:
+        return None
+    return (
+        "vision.pretrained.encoder must be 'hf:FOLDER' (a local Hugging Face model), 'run:FOLDER' (another run's V), "
+        f"'module:PACKAGE.MODULE:FUNCTION' (returns an nn.Module) or 'export:FILE' (torch.export), got '{source}'"
+    )
+
+
 def _pretrained_checks(p: PretrainedConfig, used: bool) -> list[Check]:
     """vision.pretrained: where its encoder comes from and how its features are compressed."""
+    problem = encoder_source_problem(p.encoder) if used else None
     return [
-        (
-            not used or p.encoder.partition(":")[0] in ("hf", "run") and p.encoder.partition(":")[2] != "",
-            "vision.pretrained.encoder must be 'hf:FOLDER' (a local Hugging Face model) or 'run:FOLDER' (another "
-            f"run's V), got '{p.encoder}'",
-        ),
+        (problem is None, problem or ""),
         (
             p.compressor in ("autoencoder", "linear"),
             f"vision.pretrained.compressor must be 'autoencoder' or 'linear', got '{p.compressor}'",

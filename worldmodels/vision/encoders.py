@@ -1,18 +1,25 @@
-"""Frozen feature extractors for the pretrained V (seed 003): a local Hugging Face vision tower, or another run's V.
+"""Frozen feature extractors for the pretrained V (seed 003): a local Hugging Face vision tower, another run's V,
+a `module:function` of the user's that returns an nn.Module, or a `torch.export` file.
 
-An encoder is described by a plain dict (what the vision checkpoint stores beside the weights), so a run
-folder rebuilds its encoder from data alone: no file in it names code to import or unpickle.
+An encoder is described by a plain dict (what the vision checkpoint stores beside the weights). Towers and V's
+are rebuilt from that data alone. The last two are code (an import; a file `torch.export.load` unpickles), so
+they are rebuilt only when the recipe in hand names them too (`trust`): a run folder alone never runs code.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
+import os
 from pathlib import Path
+from typing import Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import encoder_source_problem
 from ..errors import WorldModelsError
 from .frames import FRAME_MODELS
 
@@ -93,14 +100,85 @@ def _hf_vision_config(path: Path):
     return vision_config
 
 
-def _split(source: str) -> tuple[str, Path]:
-    kind, _, where = source.partition(":")
-    if kind not in ("hf", "run") or not where:
+class CodeEncoder(FrozenEncoder):
+    """A module of the user's (`module:` or `export:`): frames in [0, 1] in, one feature vector per frame out."""
+
+    def __init__(self, module: nn.Module, frame_size: int, exported: bool):
+        super().__init__()
+        self.module, self.exported = module, exported
+        try:
+            with torch.no_grad():
+                self.feature_dim = int(self.forward(torch.zeros(2, 3, frame_size, frame_size)).shape[1])
+        except Exception as error:  # whatever the user's module raises: say what it was given
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise WorldModelsError(
+                f"the encoder does not take frames (B, 3, {frame_size}, {frame_size}): {first}"
+            ) from None
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> Self:
+        if self.exported:  # an exported program keeps the mode it was exported in (its train() raises)
+            self.training = False
+            return self
+        super().train(False)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x).flatten(1)
+
+
+CODE_KINDS = ("module", "export")
+TRUST_VARIABLE = "WORLDMODELS_TRUSTED_ENCODERS"  # inherited by worker processes and torchrun's ranks
+
+
+def trust(source: str) -> None:
+    """Let this process (and its workers) run the code encoder `source`: a recipe in hand names it."""
+    trusted = set(filter(None, os.environ.get(TRUST_VARIABLE, "").split("\n")))
+    os.environ[TRUST_VARIABLE] = "\n".join(sorted(trusted | {source}))
+
+
+def _check_trusted(source: str) -> None:
+    if source not in os.environ.get(TRUST_VARIABLE, "").split("\n"):
         raise WorldModelsError(
-            "vision.pretrained.encoder must be 'hf:FOLDER' (a local Hugging Face model) or 'run:FOLDER' (another "
-            f"run's V), got '{source}'"
+            f"this V's encoder is code ('{source}'), which runs only when the recipe's vision.pretrained.encoder "
+            "names it: a run folder alone never runs code"
         )
-    return kind, Path(where).expanduser()
+
+
+def _split(source: str) -> tuple[str, str]:
+    problem = encoder_source_problem(source)
+    if problem:
+        raise WorldModelsError(problem)
+    kind, _, where = source.partition(":")
+    return kind, where
+
+
+def _sha256(path: Path) -> str:
+    if not path.is_file():
+        raise WorldModelsError(f"vision.pretrained.encoder: '{path}' does not exist (a torch.export file)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _code_module(kind: str, where: str) -> nn.Module:
+    """Run the user's code: import and call `module:function`, or load an exported program."""
+    if kind == "export":
+        return torch.export.load(Path(where).expanduser()).module()
+    module_name, _, function = where.rpartition(":")
+    try:
+        made = getattr(importlib.import_module(module_name), function)()
+    except (ImportError, AttributeError, ValueError) as error:
+        raise WorldModelsError(f"vision.pretrained.encoder 'module:{where}': {error}") from None
+    if not isinstance(made, nn.Module):
+        raise WorldModelsError(
+            f"vision.pretrained.encoder 'module:{where}' returned {type(made).__name__}, not an nn.Module"
+        )
+    return made
 
 
 def _run_vision(path: Path) -> dict:
@@ -118,7 +196,12 @@ def _run_vision(path: Path) -> dict:
 def describe_encoder(source: str, layer: int = -1) -> dict:
     """What V's checkpoint stores of the encoder a recipe names (`hf:FOLDER`, or `run:FOLDER` with a run folder or
     a vision.pt): enough to rebuild it without the source."""
-    kind, path = _split(source)
+    kind, where = _split(source)
+    if kind in CODE_KINDS:
+        trust(source)
+        described = {"kind": kind, "source": source}
+        return described | ({"sha256": _sha256(Path(where).expanduser())} if kind == "export" else {})
+    path = Path(where).expanduser()
     if kind == "run":
         return {"kind": "run", "config": _run_vision(path)["config"]}
     vision_config = _hf_vision_config(path)
@@ -142,19 +225,52 @@ def describe_encoder(source: str, layer: int = -1) -> dict:
 
 def encoder_weights(source: str) -> dict[str, torch.Tensor]:
     """The pretrained weights of the encoder a recipe names, keyed as in `build_encoder`'s module."""
-    kind, path = _split(source)
+    kind, where = _split(source)
+    if kind in CODE_KINDS:
+        return {f"module.{k}": v for k, v in _code_module(kind, where).state_dict().items()}
+    path = Path(where).expanduser()
     if kind == "run":
         return {f"vision.{k}": v for k, v in _run_vision(path)["state_dict"].items()}
     transformers = _transformers()
     transformers.utils.logging.disable_progress_bar()  # a tower loads once: its bars and load report are noise
     transformers.utils.logging.set_verbosity_error()
     model_cls = transformers.AutoModel._model_mapping[type(_hf_vision_config(path))]
-    tower = model_cls.from_pretrained(path)  # safetensors, or a weights-only load: no code from the folder runs
+    # safetensors, or a weights-only load: no code from the folder runs
+    tower, info = model_cls.from_pretrained(path, output_loading_info=True)
+    if info["missing_keys"]:  # a VLM (LLaVA): its tower's weights sit under a prefix inside the whole model's
+        tower.load_state_dict(_nested_tower_weights(path, sorted(info["missing_keys"])), strict=False)
     return {f"tower.{k}": v for k, v in tower.state_dict().items()}
 
 
-def build_encoder(description: dict) -> FrozenEncoder:
+def _nested_tower_weights(path: Path, missing: list[str]) -> dict[str, torch.Tensor]:
+    """The tower's tensors a VLM's safetensors hold under one prefix (`vision_tower.`, `model.vision_tower.`), read
+    alone: the language model is never loaded."""
+    from safetensors import safe_open
+
+    where: dict[str, Path] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            where |= dict.fromkeys(f.keys(), file)
+    prefixes = {key[: -len(missing[0])] for key in where if key.endswith(missing[0])}
+    prefix = next((p for p in sorted(prefixes, key=len) if all(p + k in where for k in missing)), None)
+    if prefix is None:
+        raise WorldModelsError(f"'{path}' holds no weights for its vision tower ({len(missing)} tensors missing)")
+    found = {}
+    for key in missing:
+        with safe_open(where[prefix + key], "pt") as f:
+            found[key] = f.get_tensor(prefix + key)
+    return found
+
+
+def build_encoder(description: dict, frame_size: int) -> FrozenEncoder:
     """The encoder a description names, with untrained weights (a checkpoint's state dict fills them)."""
+    if description["kind"] in CODE_KINDS:
+        source = description["source"]
+        _check_trusted(source)
+        kind, where = _split(source)
+        if kind == "export" and _sha256(Path(where).expanduser()) != description["sha256"]:
+            raise WorldModelsError(f"'{where}' changed since this V was trained on it (another sha256)")
+        return CodeEncoder(_code_module(kind, where), frame_size, exported=kind == "export")
     if description["kind"] == "run":
         config = dict(description["config"])
         model_cls, config_cls = FRAME_MODELS[config.pop("model")]

@@ -52,7 +52,7 @@ class PretrainedV(VisionModel):
         if cfg.concat and cfg.encoder.get("kind") != "run":
             raise WorldModelsError("vision.pretrained.concat needs a 'run:' encoder: it is that V's z beside the code")
         self.cfg = cfg
-        self.encoder = build_encoder(cfg.encoder)
+        self.encoder = build_encoder(cfg.encoder, cfg.frame_size)
         self.feature_dim = self.encoder.feature_dim
         wide = self.feature_dim * cfg.context
         shape = [wide, cfg.hidden, cfg.latent_dim] if cfg.compressor == "autoencoder" else [wide, cfg.latent_dim]
