@@ -147,6 +147,17 @@ def test_override_wins_over_the_file(tmp_path):
     assert config_lib.load(path, ["vision.latent_dim=12"]).vision.latent_dim == 12
 
 
+def test_a_flag_passes_its_value_as_is_where_text_would_need_quoting(tmp_path):
+    """The CLI's flags reach the recipe as (key, value) pairs: a quote inside a string is just a character."""
+    address = 'ray://head:10001?label="a b"'
+    cfg = config_lib.load(TINY, [("controller.address", address), ("evaluate.episodes", 7)])
+    assert cfg.controller.address == address and cfg.evaluate.episodes == 7
+    quoted = config_lib.load(TINY, [f'controller.address="{address}"'])  # as the CLI once wrote it: mangled
+    assert quoted.controller.address != address
+    with pytest.raises(WorldModelsError, match="evaluate.episodes"):  # pairs are checked like the file's values
+        config_lib.load(TINY, [("evaluate.episodes", "seven")])
+
+
 @pytest.mark.parametrize(
     "bad, pattern",
     [

@@ -148,21 +148,17 @@ def run_stage(args: argparse.Namespace) -> object:
     from . import lock
     from .checkpoints import Run
 
-    overrides = list(args.overrides)
-    if args.run is not None:
-        overrides.append(f'name="{args.run}"')
-    if args.device:
-        overrides.append(f'device="{args.device}"')
-    if getattr(args, "episodes", None) is not None:
-        overrides.append(f"evaluate.episodes={args.episodes}")
-    if getattr(args, "backend", None):
-        overrides.append(f'controller.backend="{args.backend}"')
-    if getattr(args, "address", None):
-        overrides.append(f'controller.address="{args.address}"')
-    if args.stage == "train-controller" and args.world:
-        overrides.append(f'controller.world="{args.world}"')
-    if args.stage == "dream" and args.tau is not None:
-        overrides.append(f"dream.tau={args.tau}")
+    overrides: list[config_lib.Override] = list(args.overrides)
+    flags = [  # the CLI's own flags, as (key, value): never turned into TOML text and parsed again
+        ("name", args.run),
+        ("device", args.device or None),
+        ("evaluate.episodes", getattr(args, "episodes", None)),
+        ("controller.backend", getattr(args, "backend", None) or None),
+        ("controller.address", getattr(args, "address", None) or None),
+        ("controller.world", args.world or None if args.stage == "train-controller" else None),
+        ("dream.tau", args.tau if args.stage == "dream" else None),
+    ]
+    overrides += [(key, value) for key, value in flags if value is not None]
     check_arguments(args)
     cfg = config_lib.load(args.recipe, overrides)
     if args.stage == "study" and args.run is None:  # beside the recipe's own run folder, not inside it

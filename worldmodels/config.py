@@ -273,19 +273,27 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `section.key=value` strings to a raw recipe dict."""
+Override = str | tuple[str, Any]  # --set's `section.key=value` (the value in TOML), or a (key, value) pair as is
+
+
+def apply_overrides(data: dict, overrides: list[Override]) -> dict:
+    """Apply overrides to a raw recipe dict: `section.key=value` strings, or (section.key, value) pairs (the CLI's
+    own flags, never re-parsed, so any string survives)."""
     for item in overrides:
-        if "=" not in item:
+        if isinstance(item, tuple):
+            dotted, value = item
+        elif "=" in item:
+            dotted, text = item.split("=", 1)
+            value = _parse_value(text.strip())
+        else:
             raise WorldModelsError(f"--set expects section.key=value, got '{item}'")
-        dotted, text = item.split("=", 1)
         *path, leaf = dotted.strip().split(".")
         node = data
         for part in path:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise WorldModelsError(f"--set '{dotted}': '{part}' is not a section")
-        node[leaf] = _parse_value(text.strip())
+        node[leaf] = value
     return data
 
 
@@ -665,7 +673,7 @@ def find_recipe(name: str | Path) -> Path:
     )
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load(path: str | Path, overrides: list[Override] | None = None) -> Config:
     """Load a recipe TOML (a path, or the name of a shipped recipe), apply overrides, validate."""
     path = find_recipe(path)
     try:
