@@ -147,6 +147,12 @@ def test_override_wins_over_the_file(tmp_path):
     assert config_lib.load(path, ["vision.latent_dim=12"]).vision.latent_dim == 12
 
 
+@pytest.mark.parametrize("old, new", [("dream.rounds=3", "rounds.count"), ("dream.round_sigma=0.1", "rounds.sigma")])
+def test_a_key_that_moved_to_rounds_gets_a_one_line_hint(old, new):
+    with pytest.raises(WorldModelsError, match=f"is '{new}' now"):
+        config_lib.load(TINY, [old])
+
+
 def test_a_flag_passes_its_value_as_is_where_text_would_need_quoting(tmp_path):
     """The CLI's flags reach the recipe as (key, value) pairs: a quote inside a string is just a character."""
     address = 'ray://head:10001?label="a b"'

@@ -95,7 +95,7 @@ def test_real_evaluator_plays_with_the_recipe_noise(tiny_run, backend, workers):
 def test_rounds_collect_with_the_policy_noise_and_the_exploration_on_top(copy_run, copy_rollouts, monkeypatch):
     """Independent Gaussians add up: noise 0.9 and exploration 1.2 collect as one noise of std 1.5."""
     cfg = config_lib.load(
-        TINY, ["controller.noise=0.9", "dream.exploration=1.2", "dream.round_episodes=3", 'controller.world="dream"']
+        TINY, ["controller.noise=0.9", "rounds.exploration=1.2", "rounds.episodes=3", 'controller.world="dream"']
     )
     run = Run(copy_run["checkpoints"], cfg)
     asked: list[float] = []
@@ -124,11 +124,11 @@ def test_rounds_collect_with_the_policy_noise_and_the_exploration_on_top(copy_ru
 
 
 def test_rounds_collect_each_episode_with_its_own_perturbed_controller(copy_run, copy_rollouts):
-    """dream.exploration_params: episode k drives the kept controller plus std x N(0, I) drawn after the round's
+    """rounds.exploration_params: episode k drives the kept controller plus std x N(0, I) drawn after the round's
     seeds, the same controller when a lost episode is collected again."""
     cfg = config_lib.load(
         TINY,
-        ["dream.exploration_params=0.5", "dream.exploration=0", "dream.round_episodes=3", 'controller.world="dream"'],
+        ["rounds.exploration_params=0.5", "rounds.exploration=0", "rounds.episodes=3", 'controller.world="dream"'],
     )
     run = Run(copy_run["checkpoints"], cfg)
     assert rounds.collect_round(cfg, run, copy_rollouts, 1)["episodes"] == 3
@@ -159,10 +159,10 @@ def test_rounds_collect_each_episode_with_its_own_perturbed_controller(copy_run,
 
 
 def test_rounds_collect_with_the_kept_controller_and_the_searchs_favourites_taking_turns(copy_run, copy_rollouts):
-    """dream.collectors = 3: episodes 0 and 3 drive the kept controller, 1 and 2 the last search's two best other
+    """rounds.collectors = 3: episodes 0 and 3 drive the kept controller, 1 and 2 the last search's two best other
     re-evaluated controllers, ranked by their dream score by hand."""
     cfg = config_lib.load(
-        TINY, ["dream.collectors=3", "dream.exploration=0", "dream.round_episodes=4", 'controller.world="dream"']
+        TINY, ["rounds.collectors=3", "rounds.exploration=0", "rounds.episodes=4", 'controller.world="dream"']
     )
     run = Run(copy_run["checkpoints"], cfg)
     assert rounds.collect_round(cfg, run, copy_rollouts, 1)["episodes"] == 4

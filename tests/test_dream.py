@@ -710,11 +710,11 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
         "--set",
         'controller.world="dream"',
         "--set",
-        "dream.rounds=1",
+        "rounds.count=1",
         "--set",
-        "dream.round_episodes=2",
+        "rounds.episodes=2",
         "--set",
-        "dream.round_generations=1",
+        "rounds.generations=1",
         "--set",
         "dream.max_steps=30",
     )
@@ -764,13 +764,13 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
 
 @pytest.mark.parametrize("round_sigma", [0.0, 0.05])
 def test_a_round_restarts_the_search_at_the_kept_controller_with_round_sigma(copy_run, round_sigma):
-    """dream.round_sigma: the round's CMA-ES starts at the kept controller with that step size (and resumes so);
+    """rounds.sigma: the round's CMA-ES starts at the kept controller with that step size (and resumes so);
     0 carries the last search on."""
     ck, run = copy_run["checkpoints"], copy_run["dir"]
     for name in ("cmaes.pt", "controller.pt"):  # the copied run searched in the real world
         (run / name).unlink()
     settings = ['controller.world="dream"', "controller.generations=2", "controller.eval_every=1", "dream.max_steps=20"]
-    cfg = config_lib.load(TINY, settings + [f"dream.round_sigma={round_sigma}", "dream.round_generations=1"])
+    cfg = config_lib.load(TINY, settings + [f"rounds.sigma={round_sigma}", "rounds.generations=1"])
     folder = checkpoints.Run(ck, cfg)
     evolution.train_controller(cfg, folder)
     before, kept, _ = cmaes_state(run)

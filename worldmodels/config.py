@@ -155,7 +155,7 @@ class ControllerConfig:
 
 @dataclass
 class DreamConfig:
-    """The dream world simulated by M, and iterative training (Ha & Schmidhuber section 5)."""
+    """The dream world simulated by M: how its episodes start, sample and end."""
 
     tau: float = 1.0  # M's sampling temperature
     max_steps: int = 1000  # step cap of a dream episode
@@ -164,17 +164,35 @@ class DreamConfig:
     start: str = "data"  # data: first frames of real episodes | along: any frame of them | prior: V's N(0, I)
     dropout: bool = False  # M's dropout (memory.dropout) kept on in the dream, a new mask a step (Dropout's Dream Land)
     batch: int = 0  # episodes dreamt at once; 0: the whole population x rollouts
-    rounds: int = 0  # iterations after the first: collect with C, retrain M, retrain C in the dream
-    round_episodes: int = 100  # real episodes collected per round
+
+
+@dataclass
+class RoundsConfig:
+    """Iterative training (Ha & Schmidhuber section 5): collect with C, retrain M, retrain C in the dream."""
+
+    count: int = 0  # rounds after the first dream-trained controller; 0: none
+    episodes: int = 100  # real episodes collected per round
     exploration: float = 0.5  # std of Gaussian noise on C's outputs while collecting, on top of controller.noise
     exploration_params: float = 0.0  # std of Gaussian noise on C's parameters, drawn once per collected episode: each
     #                                  drives a nearby controller throughout, the kind of policy the next search tries
     collectors: int = 1  # controllers that take turns collecting a round: the kept one, then the last search's best
     #                      other re-evaluated ones by their dream score; 1: the kept controller alone
-    round_memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
-    round_generations: int = 10  # further CMA-ES generations per round
-    round_sigma: float = 0.0  # > 0: each round restarts CMA-ES at the kept controller with this step size (a trust
-    #                           region where M has just seen the kept controller drive); 0: the search goes on
+    memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
+    generations: int = 10  # further CMA-ES generations per round
+    sigma: float = 0.0  # > 0: each round restarts CMA-ES at the kept controller with this step size (a trust
+    #                     region where M has just seen the kept controller drive); 0: the search goes on
+
+
+MOVED = {  # keys a recipe of an earlier release may hold -> where they live now
+    "dream.rounds": "rounds.count",
+    "dream.round_episodes": "rounds.episodes",
+    "dream.exploration": "rounds.exploration",
+    "dream.exploration_params": "rounds.exploration_params",
+    "dream.collectors": "rounds.collectors",
+    "dream.round_memory_epochs": "rounds.memory_epochs",
+    "dream.round_generations": "rounds.generations",
+    "dream.round_sigma": "rounds.sigma",
+}
 
 
 @dataclass
@@ -222,6 +240,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     nas: NASConfig = field(default_factory=NASConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -259,6 +278,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     for key in data:
+        if f"{prefix}{key}" in MOVED:
+            raise WorldModelsError(
+                f"recipe key '{prefix}{key}' is '{MOVED[prefix + key]}' now: [rounds] holds iterative training"
+            )
         if key not in known:
             raise WorldModelsError(f"unknown recipe key '{prefix}{key}'")
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
@@ -336,8 +359,8 @@ POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that can
     "controller.fidelity_episodes",
     "controller.select_rollouts",
     "dream.max_steps",
-    "dream.round_episodes",
-    "dream.collectors",
+    "rounds.episodes",
+    "rounds.collectors",
     "evaluate.episodes",
     "evaluate.workers",
     "nas.samples",
@@ -372,8 +395,8 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "controller.select_rollouts": 100_000,
     "dream.max_steps": 10_000_000,
     "dream.batch": 10_000_000,
-    "dream.round_episodes": 1_000_000,
-    "dream.collectors": 1_000_000,
+    "rounds.episodes": 1_000_000,
+    "rounds.collectors": 1_000_000,
     "evaluate.episodes": 1_000_000,
     "evaluate.workers": 1024,
     "nas.samples": 10_000_000,
@@ -589,7 +612,8 @@ def _dream_checks(cfg: Config) -> list[Check]:
         ),
         (cfg.dream.tau >= 0, f"dream.tau must be at least 0, got {cfg.dream.tau}"),
         (cfg.dream.max_steps >= 1, "dream.max_steps must be at least 1"),
-        (cfg.dream.rounds >= 0 and cfg.dream.batch >= 0, "dream.rounds and dream.batch must not be negative"),
+        (cfg.dream.batch >= 0, "dream.batch must not be negative"),
+        (cfg.rounds.count >= 0, "rounds.count must not be negative"),
     ]
 
 

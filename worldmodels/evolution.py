@@ -169,7 +169,7 @@ class Search:
     def until(self) -> int:
         """The generation the current round stops at."""
         p = self.progress
-        return self.c.generations if p.round == 0 else p.round_start + self.cfg.dream.round_generations
+        return self.c.generations if p.round == 0 else p.round_start + self.cfg.rounds.generations
 
     def finished(self) -> bool:
         return self.progress.generation >= self.until() or self.progress.best_score >= self.c.target
@@ -203,9 +203,9 @@ class Search:
             seeds = generation_seeds(self.c.seed + 2, self.round, self.c.eval_rollouts)
             self.keep(p.best, float(evaluator.returns(p.best[None], seeds).mean()))
             tqdm.write(f"round {self.round}: the kept controller scores {p.best_score:.1f} in the new dream")
-            if self.cfg.dream.round_sigma:  # M has just seen the kept controller's states: search near it, not
+            if self.cfg.rounds.sigma:  # M has just seen the kept controller's states: search near it, not
                 # from wherever the last search's distribution went (where M had seen nothing)
-                self.es = search_state.fresh_search(self.search, p.best, self.cfg.dream.round_sigma, self.round)
+                self.es = search_state.fresh_search(self.search, p.best, self.cfg.rounds.sigma, self.round)
         self.save(evaluator)
 
     def generation(self, evaluator: Evaluator, generation: int, writer: SummaryWriter) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +288,7 @@ def top_contenders(progress: Progress, first: np.ndarray, count: int) -> list[np
 def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
     """Search controller parameters with CMA-ES in the recipe's world; resumable from the saved CMA-ES state.
 
-    Round r > 0 of iterative training goes on searching for `dream.round_generations` generations in the
+    Round r > 0 of iterative training goes on searching for `rounds.generations` generations in the
     dream of the retrained M, after re-scoring the kept controller there.
     """
     c, world = cfg.controller, open_world(cfg, run)

@@ -22,12 +22,12 @@ from .rollouts import EpisodeStore, episode_entry
 
 
 def round_episode_name(r: int, index: int) -> str:
-    """Round episodes have their own names, so a recipe may change `round_episodes` between rounds."""
+    """Round episodes have their own names, so a recipe may change `rounds.episodes` between rounds."""
     return f"round{r:02d}_{index:06d}.npz"
 
 
 def collectors(run: Run, kept: np.ndarray, count: int) -> np.ndarray:
-    """(K, P): the kept controller, then the last search's best other re-evaluated controllers (dream.collectors).
+    """(K, P): the kept controller, then the last search's best other re-evaluated controllers (rounds.collectors).
 
     The next search climbs where those favourites point; collecting with them shows M how they really drive, so
     the dream can rank the candidates near them, not only the one controller it has seen."""
@@ -41,18 +41,18 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
     """Real episodes of the kept controller (and the search's other favourites, taking turns), its parameters
     perturbed once per episode (`exploration_params`) and noise on its outputs at every step, added to the episode
     store; resumable."""
-    d, store = cfg.dream, EpisodeStore(stages.episodes_dir(rollouts_root, cfg))
+    d, store = cfg.rounds, EpisodeStore(stages.episodes_dir(rollouts_root, cfg))
     rng = np.random.default_rng([cfg.collect.seed, 7919, r])
-    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=d.round_episodes)]
-    paths = [store.root / round_episode_name(r, i) for i in range(d.round_episodes)]
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=d.episodes)]
+    paths = [store.root / round_episode_name(r, i) for i in range(d.episodes)]
     todo = [k for k, path in enumerate(paths) if not path.is_file()]
     if todo:
         model = WorldModel.load(run.vision, run.memory)
         flat = evolution.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
         drivers = collectors(run, flat, d.collectors)
         # drawn for every episode after the seeds, so a resumed round gives its episodes the same controllers
-        flats = drivers[np.arange(d.round_episodes) % len(drivers)] + d.exploration_params * rng.standard_normal(
-            (d.round_episodes, len(flat))
+        flats = drivers[np.arange(d.episodes) % len(drivers)] + d.exploration_params * rng.standard_normal(
+            (d.episodes, len(flat))
         )
         with real_evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
             noise = float(np.hypot(cfg.controller.noise, d.exploration))  # C's own noise, then exploration's
@@ -71,20 +71,19 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
 
 
 def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
-    """Rounds 1..`dream.rounds` after the first dream-trained controller; each stage inside resumes by itself."""
-    d, history_path = cfg.dream, run.dir / "rounds.json"
+    """Rounds 1..`rounds.count` after the first dream-trained controller; each stage inside resumes by itself."""
+    d, history_path = cfg.rounds, run.dir / "rounds.json"
     history = [h for h in checkpoints.read_json(history_path, list) or [] if isinstance(h, dict) and "round" in h]
     done = {h["round"] for h in history}
-    for r in range(1, d.rounds + 1):
+    for r in range(1, d.count + 1):
         if r in done:  # a finished round's figures stay as measured; re-running its stages would score today's C
             continue
         tqdm.write(
-            f"round {r}/{d.rounds}: collect {d.round_episodes} episodes with the controller, "
-            "retrain M, retrain C in the dream"
+            f"round {r}/{d.count}: collect {d.episodes} episodes with the controller, retrain M, retrain C in the dream"
         )
         record = collect_round(cfg, run, rollouts_root, r)
         stages.encode(cfg, run, rollouts_root)
-        stages.train_memory(cfg, run, cfg.memory.epochs + r * d.round_memory_epochs)
+        stages.train_memory(cfg, run, cfg.memory.epochs + r * d.memory_epochs)
         record["dream_score"] = evolution.train_controller(cfg, run, round=r)["best_score"]
         tqdm.write(
             f"round {r}: real return with exploration {record['real_return_explore']:.1f}, "

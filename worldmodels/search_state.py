@@ -72,7 +72,7 @@ def fresh_search(
     search: dict, x0: np.ndarray | None = None, sigma: float | None = None, restart: int = 0
 ) -> cma.CMAEvolutionStrategy:
     """The search a controller run starts from (`search`: dim, population, sigma0, seed), also the template a state
-    is rebuilt over; with `x0` and `sigma`, its restart number `restart` around `x0` (dream.round_sigma)."""
+    is rebuilt over; with `x0` and `sigma`, its restart number `restart` around `x0` (rounds.sigma)."""
     return cma.CMAEvolutionStrategy(
         np.zeros(int(search["dim"])) if x0 is None else np.asarray(x0, dtype=float),
         float(search["sigma0"] if sigma is None else sigma),
