@@ -22,7 +22,7 @@ import torch
 
 from worldmodels import config
 from worldmodels.memory import MDNRNN, MemoryModelConfig, memory_loss
-from worldmodels.nas.search import fit_surrogate, load_vision, make_world
+from worldmodels.nas.search import fit_surrogate, load_architecture_vision, make_codebook_world
 from worldmodels.rollouts import LatentEpisode, SequenceDataset
 from worldmodels.worlds.real import action_dim, encode_actions
 
@@ -67,8 +67,8 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     cfg = config.load(args.recipe)
-    vision = load_vision(Path(args.run) / "vision.pt")
-    world = make_world(cfg, vision, fit_surrogate(cfg))
+    vision = load_architecture_vision(Path(args.run) / "vision.pt")
+    world = make_codebook_world(cfg, vision, fit_surrogate(cfg))
     train, held_out = episodes(world, args.episodes, seed=0), episodes(world, args.episodes // 4, seed=1)
     slots, num_codes = vision.cfg.slots, vision.cfg.num_embeddings
     memory = MDNRNN(

@@ -219,7 +219,7 @@ def test_codebook_evaluator_returns_match_playing_by_hand(nas_run, overrides):
     cfg = recipe(overrides)
     run = Run(nas_run["root"], cfg)
     with search.CodebookEvaluator(cfg, run) as evaluator:
-        model = search.load_vision(run.vision)
+        model = search.load_architecture_vision(run.vision)
         b = cfg.codebook
         assert evaluator.input_dim == model.cfg.slots * model.cfg.embed_dim + 2 * b.num_previous_actions
         dim = Controller(evaluator.input_dim, evaluator.space).num_params
@@ -227,7 +227,7 @@ def test_codebook_evaluator_returns_match_playing_by_hand(nas_run, overrides):
         candidates = np.random.default_rng(0).standard_normal((3, dim)) * 0.03
         returns = evaluator.returns(candidates, [5, 6])
         archive, steps = evaluator.archive(), evaluator.steps
-    env = search.make_world(cfg, model, search.fit_surrogate(cfg))
+    env = search.make_codebook_world(cfg, model, search.fit_surrogate(cfg))
     assert env.max_allowed_actions == b.max_allowed_actions and env.size_penalty == b.size_penalty
     np.testing.assert_array_equal(env.codebook, model.codebook.numpy())
     expected, total_steps, lengths = np.zeros((3, 2)), 0, set()

@@ -87,6 +87,19 @@ def test_no_import_cycle_in_the_package():
     assert cycle(graph) is None, " -> ".join(cycle(graph) or [])
 
 
+def test_the_core_never_imports_the_nas_task():
+    """The codebook world's task reaches the core only through the registries (entry points), as one's own would."""
+    known = modules()
+    core = {name: path for name, path in known.items() if not name.startswith("worldmodels.nas")}
+    reaching = {
+        name for name, path in core.items() if any(m.startswith("worldmodels.nas") for m in imported(name, path, known))
+    }
+    assert not reaching, reaching
+    assert any(
+        m.startswith("worldmodels.") for m in imported("worldmodels.nas.search", known["worldmodels.nas.search"], known)
+    )
+
+
 def test_no_function_longer_than_60_lines():
     long = [
         f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"

@@ -216,11 +216,10 @@ def refuse_stage(args: argparse.Namespace, cfg: config_lib.Config) -> None:
 
 def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_root: Path) -> object:
     """The stage itself, with the run folder's lock held."""
-    from . import distributed, evolution, fidelity, stages, sweep, watch
+    from . import distributed, evaluators, evolution, fidelity, stages, sweep, watch
     from .pipeline import pipeline
     from .training import pick_device
 
-    codebook = cfg.controller.world == "codebook"
     if distributed.launched():
         cfg.device = str(distributed.init(pick_device(cfg.device)))  # cuda:LOCAL_RANK, or cpu
     if args.stage in WRITING_STAGES:
@@ -229,12 +228,11 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_r
             run.write_recipe()
     if args.stage == "collect":
         return {k: v for k, v in stages.collect(cfg, rollouts_root).items() if k != "episodes"}
-    if codebook and args.stage in ("train-vision", "evaluate"):
-        from .nas import search  # scikit-learn and the digits task load only for codebook recipes
-
+    task = evaluators.task_stages(cfg)  # a world with its own V and stages (the codebook world's NAS task)
+    if task is not None and args.stage in ("train-vision", "evaluate"):
         if args.stage == "train-vision":
-            return search.train_vision(cfg, run)["losses"]
-        return summary(search.evaluate(cfg, run))
+            return task.train_vision(cfg, run)["losses"]
+        return summary(task.evaluate(cfg, run))
     if args.stage == "train-vision":
         trained = stages.train_vision(cfg, run, rollouts_root)
         return trained["losses"] | trained.get("compressor", {})  # a pretrained V's held-out error and speed

@@ -2,7 +2,9 @@
 
 CMA-ES only asks a world for returns; the real world, the dream and the codebook world each answer in their own
 way. A task of one's own adds a world by registering a factory under a name (`register_world`, or an entry point
-in the `worldmodels.worlds` group of its package), the way the NAS task adds `codebook`.
+in the `worldmodels.worlds` group of its package), the way the NAS task adds `codebook`. A world whose V is not a
+model of frames brings its own stages too (`TaskStages`, an entry point in `worldmodels.tasks`), so the core
+never imports the task that defines it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ if TYPE_CHECKING:  # annotations only: the recipe parser imports this module, an
     from .config import Config
 
 ENTRY_POINTS = "worldmodels.worlds"
+TASK_ENTRY_POINTS = "worldmodels.tasks"
 BUILT_IN = ("real", "dream")  # registered by evolution.py, which the recipe parser does not import
 
 
@@ -98,3 +101,41 @@ def open_world(cfg: Config, run: Run) -> SearchWorld:
     if name not in _WORLDS:
         raise WorldModelsError(f"controller.world '{name}' is not a known world ({', '.join(known_worlds())})")
     return _WORLDS[name](cfg, run)
+
+
+class TaskStages(Protocol):
+    """The stages a world brings in place of the core's (the NAS task's codebook world: V of architectures, no M)."""
+
+    def vision_config(self, cfg: Config) -> dict:
+        """V's model config as its checkpoint stores it, to refuse a run folder of another V."""
+        ...
+
+    def train_vision(self, cfg: Config, run: Run) -> dict:
+        """Train the task's V; the result has `losses`."""
+        ...
+
+    def evaluate(self, cfg: Config, run: Run) -> dict:
+        """Score the kept controller the task's way."""
+        ...
+
+    def pipeline(self, cfg: Config, run: Run) -> dict:
+        """Every stage of the task in order, each resuming."""
+        ...
+
+
+_TASKS: dict[str, TaskStages] = {}
+
+
+def register_task(world: str, stages: TaskStages) -> None:
+    """Run `stages` instead of the core's for recipes whose `controller.world` is `world`."""
+    _TASKS[world] = stages
+
+
+def task_stages(cfg: Config) -> TaskStages | None:
+    """The stages the recipe's world brings (registered, or an installed entry point), or None: the core's."""
+    name = cfg.controller.world
+    if name not in _TASKS and name not in BUILT_IN:
+        for point in entry_points(group=TASK_ENTRY_POINTS, name=name):
+            register_task(name, point.load())
+            break
+    return _TASKS.get(name)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import checkpoints, evolution, fidelity, rounds, search_state, stages
+from . import checkpoints, evaluators, evolution, fidelity, rounds, search_state, stages
 from .checkpoints import Run
 from .config import Config
 from .rollouts import EpisodeStore
@@ -30,12 +30,11 @@ def real_steps(cfg: Config, rollouts_root: Path) -> dict:
 def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     """collect, train-vision, sample, encode, train-memory, train-controller (+ rounds), evaluate in the real world.
 
-    A codebook-world recipe runs its own, shorter pipeline (`worldmodels.nas.search.pipeline`).
+    A world that brings its own stages (the codebook world's NAS task) runs its own, shorter pipeline.
     """
-    if cfg.controller.world == "codebook":
-        from .nas import search  # scikit-learn and the digits task load only for codebook recipes
-
-        return search.pipeline(cfg, run)
+    task = evaluators.task_stages(cfg)
+    if task is not None:
+        return task.pipeline(cfg, run)
     stages.collect(cfg, rollouts_root)
     stages.train_vision(cfg, run, rollouts_root)
     stages.sample(cfg, run, rollouts_root)

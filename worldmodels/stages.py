@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import checkpoints, distributed, fidelity, rollouts
+from . import checkpoints, distributed, evaluators, fidelity, rollouts
 from .agent import load_vision, memory_from_checkpoint, vision_from_checkpoint
 from .checkpoints import Run
 from .config import Config, MemoryConfig
@@ -341,10 +341,9 @@ def check_run(cfg: Config, run: Run) -> None:
     """Refuse a recipe whose model sizes differ from the checkpoints already in the run folder."""
     if run.vision.is_file():
         saved = checkpoints.load(run.vision, "vision")["config"]
-        if cfg.controller.world == "codebook":  # V of architectures, not of frames; there is no M
-            from .nas.search import vision_config as architecture_vision_config
-
-            checkpoints.check_same_config(run.vision, saved, architecture_vision_config(cfg), "vision")
+        task = evaluators.task_stages(cfg)
+        if task is not None:  # the task's own V (the codebook world's: of architectures, not frames); no M
+            checkpoints.check_same_config(run.vision, saved, task.vision_config(cfg), "vision")
             return
         checkpoints.check_same_config(run.vision, saved, vision_config(cfg), "vision")
         if run.memory.is_file():

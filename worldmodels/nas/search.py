@@ -58,7 +58,7 @@ def vision_config(cfg: Config) -> dict:
     return {"model": "architecture_vqvae", **vars(config)}
 
 
-def build_vision(model_config: dict, path: Path | None = None) -> ArchitectureVQVAE:
+def build_architecture_vision(model_config: dict, path: Path | None = None) -> ArchitectureVQVAE:
     """V from a stored model config; a frame model's config (from the checkpoint at `path`) is refused."""
     config = dict(model_config)
     if config.pop("model", None) != "architecture_vqvae":
@@ -66,10 +66,10 @@ def build_vision(model_config: dict, path: Path | None = None) -> ArchitectureVQ
     return ArchitectureVQVAE(ArchitectureVQVAEConfig(**config))
 
 
-def load_vision(path: Path) -> ArchitectureVQVAE:
+def load_architecture_vision(path: Path) -> ArchitectureVQVAE:
     """V from its checkpoint, in eval mode."""
     saved = checkpoints.load(path, "vision")
-    model = build_vision(saved["config"], path)
+    model = build_architecture_vision(saved["config"], path)
     model.load_state_dict(saved["state_dict"])
     return model.eval()
 
@@ -80,7 +80,7 @@ def train_vision(cfg: Config, run: Run) -> dict:
     v = cfg.vision
     torch.manual_seed(v.seed)
     model_config = vision_config(cfg)
-    model = build_vision(model_config)
+    model = build_architecture_vision(model_config)
     data = encodings(cfg.nas.samples, v.seed)
     held_out = torch.from_numpy(np.stack([space.encode(row.arch) for row in load_table(table_path(cfg))]))
     generator = torch.Generator()
@@ -134,7 +134,7 @@ class Decoder:
         return self.memo[key]
 
 
-def make_world(cfg: Config, model: ArchitectureVQVAE, surrogate: Surrogate) -> CodebookEnv:
+def make_codebook_world(cfg: Config, model: ArchitectureVQVAE, surrogate: Surrogate) -> CodebookEnv:
     """The codebook world on V's codebook and decoder, scored by the surrogate."""
     b = cfg.codebook
     return CodebookEnv(
@@ -173,7 +173,9 @@ class CodebookEvaluator:
     def __init__(self, cfg: Config, run: Run):
         self.table = table(cfg)
         self.surrogate = from_rows(self.table)
-        self.env = make_world(cfg, load_vision(run.require(run.vision, "train-vision")), self.surrogate)
+        self.env = make_codebook_world(
+            cfg, load_architecture_vision(run.require(run.vision, "train-vision")), self.surrogate
+        )
         self.world = flat_world(self.env)
         self.space = self.env.action_space
         shape = self.world.observation_space.shape
