@@ -49,11 +49,12 @@ def emit(**fields) -> None:
 
 def evaluator(kind: str, workers: int, init_args: tuple) -> Evaluator:
     cfg, vision, memory, max_steps = init_args
+    worker_args = (cfg.env, vision, memory, max_steps)  # a worker is sent only what it reads
     if kind == "vector":
         return VectorEvaluator(cfg, vision, memory, workers, max_steps)
     if kind == "ray":
-        return Evaluator(RayPool(workers, init_args), workers, batch=8)
-    runner = LocalPool(workers, init_args) if workers > 1 else InProcess(init_args)
+        return Evaluator(RayPool(workers, worker_args), workers, batch=8)
+    runner = LocalPool(workers, worker_args) if workers > 1 else InProcess(worker_args)
     return Evaluator(runner, workers, batch=1 if kind == "pool, one at a time" else 8)
 
 

@@ -117,10 +117,10 @@ def test_ray_gives_up_when_every_worker_dies_on_a_job(generation, local_ray):
     run = generation[0]
     cfg = config_lib.load(TINY)
     saved = (weights(checkpoints.load(run.vision, "vision")), weights(checkpoints.load(run.memory, "memory")))
-    pool = RayPool(1, (cfg, *saved, 0))
+    pool = RayPool(1, (cfg.env, *saved, 0))
     try:
         with pytest.raises(WorldModelsError, match=r"ray: 4 workers died on the same episodes"):
-            list(pool.imap(os._exit, [1]))  # the job kills its worker, every time
+            list(pool.imap(lambda worker, job: os._exit(job), [1]))  # the job kills its worker, every time
         assert pool.replaced == RayPool.MAX_DEATHS
     finally:
         pool.close()

@@ -28,61 +28,66 @@ BACKENDS = ("pool", "vector", "ray")
 
 # ---------------------------------------------------------------- what every worker holds
 
-_worlds: list = []
-_model: WorldModel | None = None
-_env_cfg: EnvConfig | None = None
-_max_steps = 0
+
+class Worker:
+    """What one worker holds: V and M, built once from their checkpoints' contents (no shared filesystem needed),
+    and its real worlds, made once and reused. Sent only what it reads: the env's settings, not the recipe."""
+
+    def __init__(self, env: EnvConfig, vision: dict, memory: dict, max_steps: int):
+        self.model = WorldModel.from_checkpoints(vision, memory)
+        self.env, self.max_steps = env, max_steps
+        self.worlds: list[gym.Env] = []
+
+    def _worlds(self, n: int) -> list:
+        while len(self.worlds) < n:
+            self.worlds.append(make_world(self.env, self.max_steps))
+        return self.worlds[:n]
+
+    def play(self, job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, bool | None]]:
+        """Play one episode per (candidate row, seed) with C's own noise, batched: [(return, steps, the last step's
+        is_success or None)]."""
+        flats, seeds, noise = job
+        worlds = self._worlds(len(seeds))
+        controller = Controller.from_flat(flats, self.model.controller_input, worlds[0].action_space)
+        results = play(worlds, self.model, controller, seeds, noise)
+        return [(ret, steps, world.success) for (ret, steps), world in zip(results, worlds)]
+
+    def collect(self, job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, dict]]:
+        """Play one episode per (controller row, seed) plus exploration noise: [(return, steps, episode)]."""
+        flats, seeds, exploration = job
+        worlds = self._worlds(len(seeds))
+        controller = Controller.from_flat(flats, self.model.controller_input, worlds[0].action_space)
+        episodes: list[dict] = []
+        results = play(worlds, self.model, controller, seeds, exploration, record=episodes)
+        return [(ret, steps, episode) for (ret, steps), episode in zip(results, episodes)]
 
 
-def _init_worker(cfg: Config, vision: dict, memory: dict, max_steps: int) -> None:
-    """Build V and M once per worker, from their checkpoints' contents (no shared filesystem needed)."""
-    global _model, _env_cfg, _max_steps
-    _model = WorldModel.from_checkpoints(vision, memory)
-    _env_cfg, _max_steps = cfg.env, max_steps
-    _worlds.clear()
+Task = Callable[[Worker, tuple], list]  # Worker.play or Worker.collect: what a job asks of a worker
+
+_process_worker: Worker | None = None  # a pool process's own Worker, made by the pool's initializer (never the parent)
 
 
-def _worker_worlds(n: int) -> list:
-    """n real worlds, made once per worker and reused."""
-    while len(_worlds) < n:
-        assert _env_cfg is not None  # set by _init_worker
-        _worlds.append(make_world(_env_cfg, _max_steps))
-    return _worlds[:n]
+def _start_process_worker(*init_args) -> None:
+    global _process_worker
+    _process_worker = Worker(*init_args)
 
 
-def _play_chunk(job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, bool | None]]:
-    """Play one episode per (candidate row, seed) with C's own noise, batched: [(return, steps, the last step's
-    is_success or None)]."""
-    flats, seeds, noise = job
-    worlds = _worker_worlds(len(seeds))
-    assert _model is not None  # set by _init_worker
-    controller = Controller.from_flat(flats, _model.controller_input, worlds[0].action_space)
-    results = play(worlds, _model, controller, seeds, noise)
-    return [(ret, steps, world.success) for (ret, steps), world in zip(results, worlds)]
-
-
-def _collect_chunk(job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, dict]]:
-    """Play one episode per (controller row, seed) plus exploration noise: [(return, steps, episode)]."""
-    flats, seeds, exploration = job
-    worlds = _worker_worlds(len(seeds))
-    assert _model is not None  # set by _init_worker
-    controller = Controller.from_flat(flats, _model.controller_input, worlds[0].action_space)
-    episodes: list[dict] = []
-    results = play(worlds, _model, controller, seeds, exploration, record=episodes)
-    return [(ret, steps, episode) for (ret, steps), episode in zip(results, episodes)]
+def _on_process_worker(task: Task, job: tuple) -> list:
+    assert _process_worker is not None  # made by _start_process_worker when the pool started
+    return task(_process_worker, job)
 
 
 # ---------------------------------------------------------------- runners: map jobs over workers, in order
 
 
 class InProcess:
-    """One worker: this process."""
+    """One worker: this process, which owns it."""
 
     def __init__(self, init_args: tuple):
-        _init_worker(*init_args)
+        self.worker = Worker(*init_args)
 
-    def imap(self, fn: Callable, jobs: Iterable) -> Iterator:
-        return map(fn, jobs)
+    def imap(self, task: Task, jobs: Iterable) -> Iterator:
+        return (task(self.worker, job) for job in jobs)
 
     def close(self, graceful: bool = True) -> None:
         pass
@@ -92,10 +97,10 @@ class LocalPool:
     """Spawned worker processes on this machine, each holding V and M."""
 
     def __init__(self, workers: int, init_args: tuple):
-        self.pool = worker_pool(workers, _init_worker, init_args)
+        self.pool = worker_pool(workers, _start_process_worker, init_args)
 
-    def imap(self, fn: Callable, jobs: Iterable) -> Iterator:
-        return self.pool.imap(fn, jobs)
+    def imap(self, task: Task, jobs: Iterable) -> Iterator:
+        return self.pool.imap(functools.partial(_on_process_worker, task), jobs)
 
     def close(self, graceful: bool = True) -> None:
         self.pool.close() if graceful else self.pool.terminate()
@@ -103,16 +108,16 @@ class LocalPool:
 
 
 class _RayWorker:
-    """A Ray actor: builds V and M once, then plays the jobs it is sent."""
+    """A Ray actor: holds one Worker, then plays the jobs it is sent."""
 
     def __init__(self, init_args: tuple):
         import torch
 
         torch.set_num_threads(1)  # one core per actor: the actors are the parallelism
-        _init_worker(*init_args)
+        self.worker = Worker(*init_args)
 
-    def run(self, fn: Callable, job: tuple) -> list:
-        return fn(job)
+    def run(self, task: Task, job: tuple) -> list:
+        return task(self.worker, job)
 
 
 def check_reachable(address: str) -> None:
@@ -157,7 +162,7 @@ class RayPool:
         self.actors = [self.worker.remote(self.init_args) for _ in range(workers)]
         self.replaced = 0
 
-    def imap(self, fn: Callable, jobs: Iterable) -> Iterator:
+    def imap(self, task: Task, jobs: Iterable) -> Iterator:
         ray = self.ray
         queue, idle = deque(enumerate(jobs)), list(self.actors)
         pending: dict = {}  # future -> (job index, job, actor)
@@ -169,7 +174,7 @@ class RayPool:
                 index, job = queue.popleft()
                 actor = idle.pop()
                 # ray's stubs type a handle as ActorHandle | the actor's class, whose `run` has no `.remote`
-                pending[actor.run.remote(fn, job)] = (index, job, actor)  # type: ignore[attr-defined]
+                pending[actor.run.remote(task, job)] = (index, job, actor)  # type: ignore[attr-defined]
             [ready], _ = ray.wait(list(pending), num_returns=1)
             index, job, actor = pending.pop(ready)
             try:
@@ -237,7 +242,7 @@ class Evaluator:
             total=len(pairs), desc=progress, unit="ep", disable=True if progress is None else None, leave=False
         )
         results = []
-        for chunk in self.runner.imap(_play_chunk, jobs):
+        for chunk in self.runner.imap(Worker.play, jobs):
             results += chunk
             counter.update(len(chunk))
         counter.close()
@@ -256,7 +261,7 @@ class Evaluator:
         [(return, steps)]."""
         size = self._chunk(len(seeds))
         jobs = [(flats[i : i + size], seeds[i : i + size], exploration) for i in range(0, len(seeds), size)]
-        chunks = self.runner.imap(_collect_chunk, jobs)
+        chunks = self.runner.imap(Worker.collect, jobs)
         played = [r for chunk in bar(chunks, total=len(jobs), desc="collect (controller)", unit="chunk") for r in chunk]
         return self._save(played, paths)
 
@@ -327,7 +332,7 @@ def real_evaluator(cfg: Config, vision_path: Path, memory_path: Path, workers: i
     backend = cfg.controller.backend
     if backend == "vector":
         return VectorEvaluator(cfg, vision, memory, workers, max_steps)
-    init_args = (cfg, vision, memory, max_steps)
+    init_args = (cfg.env, vision, memory, max_steps)
     if backend == "ray":
         return Evaluator(RayPool(workers, init_args, cfg.controller.address), workers, noise=cfg.controller.noise)
     runner = LocalPool(workers, init_args) if workers > 1 else InProcess(init_args)

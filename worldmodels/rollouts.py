@@ -16,7 +16,7 @@ import torch
 
 from . import distributed
 from .checkpoints import Run, atomic_write, save_json
-from .config import CollectConfig, Config
+from .config import CollectConfig, Config, EnvConfig
 from .controller import to_action
 from .errors import WorldModelsError
 from .pool import worker_pool
@@ -247,23 +247,31 @@ def collect_episode(env: gym.Env, cfg: CollectConfig, seed: int) -> dict:
     }
 
 
-_worker_env: gym.Env | None = None
-_worker_cfg: Config | None = None
+class EpisodeCollector:
+    """What one collecting worker holds: its world, made once, and the collection's settings (not the recipe)."""
+
+    def __init__(self, env: EnvConfig, collect: CollectConfig):
+        self.world, self.collect = make_world(env), collect
+
+    def one(self, job: tuple[int, str]) -> tuple[str, int]:
+        """Collect and save episode `index` into `root`: (its file name, its steps)."""
+        index, root = job
+        episode = collect_episode(self.world, self.collect, self.collect.seed * 1_000_003 + index)
+        save_episode(Path(root) / episode_name(index), episode)
+        return episode_name(index), len(episode["action"])
 
 
-def _init_worker(cfg: Config) -> None:
-    global _worker_env, _worker_cfg
-    _worker_cfg = cfg
-    _worker_env = make_world(cfg.env)
+_process_collector: EpisodeCollector | None = None  # a pool process's own, made by the pool's initializer
 
 
-def _collect_one(job: tuple[int, str]) -> tuple[str, int]:
-    index, root = job
-    assert _worker_cfg is not None and _worker_env is not None  # set by _init_worker
-    seed = _worker_cfg.collect.seed * 1_000_003 + index
-    episode = collect_episode(_worker_env, _worker_cfg.collect, seed)
-    save_episode(Path(root) / episode_name(index), episode)
-    return episode_name(index), len(episode["action"])
+def _start_process_collector(env: EnvConfig, collect: CollectConfig) -> None:
+    global _process_collector
+    _process_collector = EpisodeCollector(env, collect)
+
+
+def _collect_in_process(job: tuple[int, str]) -> tuple[str, int]:
+    assert _process_collector is not None  # made by _start_process_collector when the pool started
+    return _process_collector.one(job)
 
 
 def collect(cfg: Config, root: Path) -> dict:
@@ -313,15 +321,15 @@ def _collect_missing(cfg: Config, store: EpisodeStore, root: Path) -> None:
         jobs = [(i, str(root)) for i in todo]
         progress = bar(total=len(todo), desc="collect", unit="ep")
         if cfg.collect.workers > 1:
-            with worker_pool(cfg.collect.workers, _init_worker, (cfg,)) as pool:
-                for _ in pool.imap_unordered(_collect_one, jobs):
+            with worker_pool(cfg.collect.workers, _start_process_collector, (cfg.env, cfg.collect)) as pool:
+                for _ in pool.imap_unordered(_collect_in_process, jobs):
                     progress.update()
                 pool.close()
                 pool.join()
         else:
-            _init_worker(cfg)
+            collector = EpisodeCollector(cfg.env, cfg.collect)
             for job in jobs:
-                _collect_one(job)
+                collector.one(job)
                 progress.update()
         progress.close()
 
