@@ -24,8 +24,6 @@ from .rollouts import save_episode
 from .training import pick_device
 from .worlds.real import make_world
 
-BACKENDS = ("pool", "vector", "ray")
-
 # ---------------------------------------------------------------- what every worker holds
 
 

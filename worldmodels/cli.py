@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, evaluators
 from . import config as config_lib
 from .errors import WorldModelsError
 
@@ -91,7 +91,7 @@ def _add_stage_options(s: argparse.ArgumentParser, stage: str) -> None:
     if stage in ("train-controller", "evaluate"):
         s.add_argument(
             "--world",
-            choices=["real", "dream", "codebook"] if stage == "train-controller" else ["real", "dream"],
+            choices=evaluators.known_worlds() if stage == "train-controller" else evaluators.BUILT_IN,
             help="where C acts (default: the recipe's controller.world for training, real for evaluate)",
         )
     if stage == "study":
@@ -109,7 +109,7 @@ def _add_stage_options(s: argparse.ArgumentParser, stage: str) -> None:
     if stage in ("train-controller", "evaluate", "pipeline", "tau-sweep", "study"):
         s.add_argument(
             "--backend",
-            choices=["pool", "vector", "ray"],
+            choices=config_lib.CHOICES["controller.backend"],
             help="where real episodes run (default: the recipe's controller.backend)",
         )
         s.add_argument("--address", help="ray: 'auto' or HOST:PORT of a running Ray cluster (default: a local one)")
@@ -216,7 +216,7 @@ def refuse_stage(args: argparse.Namespace, cfg: config_lib.Config) -> None:
 
 def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_root: Path) -> object:
     """The stage itself, with the run folder's lock held."""
-    from . import distributed, evaluators, evolution, fidelity, stages, sweep, watch
+    from . import distributed, evolution, fidelity, stages, sweep, watch
     from .pipeline import pipeline
     from .training import pick_device
 

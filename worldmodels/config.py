@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -445,6 +446,33 @@ def check_name(name: str) -> None:
 
 Check = tuple[bool, str]  # a condition that must hold, and the message when it does not
 
+CHOICES = {  # the string settings and the values each may take: the checks and the CLI's flags read them here
+    "precision": ("auto", "bf16", "fp32"),
+    "collect.policy": ("random", "brownian"),
+    "vision.model": ("vae", "vqvae", "nvae", "pretrained"),
+    "vision.codebook_init": ("kmeans", "random"),
+    "vision.pretrained.compressor": ("autoencoder", "linear"),
+    "memory.reward_from": ("hidden", "next"),
+    "controller.backend": ("pool", "vector", "ray"),
+    "dream.done": ("sample", "threshold", "never"),
+    "dream.start": ("data", "along", "prior"),
+}
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """'a', 'b' or 'c'."""
+    quoted = [f"'{c}'" for c in choices]
+    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
+
+
+def _choice_checks(cfg: Config) -> list[Check]:
+    """Every string setting is one of its CHOICES."""
+    checks = []
+    for key, choices in CHOICES.items():
+        value = functools.reduce(getattr, key.split("."), cfg)
+        checks.append((value in choices, f"{key} must be {one_of(choices)}, got '{value}'"))
+    return checks
+
 
 ENCODER_KINDS = ("hf", "run", "module", "export")  # where a pretrained V's frozen encoder comes from
 
@@ -465,10 +493,6 @@ def _pretrained_checks(p: PretrainedConfig, used: bool) -> list[Check]:
     problem = encoder_source_problem(p.encoder) if used else None
     return [
         (problem is None, problem or ""),
-        (
-            p.compressor in ("autoencoder", "linear"),
-            f"vision.pretrained.compressor must be 'autoencoder' or 'linear', got '{p.compressor}'",
-        ),
         (p.layer >= -1, f"vision.pretrained.layer must be -1 (the pooled output) or a hidden state, got {p.layer}"),
         (p.context >= 1 and p.hidden >= 1, "vision.pretrained.context and vision.pretrained.hidden must be at least 1"),
         (not p.concat or p.encoder.startswith("run:"), "vision.pretrained.concat needs a 'run:' encoder (its z)"),
@@ -478,10 +502,6 @@ def _pretrained_checks(p: PretrainedConfig, used: bool) -> list[Check]:
 def _vision_checks(cfg: Config) -> list[Check]:
     """V: its model, sizes, KL schedule, loss weights and codebook."""
     return [
-        (
-            cfg.vision.model in ("vae", "vqvae", "nvae", "pretrained"),
-            f"vision.model must be 'vae', 'vqvae', 'nvae' or 'pretrained', got '{cfg.vision.model}'",
-        ),
         *_pretrained_checks(cfg.vision.pretrained, cfg.vision.model == "pretrained"),
         *[
             (getattr(cfg.vision, key) >= 1, f"vision.{key} must be at least 1, got {getattr(cfg.vision, key)}")
@@ -496,10 +516,6 @@ def _vision_checks(cfg: Config) -> list[Check]:
             for key in ("spectral_lambda", "lower_temperature", "kl_weight")
         ],
         (
-            cfg.vision.codebook_init in ("kmeans", "random"),
-            f"vision.codebook_init must be 'kmeans' or 'random', got '{cfg.vision.codebook_init}'",
-        ),
-        (
             2 <= cfg.vision.num_embeddings <= 32767 and cfg.vision.embed_dim >= 1 and cfg.vision.dead_after >= 0,
             "vision.num_embeddings must be 2..32767 (codes are stored as int16), vision.embed_dim at least 1, "
             "vision.dead_after not negative",
@@ -509,20 +525,7 @@ def _vision_checks(cfg: Config) -> list[Check]:
 
 def _run_checks(cfg: Config) -> list[Check]:
     """How the run executes: the controller's backend, the precision, the collection policy."""
-    return [
-        (
-            cfg.controller.backend in ("pool", "vector", "ray"),
-            f"controller.backend must be 'pool', 'vector' or 'ray', got '{cfg.controller.backend}'",
-        ),
-        (
-            cfg.precision in ("auto", "bf16", "fp32"),
-            f"precision must be 'auto', 'bf16' or 'fp32', got '{cfg.precision}'",
-        ),
-        (
-            cfg.collect.policy in ("random", "brownian"),
-            f"collect.policy must be 'random' or 'brownian', got '{cfg.collect.policy}'",
-        ),
-    ]
+    return []
 
 
 def _data_checks(cfg: Config) -> list[Check]:
@@ -559,10 +562,6 @@ def _training_checks(cfg: Config) -> list[Check]:
         (cfg.vision.epochs >= 1 and cfg.memory.epochs >= 1, "vision.epochs and memory.epochs must be at least 1"),
         (cfg.controller.eval_every >= 1, "controller.eval_every must be at least 1"),
         (0 <= cfg.memory.dropout < 1, f"memory.dropout must be in [0, 1), got {cfg.memory.dropout}"),
-        (
-            cfg.memory.reward_from in ("hidden", "next"),
-            f"memory.reward_from must be hidden or next, got {cfg.memory.reward_from!r}",
-        ),
         (0 <= cfg.memory.holdout < 1, f"memory.holdout must be a fraction in [0, 1), got {cfg.memory.holdout}"),
         (
             cfg.controller.fidelity_controllers >= 0 and cfg.controller.fidelity_episodes >= 1,
@@ -602,14 +601,6 @@ def _world_checks(cfg: Config) -> list[Check]:
 def _dream_checks(cfg: Config) -> list[Check]:
     """The dream: how episodes end and start, its temperature, length and rounds."""
     return [
-        (
-            cfg.dream.done in ("sample", "threshold", "never"),
-            f"dream.done must be 'sample', 'threshold' or 'never', got '{cfg.dream.done}'",
-        ),
-        (
-            cfg.dream.start in ("data", "along", "prior"),
-            f"dream.start must be 'data', 'along' or 'prior', got '{cfg.dream.start}'",
-        ),
         (cfg.dream.tau >= 0, f"dream.tau must be at least 0, got {cfg.dream.tau}"),
         (cfg.dream.max_steps >= 1, "dream.max_steps must be at least 1"),
         (cfg.dream.batch >= 0, "dream.batch must not be negative"),
@@ -622,6 +613,7 @@ def validate(cfg: Config) -> Config:
     check_name(cfg.name)
     check_numbers(cfg)
     checks = [
+        *_choice_checks(cfg),
         *_vision_checks(cfg),
         *_run_checks(cfg),
         *_data_checks(cfg),
