@@ -158,6 +158,42 @@ def test_rounds_collect_each_episode_with_its_own_perturbed_controller(copy_run,
     np.testing.assert_array_equal(again["action"], collected[1]["action"])
 
 
+def test_rounds_collect_each_episode_with_its_own_offsets_on_cs_biases_only(copy_run, copy_rollouts):
+    """rounds.exploration_bias: episode k drives the kept controller's weights unchanged and its biases plus std x N,
+    drawn after the seeds and the (here zero) parameter noise."""
+    cfg = config_lib.load(
+        TINY,
+        ["rounds.exploration_bias=2.0", "rounds.exploration=0", "rounds.episodes=3", 'controller.world="dream"'],
+    )
+    run = Run(copy_run["checkpoints"], cfg)
+    assert rounds.collect_round(cfg, run, copy_rollouts, 1)["episodes"] == 3
+    model = WorldModel.load(run.vision, run.memory)
+    flat = load_controller(run.controller, model)["params"].numpy()
+    outputs = DISCRETE.n
+    rng = np.random.default_rng([cfg.collect.seed, 7919, 1])
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
+    rng.standard_normal((3, len(flat)))  # exploration_params' draws, times 0
+    flats = np.repeat(flat[None], 3, 0)
+    flats[:, len(flat) - outputs :] += 2.0 * rng.standard_normal((3, outputs))
+    assert np.array_equal(flats[:, : len(flat) - outputs], np.repeat(flat[None, : len(flat) - outputs], 3, 0))
+    store = copy_rollouts / cfg.name / "episodes"
+    collected = [load_episode(store / rounds.round_episode_name(1, k)) for k in range(3)]
+    record: list[dict] = []
+    controller = Controller.from_flat(flats, model.controller_input, DISCRETE)
+    play([make_world(cfg.env) for _ in seeds], model, controller, seeds, record=record)
+    for episode, by_hand in zip(collected, record):
+        np.testing.assert_array_equal(episode["action"], by_hand["action"])
+    kept: list[dict] = []
+    play(
+        [make_world(cfg.env) for _ in seeds],
+        model,
+        Controller.from_flat(np.repeat(flat[None], 3, 0), model.controller_input, DISCRETE),
+        seeds,
+        record=kept,
+    )
+    assert any(not np.array_equal(e["action"], k["action"]) for e, k in zip(collected, kept))
+
+
 def test_rounds_collect_with_the_kept_controller_and_the_searchs_favourites_taking_turns(copy_run, copy_rollouts):
     """rounds.collectors = 3: episodes 0 and 3 drive the kept controller, 1 and 2 the last search's two best other
     re-evaluated controllers, ranked by their dream score by hand."""
