@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import checkpoints
-from .agent import WorldModel, play, play_vector
+from .agent import WorldModel
 from .config import Config, EnvConfig
 from .controller import Controller
 from .errors import WorldModelsError
@@ -22,7 +22,7 @@ from .pool import worker_pool
 from .progress import bar, say
 from .rollouts import save_episode
 from .training import pick_device
-from .worlds.real import make_world
+from .worlds.real import make_world, play, play_vector
 
 # ---------------------------------------------------------------- what every worker holds
 
@@ -295,8 +295,11 @@ class VectorEvaluator(Evaluator):
 
     def _play(
         self, controller: Controller, seeds: list[int], exploration: float = 0.0, record: list | None = None
-    ) -> list:
-        return play_vector(self.envs, self.model, controller, seeds, exploration, record)
+    ) -> list[tuple[float, int, bool | None]]:
+        """[(return, frames, the last step's is_success or None)], as the pool's workers report them."""
+        successes: list[bool | None] = []
+        played = play_vector(self.envs, self.model, controller, seeds, exploration, record, successes)
+        return [(ret, frames, success) for (ret, frames), success in zip(played, successes)]
 
     def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
         """As Evaluator.returns; every episode is one lock-step loop here, so there is no bar to show."""

@@ -6,12 +6,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 
 from . import config as config_lib
 from .errors import WorldModelsError
+
+if TYPE_CHECKING:  # annotations only: the world model imports this module
+    from .agent import WorldModel
 
 
 def _umask() -> int:
@@ -143,3 +147,28 @@ class Run:
         """Record the resolved recipe this run was made with (left untouched when it says the same:
         a finished run writes nothing)."""
         write_if_changed(self.dir / "recipe.toml", config_lib.dumps(self.cfg))
+
+
+def save_controller(path: Path, flat: np.ndarray, input_dim: int, score: float, generation: int) -> None:
+    """C's checkpoint: its flat parameters, the input size it reads, its score and the generation it came from."""
+    save(
+        path,
+        {
+            "kind": "controller",
+            "config": {"input_dim": input_dim},
+            "params": torch.as_tensor(flat, dtype=torch.float32),
+            "score": float(score),
+            "generation": generation,
+        },
+    )
+
+
+def load_controller(path: Path, model: WorldModel) -> dict:
+    """C's checkpoint, checked against the world model it will sit on."""
+    saved = load(path, "controller")
+    if saved["config"]["input_dim"] != model.controller_input:
+        raise WorldModelsError(
+            f"'{path}' was trained on inputs of size {saved['config']['input_dim']} but V and M give "
+            f"{model.controller_input}; retrain the controller"
+        )
+    return saved

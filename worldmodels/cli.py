@@ -251,7 +251,7 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_r
 
         return summary(evaluate_policy(cfg, run, args.policy, args.algo))
     if args.stage == "evaluate":
-        return summary(evolution.evaluate(cfg, run, args.world or "real"))
+        return summary(stages.evaluate(cfg, run, args.world or "real"))
     if args.stage == "dream":
         return watch.dream_gifs(cfg, run, args.seed, args.scale)
     if args.stage == "tau-sweep":

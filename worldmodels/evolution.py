@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import cma
 import gymnasium as gym
@@ -74,30 +73,6 @@ def generation_seeds(seed: int, generation: int, count: int) -> list[int]:
     """The rollout seeds every candidate of one generation shares."""
     rng = np.random.default_rng([seed, generation])
     return [int(s) for s in rng.integers(0, 2**31 - 1, size=count)]
-
-
-def save_controller(path: Path, flat: np.ndarray, input_dim: int, score: float, generation: int) -> None:
-    checkpoints.save(
-        path,
-        {
-            "kind": "controller",
-            "config": {"input_dim": input_dim},
-            "params": torch.as_tensor(flat, dtype=torch.float32),
-            "score": float(score),
-            "generation": generation,
-        },
-    )
-
-
-def load_controller(path: Path, model: WorldModel) -> dict:
-    """C's checkpoint, checked against the world model it will sit on."""
-    saved = checkpoints.load(path, "controller")
-    if saved["config"]["input_dim"] != model.controller_input:
-        raise WorldModelsError(
-            f"'{path}' was trained on inputs of size {saved['config']['input_dim']} but V and M give "
-            f"{model.controller_input}; retrain the controller"
-        )
-    return saved
 
 
 def log_dream_rollout(writer: SummaryWriter, evaluator: DreamEvaluator, flat: np.ndarray, seed: int, step: int) -> None:
@@ -185,7 +160,7 @@ class Search:
     def keep(self, flat: np.ndarray, score: float) -> None:
         """Make `flat` the kept controller, with its score, and write controller.pt."""
         self.progress.best, self.progress.best_score = flat, score
-        save_controller(self.run.controller, flat, self.world.input_dim, score, self.progress.generation)
+        checkpoints.save_controller(self.run.controller, flat, self.world.input_dim, score, self.progress.generation)
 
     def save(self, evaluator: Evaluator) -> None:
         """Write the search (and its world's state) to cmaes.pt; the steps spent join the progress."""
@@ -338,46 +313,3 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
     if p.real_steps:
         result["real_steps_watching"] = p.real_steps
     return result
-
-
-def returns_report(returns: np.ndarray, seeds: list[int], generation: int | None) -> dict:
-    """The part of a report every world shares: the returns of the evaluation episodes and their seeds."""
-    return {
-        "episodes": len(seeds),
-        "mean": float(returns.mean()),
-        "std": float(returns.std()),
-        "returns": [float(r) for r in returns],
-        "seeds": seeds,
-        "controller_generation": generation,
-    }
-
-
-def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
-    """Play `cfg.evaluate.episodes` episodes with fixed seeds in the real world or the dream; write the report."""
-    e = cfg.evaluate
-    device = pick_device(cfg.device) if world == "dream" else "cpu"
-    model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device)
-    saved = load_controller(run.require(run.controller, "train-controller"), model)
-    seeds = [e.seed + i for i in range(e.episodes)]
-    flat = saved["params"].numpy()
-    evaluator: Evaluator
-    if world == "dream":
-        evaluator = dream_evaluator(cfg, run, model)
-    else:
-        evaluator = real_evaluator(cfg, run.vision, run.memory, e.workers)
-    with evaluator:
-        returns = evaluator.returns(flat[None], seeds, progress="evaluate")[0]
-    report = {"world": world, "env": cfg.env.id, **returns_report(returns, seeds, saved["generation"])}
-    success = getattr(evaluator, "success", None)  # goal-reaching envs: did each episode's last step reach the goal
-    if world == "dream":
-        report["tau"] = cfg.dream.tau
-    elif success is not None:
-        report["success_rate"] = float(success[0].mean())
-        report["successes"] = [bool(s) for s in success[0]]
-    checkpoints.save_json(run.report if world == "real" else run.dream_report, report)
-    writer = SummaryWriter(run.tensorboard)
-    writer.add_scalar(f"evaluate/{world}_mean_return", report["mean"], saved["generation"])
-    if "success_rate" in report:
-        writer.add_scalar("evaluate/real_success_rate", report["success_rate"], saved["generation"])
-    writer.close()
-    return report

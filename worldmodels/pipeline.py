@@ -53,7 +53,7 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
         else:
             tqdm.write(f"evaluate: {run.report} is up to date, skipping")
     if report is None:
-        report = evolution.evaluate(cfg, run)
+        report = stages.evaluate(cfg, run)
     # what the score cost in real experience: C's own steps when it trained in the real world
     steps = real_steps(cfg, rollouts_root)
     progress = search_state.load_progress(run.cmaes)

@@ -52,7 +52,7 @@ def load_policy(spec: str, algo: str | None = None) -> Callable[[np.ndarray], An
 def evaluate_policy(cfg: Config, run: checkpoints.Run, spec: str, algo: str | None = None) -> dict:
     """The recipe's evaluation episodes played by an outside policy on [z, h]; written to report_policy.json."""
     from .agent import WorldModel
-    from .evolution import returns_report
+    from .stages import returns_report
     from .worlds.latent import LatentObservation
     from .worlds.real import make_world
 

@@ -48,7 +48,7 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
     todo = [k for k, path in enumerate(paths) if not path.is_file()]
     if todo:
         model = WorldModel.load(run.vision, run.memory)
-        flat = evolution.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
+        flat = checkpoints.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
         drivers = collectors(run, flat, d.collectors)
         # drawn for every episode after the seeds, so a resumed round gives its episodes the same controllers
         flats = drivers[np.arange(d.episodes) % len(drivers)] + d.exploration_params * rng.standard_normal(

@@ -11,12 +11,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
 
 from . import checkpoints, distributed, evaluators, fidelity, rollouts
-from .agent import load_vision, memory_from_checkpoint, vision_from_checkpoint
+from .agent import WorldModel, load_vision, memory_from_checkpoint, vision_from_checkpoint
+from .backends import real_evaluator
 from .checkpoints import Run
 from .config import Config, MemoryConfig
 from .errors import WorldModelsError
+from .evaluators import Evaluator
+from .evolution import dream_evaluator
 from .features import train_pretrained_vision
 from .memory import MDNRNN, MemoryModelConfig, memory_loss
 from .progress import bar, say
@@ -351,3 +355,49 @@ def check_run(cfg: Config, run: Run) -> None:
             # as it loads: a field the checkpoint predates takes its default (an old M reads its reward from h)
             saved_memory = vars(MemoryModelConfig(**checkpoints.load(run.memory, "memory")["config"]))
             checkpoints.check_same_config(run.memory, saved_memory, wanted, "memory")
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def returns_report(returns: np.ndarray, seeds: list[int], generation: int | None) -> dict:
+    """The part of a report every world shares: the returns of the evaluation episodes and their seeds."""
+    return {
+        "episodes": len(seeds),
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "returns": [float(r) for r in returns],
+        "seeds": seeds,
+        "controller_generation": generation,
+    }
+
+
+def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
+    """Play `cfg.evaluate.episodes` episodes with fixed seeds in the real world or the dream; write the report."""
+    e = cfg.evaluate
+    device = pick_device(cfg.device) if world == "dream" else "cpu"
+    model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"), device)
+    saved = checkpoints.load_controller(run.require(run.controller, "train-controller"), model)
+    seeds = [e.seed + i for i in range(e.episodes)]
+    flat = saved["params"].numpy()
+    evaluator: Evaluator
+    if world == "dream":
+        evaluator = dream_evaluator(cfg, run, model)
+    else:
+        evaluator = real_evaluator(cfg, run.vision, run.memory, e.workers)
+    with evaluator:
+        returns = evaluator.returns(flat[None], seeds, progress="evaluate")[0]
+    report = {"world": world, "env": cfg.env.id, **returns_report(returns, seeds, saved["generation"])}
+    success = getattr(evaluator, "success", None)  # goal-reaching envs: did each episode's last step reach the goal
+    if world == "dream":
+        report["tau"] = cfg.dream.tau
+    elif success is not None:
+        report["success_rate"] = float(success[0].mean())
+        report["successes"] = [bool(s) for s in success[0]]
+    checkpoints.save_json(run.report if world == "real" else run.dream_report, report)
+    writer = SummaryWriter(run.tensorboard)
+    writer.add_scalar(f"evaluate/{world}_mean_return", report["mean"], saved["generation"])
+    if "success_rate" in report:
+        writer.add_scalar("evaluate/real_success_rate", report["success_rate"], saved["generation"])
+    writer.close()
+    return report

@@ -9,7 +9,7 @@ import copy
 
 from tqdm import tqdm
 
-from . import checkpoints, evolution
+from . import checkpoints, evolution, stages
 from . import config as config_lib
 from .checkpoints import Run
 from .config import Config
@@ -48,8 +48,8 @@ def tau_sweep(cfg: Config, run: Run, taus: list[float]) -> list[dict]:
         tau_run.dir.mkdir(parents=True, exist_ok=True)
         tqdm.write(f"tau sweep: tau = {tau:g} in {tau_run.dir}")
         evolution.train_controller(tau_cfg, tau_run)
-        dream = evolution.evaluate(tau_cfg, tau_run, "dream")
-        real = evolution.evaluate(tau_cfg, tau_run, "real")
+        dream = stages.evaluate(tau_cfg, tau_run, "dream")
+        real = stages.evaluate(tau_cfg, tau_run, "real")
         rows.append(
             {
                 "tau": tau,

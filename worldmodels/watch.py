@@ -11,14 +11,13 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from . import checkpoints
-from .agent import WorldModel, play
-from .checkpoints import Run
+from .agent import WorldModel
+from .checkpoints import Run, load_controller
 from .config import Config
 from .controller import Controller
-from .evolution import load_controller
 from .rollouts import frames_to_float, load_latents, start_latents
 from .worlds.dream import Dream, dream_rollout, filmstrip
-from .worlds.real import make_world
+from .worlds.real import make_world, play
 
 
 def save_gif(path: Path, frames: np.ndarray, scale: int = 2, fps: int = 25) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .. import checkpoints, evolution, search_state
+from .. import checkpoints, evolution, search_state, stages
 from ..checkpoints import Run
 from ..config import Config
 from ..controller import Controller
@@ -296,7 +296,7 @@ def evaluate(cfg: Config, run: Run) -> dict:
     tqdm.write(f"evaluate: training the winners for real ({cfg.nas.final_seeds} seeds each)")
     report = {
         "world": "codebook",
-        **evolution.returns_report(returns, seeds, saved["generation"]),
+        **stages.returns_report(returns, seeds, saved["generation"]),
         "surrogate_queries": len(found),  # distinct architectures: what random search gets
         "queries_with_repeats": progress.queries,
         "surrogate_spearman": round(held_out_spearman(rows), 4),
