@@ -7,7 +7,6 @@ Session fixtures are read-only for the tests: a test that changes a run copies i
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -16,31 +15,11 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 import pytest
 import torch
-
-from worldmodels import cli
+from helpers import RUN_NAME, cli_stage, copy_tree
 
 # The models here are tiny: one thread is much faster than several fighting over 2 cores
 # (the library's worker processes use one thread each for the same reason).
 torch.set_num_threads(1)
-
-TESTS = Path(__file__).resolve().parent
-TINY = str(TESTS / "tiny.toml")
-RUN_NAME = "tiny"  # the `name` in tiny.toml
-
-
-def run_cli(*argv: str) -> int:
-    """cli.main with the given arguments (strings)."""
-    return cli.main([str(a) for a in argv])
-
-
-def cli_stage(stage: str, checkpoints: Path, rollouts: Path, *extra: str) -> int:
-    """One stage of the tiny recipe into the given folders."""
-    return run_cli(stage, TINY, "--checkpoints", checkpoints, "--rollouts", rollouts, *extra)
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
 
 
 @pytest.fixture(autouse=True)

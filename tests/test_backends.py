@@ -8,7 +8,7 @@ import os
 import cma
 import numpy as np
 import pytest
-from conftest import RUN_NAME, TINY, cli_stage
+from helpers import RUN_NAME, TINY, cli_stage
 
 from worldmodels import checkpoints
 from worldmodels import config as config_lib

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import RUN_NAME, cli_stage
+from helpers import RUN_NAME, cli_stage
 from torch import nn
 
 from worldmodels import checkpoints

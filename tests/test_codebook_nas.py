@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TESTS, TINY, run_cli
+from helpers import TESTS, TINY, run_cli
 
 from worldmodels import checkpoints, search_state
 from worldmodels import config as config_lib

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 
 from worldmodels import config as config_lib
 from worldmodels.config import Config, StateBound

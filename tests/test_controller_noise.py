@@ -7,21 +7,19 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
-from test_dream import BOX, DISCRETE, SPACES, fixed_start, population, small_memory
+from helpers import BOX, DISCRETE, SPACES, TINY, fixed_start, population, small_memory
 
 from worldmodels import config as config_lib
 from worldmodels import noise, rounds, search_state
-from worldmodels.agent import WorldModel, play
+from worldmodels.agent import WorldModel
 from worldmodels.backends import real_evaluator
-from worldmodels.checkpoints import Run
+from worldmodels.checkpoints import Run, load_controller
 from worldmodels.config import DreamConfig
 from worldmodels.controller import Controller, memory_actions
 from worldmodels.errors import WorldModelsError
-from worldmodels.evolution import load_controller
 from worldmodels.rollouts import load_episode
 from worldmodels.worlds.dream import Dream, play_dream
-from worldmodels.worlds.real import action_dim, make_world
+from worldmodels.worlds.real import action_dim, make_world, play
 
 STEPS = 6
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-from conftest import RUN_NAME, TINY, copy_tree, run_cli
+from helpers import RUN_NAME, TINY, copy_tree, run_cli
 
 from worldmodels import config as config_lib
 from worldmodels import distributed, stages

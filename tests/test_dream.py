@@ -11,9 +11,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, cli_stage
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
+from helpers import BOX, DISCRETE, SPACES, TINY, H, K, Z, cli_stage, fixed_start, population, small_memory
 from PIL import Image
 
 from worldmodels import checkpoints, evolution, noise, search_state
@@ -28,17 +28,6 @@ from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.dream import Dream, DreamEnv, DreamVectorEnv, play_dream
 from worldmodels.worlds.real import action_dim, action_space
 
-Z, H, K = 3, 8, 3  # latent size, LSTM size, mixture components of the small M used here
-DISCRETE = gym.spaces.Discrete(2)
-BOX = gym.spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
-SPACES = pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["discrete", "box"])
-
-
-def small_memory(seed: int = 0, action_dim: int = 2, done_weight: float = 10.0) -> MDNRNN:
-    """A randomly initialised M of the small sizes above."""
-    torch.manual_seed(seed)
-    return MDNRNN(MemoryModelConfig(Z, action_dim, H, K, done_weight=done_weight)).eval()
-
 
 def constant_heads(memory: MDNRNN, reward: float, done_logit: float) -> MDNRNN:
     """Zero M's head weights: every step predicts the same mixture, `reward` and `done_logit` (the last two outputs)."""
@@ -47,18 +36,6 @@ def constant_heads(memory: MDNRNN, reward: float, done_logit: float) -> MDNRNN:
         memory.head.bias[-2] = reward
         memory.head.bias[-1] = done_logit
     return memory
-
-
-def fixed_start(mean: torch.Tensor) -> torch.Tensor:
-    """`starts` with one entry of negligible spread: every episode starts at `mean`."""
-    return torch.stack([mean, torch.full_like(mean, -30.0)])[None]
-
-
-def population(space: gym.Space, p: int, seed: int = 0) -> tuple[Controller, np.ndarray]:
-    """P random controllers reading [z, h] of the small M, and their flat parameters."""
-    n = Controller(Z + H, space).num_params
-    flat = np.random.default_rng(seed).standard_normal((p, n))
-    return Controller.from_flat(flat, Z + H, space), flat
 
 
 # ---------------------------------------------------------------- counter-based noise

@@ -13,16 +13,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, cli_stage, run_cli
 from gymnasium.utils.env_checker import check_env
+from helpers import TINY, cli_stage, run_cli
 
 import worldmodels  # noqa: F401 - registers worldmodels/Dream-v0 and worldmodels/Latent-v0
 from worldmodels import checkpoints, cli
 from worldmodels import config as config_lib
-from worldmodels.agent import WorldModel, play
+from worldmodels.agent import WorldModel
+from worldmodels.checkpoints import load_controller
 from worldmodels.controller import Controller
-from worldmodels.evolution import load_controller
-from worldmodels.worlds.real import make_world
+from worldmodels.worlds.real import make_world, play
 
 
 def test_latent_observation_sees_what_play_sees(tiny_run):

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import RUN_NAME, cli_stage, run_cli
+from helpers import RUN_NAME, cli_stage, one_error_line, run_cli
 
 from worldmodels import config as config_lib
-
-
-def one_error_line(capsys, stage: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"worldmodels {stage}: error: "), lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize("stage", ["collect", "pipeline"])

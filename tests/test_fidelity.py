@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, cli_stage
+from helpers import TINY, cli_stage
 
 from worldmodels import checkpoints, evolution, fidelity, search_state
 from worldmodels import config as config_lib

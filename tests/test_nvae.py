@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TESTS, TINY, cli_stage, run_cli
+from helpers import TESTS, TINY, cli_stage, run_cli
 from torch import nn
 
 from worldmodels import config as config_lib

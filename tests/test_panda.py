@@ -12,7 +12,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import RUN_NAME, TINY, cli_stage
+from helpers import RUN_NAME, TINY, cli_stage
 
 from worldmodels import checkpoints
 from worldmodels import config as config_lib

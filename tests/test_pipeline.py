@@ -9,15 +9,15 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import RUN_NAME, TINY, cli_stage
+from helpers import RUN_NAME, TINY, cli_stage
 from PIL import Image
 
 from worldmodels import checkpoints, search_state
 from worldmodels import config as config_lib
-from worldmodels.agent import WorldModel, play
+from worldmodels.agent import WorldModel
+from worldmodels.checkpoints import load_controller
 from worldmodels.controller import Controller
-from worldmodels.evolution import load_controller
-from worldmodels.worlds.real import make_world
+from worldmodels.worlds.real import make_world, play
 
 RUN_FILES = ("recipe.toml", "vision.pt", "memory.pt", "controller.pt", "cmaes.pt", "report.json")
 

@@ -4,7 +4,7 @@ forced or refused by the recipe."""
 from __future__ import annotations
 
 import torch
-from conftest import RUN_NAME, TINY, cli_stage
+from helpers import RUN_NAME, TINY, cli_stage
 
 from worldmodels import config as config_lib
 from worldmodels.training import fit_options

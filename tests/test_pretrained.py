@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import RUN_NAME, TINY, cli_stage
+from helpers import RUN_NAME, TINY, cli_stage
 
 from worldmodels import checkpoints
 from worldmodels import config as config_lib

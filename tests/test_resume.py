@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RUN_NAME, cli_stage
+from helpers import RUN_NAME, cli_stage
 
 from worldmodels import checkpoints, search_state
 from worldmodels.checkpoints import atomic_write

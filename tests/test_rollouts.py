@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from worldmodels import config as config_lib
 from worldmodels.config import CollectConfig, EnvConfig, StateBound

@@ -10,8 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, cli_stage, run_cli
-from test_errors import one_error_line
+from helpers import TINY, cli_stage, one_error_line, run_cli
 
 from worldmodels import search_state
 

@@ -8,8 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import cli_stage
-from test_errors import one_error_line
+from helpers import cli_stage, one_error_line
 
 from worldmodels import checkpoints, search_state
 from worldmodels.search_state import Progress

@@ -9,7 +9,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 
 from worldmodels import evaluators
 from worldmodels.controller import Controller

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 from scipy import stats as scipy_stats
 
 from worldmodels import config as config_lib
@@ -123,7 +123,7 @@ def test_final_selection_keeps_the_best_of_the_top_rescored(copy_run, capsys):
     """controller.select_top: the kept controller is the best of the top contenders over the
     selection's own episodes."""
     import torch
-    from conftest import cli_stage
+    from helpers import cli_stage
 
     from worldmodels import search_state
     from worldmodels.backends import real_evaluator

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from worldmodels import config as config_lib
 from worldmodels.vision import ConvVAE, Latent, VAEConfig, build_vision, vision_config

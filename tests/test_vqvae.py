@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, cli_stage
+from helpers import TINY, cli_stage
 
 from worldmodels import checkpoints
 from worldmodels import config as config_lib
