@@ -10,7 +10,7 @@ import torch
 from helpers import BOX, DISCRETE, SPACES, TINY, fixed_start, population, small_memory
 
 from worldmodels import config as config_lib
-from worldmodels import noise, rounds, search_state
+from worldmodels import noise, rounds
 from worldmodels.agent import WorldModel
 from worldmodels.backends import real_evaluator
 from worldmodels.checkpoints import Run, load_controller
@@ -190,33 +190,6 @@ def test_rounds_collect_each_episode_with_its_own_offsets_on_cs_biases_only(copy
         record=kept,
     )
     assert any(not np.array_equal(e["action"], k["action"]) for e, k in zip(collected, kept))
-
-
-def test_rounds_collect_with_the_kept_controller_and_the_searchs_favourites_taking_turns(copy_run, copy_rollouts):
-    """rounds.collectors = 3: episodes 0 and 3 drive the kept controller, 1 and 2 the last search's two best other
-    re-evaluated controllers, ranked by their dream score by hand."""
-    cfg = config_lib.load(
-        TINY, ["rounds.collectors=3", "rounds.exploration=0", "rounds.episodes=4", 'controller.world="dream"']
-    )
-    run = Run(copy_run["checkpoints"], cfg)
-    assert rounds.collect_round(cfg, run, copy_rollouts, 1)["episodes"] == 4
-    model = WorldModel.load(run.vision, run.memory)
-    flat = load_controller(run.controller, model)["params"].numpy()
-    history = search_state.load_progress(run.cmaes).history
-    others = [h for h in history if not np.allclose(h["params"], flat, rtol=0, atol=1e-6)]
-    by_score = sorted(others, key=lambda h: -h["score"])
-    second = by_score[0]["params"]
-    third = next(h["params"] for h in by_score if not np.allclose(h["params"], second, rtol=0, atol=1e-6))
-    drivers = np.stack([flat, second, third, flat])
-    store = copy_rollouts / cfg.name / "episodes"
-    collected = [load_episode(store / rounds.round_episode_name(1, k)) for k in range(4)]
-    seeds = [int(e["seed"]) for e in collected]
-    record: list[dict] = []
-    controller = Controller.from_flat(drivers, model.controller_input, DISCRETE)
-    play([make_world(cfg.env) for _ in seeds], model, controller, seeds, record=record)
-    for episode, by_hand in zip(collected, record):
-        np.testing.assert_array_equal(episode["action"], by_hand["action"])
-    assert not np.array_equal(collected[1]["action"], collected[0]["action"])  # the favourites drive otherwise
 
 
 @pytest.mark.parametrize(

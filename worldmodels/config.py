@@ -178,8 +178,6 @@ class RoundsConfig:
     #                                  drives a nearby controller throughout, the kind of policy the next search tries
     exploration_bias: float = 0.0  # std of Gaussian offsets on C's biases, drawn once per collected episode: the
     #                                same feedback, driven at another operating point (faster, slower, leaning)
-    collectors: int = 1  # controllers that take turns collecting a round: the kept one, then the last search's best
-    #                      other re-evaluated ones by their dream score; 1: the kept controller alone
     memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
     generations: int = 10  # further CMA-ES generations per round
     sigma: float = 0.0  # > 0: each round restarts CMA-ES at the kept controller with this step size (a trust
@@ -191,7 +189,6 @@ MOVED = {  # keys a recipe of an earlier release may hold -> where they live now
     "dream.round_episodes": "rounds.episodes",
     "dream.exploration": "rounds.exploration",
     "dream.exploration_params": "rounds.exploration_params",
-    "dream.collectors": "rounds.collectors",
     "dream.round_memory_epochs": "rounds.memory_epochs",
     "dream.round_generations": "rounds.generations",
     "dream.round_sigma": "rounds.sigma",
@@ -363,7 +360,6 @@ POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that can
     "controller.select_rollouts",
     "dream.max_steps",
     "rounds.episodes",
-    "rounds.collectors",
     "evaluate.episodes",
     "evaluate.workers",
     "nas.samples",
@@ -399,7 +395,6 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "dream.max_steps": 10_000_000,
     "dream.batch": 10_000_000,
     "rounds.episodes": 1_000_000,
-    "rounds.collectors": 1_000_000,
     "evaluate.episodes": 1_000_000,
     "evaluate.workers": 1024,
     "nas.samples": 10_000_000,

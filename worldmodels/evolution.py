@@ -234,8 +234,11 @@ class Search:
         """The final choice: the kept controller and this round's `select_top` best re-evaluated ones, re-scored on
         `select_rollouts` fresh episodes they share; the best of those is kept, with that score."""
         p, c = self.progress, self.c
-        assert p.best is not None
-        contenders = top_contenders(p, p.best, max(c.select_top, 1))
+        history = sorted((h for h in p.history or [] if h["generation"] > p.round_start), key=lambda h: -h["score"])
+        contenders: list[np.ndarray] = []
+        for flat in [p.best] + [h["params"] for h in history]:
+            if len(contenders) < max(c.select_top, 1) and not any(np.array_equal(flat, k) for k in contenders):
+                contenders.append(flat)
         seeds = generation_seeds(c.seed + 4, p.generation, c.select_rollouts)
         scores = evaluator.returns(np.stack(contenders), seeds).mean(1)
         p.selected = p.generation
@@ -246,18 +249,6 @@ class Search:
             f"episodes: {', '.join(f'{x:.4g}' for x in scores)}; kept {p.best_score:.4g}"
         )
         self.save(evaluator)
-
-
-def top_contenders(progress: Progress, first: np.ndarray, count: int) -> list[np.ndarray]:
-    """`first`, then the current round's best re-evaluated controllers by their score, distinct, `count` at most."""
-    history = sorted(
-        (h for h in progress.history or [] if h["generation"] > progress.round_start), key=lambda h: -h["score"]
-    )
-    contenders = [first]
-    for flat in (np.asarray(h["params"]) for h in history):
-        if len(contenders) < count and not any(np.allclose(flat, k, rtol=0, atol=1e-6) for k in contenders):
-            contenders.append(flat)
-    return contenders
 
 
 def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import checkpoints, evolution, search_state, stages
+from . import checkpoints, evolution, stages
 from .agent import WorldModel
 from .backends import real_evaluator
 from .checkpoints import Run
@@ -26,21 +26,9 @@ def round_episode_name(r: int, index: int) -> str:
     return f"round{r:02d}_{index:06d}.npz"
 
 
-def collectors(run: Run, kept: np.ndarray, count: int) -> np.ndarray:
-    """(K, P): the kept controller, then the last search's best other re-evaluated controllers (rounds.collectors).
-
-    The next search climbs where those favourites point; collecting with them shows M how they really drive, so
-    the dream can rank the candidates near them, not only the one controller it has seen."""
-    if count == 1:
-        return kept[None]
-    progress = search_state.load_progress(run.require(run.cmaes, "train-controller"))
-    return np.stack(evolution.top_contenders(progress, kept, count))
-
-
 def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
-    """Real episodes of the kept controller (and the search's other favourites, taking turns), its parameters
-    perturbed once per episode (`exploration_params`, `exploration_bias`) and noise on its outputs at every step,
-    added to the episode store; resumable."""
+    """Real episodes of the kept controller, its parameters perturbed once per episode (`exploration_params`,
+    `exploration_bias`) and noise on its outputs at every step, added to the episode store; resumable."""
     d, store = cfg.rounds, EpisodeStore(stages.episodes_dir(rollouts_root, cfg))
     rng = np.random.default_rng([cfg.collect.seed, 7919, r])
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=d.episodes)]
@@ -49,11 +37,8 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
     if todo:
         model = WorldModel.load(run.vision, run.memory)
         flat = checkpoints.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
-        drivers = collectors(run, flat, d.collectors)
         # drawn for every episode after the seeds, so a resumed round gives its episodes the same controllers
-        flats = drivers[np.arange(d.episodes) % len(drivers)] + d.exploration_params * rng.standard_normal(
-            (d.episodes, len(flat))
-        )
+        flats = flat + d.exploration_params * rng.standard_normal((d.episodes, len(flat)))
         outputs = len(flat) // (model.controller_input + 1)  # C's biases are the last entries (W row-major, then b)
         flats[:, -outputs:] += d.exploration_bias * rng.standard_normal((d.episodes, outputs))
         with real_evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
