@@ -26,7 +26,7 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def world() -> tuple[int, int]:
+def rank_and_size() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside a process group."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -35,7 +35,7 @@ def world() -> tuple[int, int]:
 
 def is_main() -> bool:
     """Rank 0 alone logs, prints and writes checkpoints."""
-    return world()[0] == 0
+    return rank_and_size()[0] == 0
 
 
 def init(device: torch.device) -> torch.device:
@@ -57,7 +57,7 @@ def shutdown() -> None:
 
 def local_batch(global_batch: int, key: str) -> int:
     """This process's share of the recipe's (global) batch size."""
-    _, size = world()
+    _, size = rank_and_size()
     if global_batch % size:
         raise WorldModelsError(f"{key} = {global_batch} does not split evenly over {size} processes")
     return global_batch // size
@@ -69,7 +69,7 @@ def interleave(items: Iterable[T]) -> Iterator[T]:
 
     Dropping it keeps every process at the same number of batches, which DDP's collectives need.
     """
-    rank, size = world()
+    rank, size = rank_and_size()
     if size == 1:
         yield from items
         return
@@ -83,14 +83,14 @@ def interleave(items: Iterable[T]) -> Iterator[T]:
 
 def randn_like(x: torch.Tensor) -> torch.Tensor:
     """Standard normal noise for this process's rows of a global batch (dim 0), drawn as one process would draw it."""
-    rank, size = world()
+    rank, size = rank_and_size()
     # drawn in logical (not memory) order, so a channels-last x gets the same numbers on W processes as on one
     return torch.randn((len(x) * size, *x.shape[1:]), dtype=x.dtype, device=x.device)[rank::size]
 
 
 def gather_batch(x: torch.Tensor) -> torch.Tensor:
     """The global batch from every process's rows (dim 0), in global order; no gradient flows back."""
-    _, size = world()
+    _, size = rank_and_size()
     if size == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(size)]
@@ -100,7 +100,7 @@ def gather_batch(x: torch.Tensor) -> torch.Tensor:
 
 def process_mean(x: torch.Tensor) -> torch.Tensor:
     """The mean of a (detached) batch statistic over the processes: with equal shares, the global batch's value."""
-    _, size = world()
+    _, size = rank_and_size()
     if size == 1:
         return x
     total = x.detach().clone()
@@ -110,7 +110,7 @@ def process_mean(x: torch.Tensor) -> torch.Tensor:
 
 def from_main(load: Callable[[], T]) -> T:
     """Run `load` on rank 0 and hand its result to every process; an error there is raised everywhere."""
-    rank, size = world()
+    rank, size = rank_and_size()
     if size == 1:
         return load()
     box: list = [None]
@@ -129,5 +129,5 @@ def from_main(load: Callable[[], T]) -> T:
 
 
 def barrier() -> None:
-    if world()[1] > 1:
+    if rank_and_size()[1] > 1:
         dist.barrier()

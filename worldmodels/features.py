@@ -85,7 +85,7 @@ def train_pretrained_vision(
 ) -> dict:
     """Cache the features, then train the compressor (and the pixel decoder) on the episodes not held out."""
     v = cfg.vision
-    rank, size = distributed.world()
+    rank, size = distributed.rank_and_size()
     batch_size = distributed.local_batch(v.batch_size, "vision.batch_size")
 
     @functools.cache

@@ -304,7 +304,7 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
     if model.categorical:  # V is a VQ-VAE
         model.codebook.copy_(cast(VQVAE, vision).codebook)
     dataset = SequenceDataset(episodes, m.seq_len, m.random_starts, m.seed)
-    rank, processes = distributed.world()
+    rank, processes = distributed.rank_and_size()
     # one process draws the same permutation as W would; process r takes its rows r, r + W, ... of each global batch
     sampler: DistributedSampler[int] = DistributedSampler(dataset, processes, rank, shuffle=True, seed=m.seed)
     batch_size = distributed.local_batch(m.batch_size, "memory.batch_size")

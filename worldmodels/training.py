@@ -132,7 +132,7 @@ def resume_state(job: Fit) -> dict | None:
 def trainable(job: Fit) -> nn.Module:
     """The model and its loss as the module to call: wrapped in DDP across processes, compiled if asked."""
     net: nn.Module = Objective(job.model, job.loss)
-    if distributed.world()[1] > 1:
+    if distributed.rank_and_size()[1] > 1:
         if job.device.type == "cuda":  # batch statistics over the global batch; SyncBatchNorm needs CUDA
             nn.SyncBatchNorm.convert_sync_batchnorm(job.model)
         net = nn.parallel.DistributedDataParallel(
@@ -143,7 +143,7 @@ def trainable(job: Fit) -> nn.Module:
 
 def global_means(totals: dict[str, float], count: int, device: torch.device) -> dict[str, float]:
     """Epoch means of the logged terms over every process's batches."""
-    if distributed.world()[1] == 1 or not totals:
+    if distributed.rank_and_size()[1] == 1 or not totals:
         return {k: v / max(count, 1) for k, v in totals.items()}
     sums = torch.tensor([*totals.values(), count], dtype=torch.float64, device=device)  # NCCL reduces GPU tensors only
     torch.distributed.all_reduce(sums)

@@ -114,7 +114,9 @@ class VectorQuantizer(nn.Module):
         flat = x.float().reshape(-1, self.embed_dim)
         if self.training:
             batch = (
-                distributed.gather_batch(x.float()).reshape(-1, self.embed_dim) if distributed.world()[1] > 1 else flat
+                distributed.gather_batch(x.float()).reshape(-1, self.embed_dim)
+                if distributed.rank_and_size()[1] > 1
+                else flat
             )
             if not bool(self.initialised):
                 centres = kmeans(batch, self.num_embeddings)
