@@ -37,7 +37,7 @@ def main() -> None:
         if cli.main(argv + [a for o in overrides for a in ("--set", o)]) != 0:
             raise SystemExit(f"pipeline failed for seed {seed}")
         seconds = time.time() - start
-        cfg = config.load(RECIPE, overrides + [f'name="{name}"'])
+        cfg = config.load(RECIPE, overrides + [("name", name)])
         run = Run(args.checkpoints, cfg)
         report = json.loads(run.report.read_text())
         progress = search_state.load_progress(run.cmaes)

@@ -61,7 +61,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=777)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    overrides = [f'name="{args.run.name}"'] + ([f"dream.tau={args.tau}"] if args.tau is not None else [])
+    overrides: list[config.Override] = [("name", args.run.name)] + (
+        [("dream.tau", args.tau)] if args.tau is not None else []
+    )
     cfg = config.load(args.run / "recipe.toml", overrides)
     rows = []
     for dynamics in args.dynamics:

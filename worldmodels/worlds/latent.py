@@ -58,7 +58,7 @@ def open_run(run: str | Path, recipe: str | Path | None = None):
     folder = Path(run)
     if not folder.is_dir():
         raise WorldModelsError(f"run folder '{folder}' does not exist")
-    cfg = config_lib.load(recipe if recipe is not None else folder / "recipe.toml", [f'name="{folder.name}"'])
+    cfg = config_lib.load(recipe if recipe is not None else folder / "recipe.toml", [("name", folder.name)])
     if recipe is None and ":" in cfg.env.id:
         raise WorldModelsError(
             f"'{folder / 'recipe.toml'}' names env id '{cfg.env.id}', which imports a module; pass recipe=... to use it"
