@@ -121,12 +121,20 @@ def test_rounds_collect_with_the_policy_noise_and_the_exploration_on_top(copy_ru
         np.testing.assert_array_equal(episode["action"], by_hand["action"])
 
 
-def test_rounds_collect_each_episode_with_its_own_perturbed_controller(copy_run, copy_rollouts):
+@pytest.mark.parametrize("params_std, bias_std", [(0.5, 0.0), (0.0, 2.0)], ids=["parameters", "biases"])
+def test_rounds_collect_each_episode_with_its_own_perturbed_controller(copy_run, copy_rollouts, params_std, bias_std):
     """rounds.exploration_params: episode k drives the kept controller plus std x N(0, I) drawn after the round's
-    seeds, the same controller when a lost episode is collected again."""
+    seeds; rounds.exploration_bias: its biases (the last entries) offset by std x N drawn after those, its weights
+    as they were; the same controller when a lost episode is collected again."""
     cfg = config_lib.load(
         TINY,
-        ["rounds.exploration_params=0.5", "rounds.exploration=0", "rounds.episodes=3", 'controller.world="dream"'],
+        [
+            f"rounds.exploration_params={params_std}",
+            f"rounds.exploration_bias={bias_std}",
+            "rounds.exploration=0",
+            "rounds.episodes=3",
+            'controller.world="dream"',
+        ],
     )
     run = Run(copy_run["checkpoints"], cfg)
     assert rounds.collect_round(cfg, run, copy_rollouts, 1)["episodes"] == 3
@@ -134,7 +142,11 @@ def test_rounds_collect_each_episode_with_its_own_perturbed_controller(copy_run,
     flat = load_controller(run.controller, model)["params"].numpy()
     rng = np.random.default_rng([cfg.collect.seed, 7919, 1])
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
-    flats = flat + 0.5 * rng.standard_normal((3, len(flat)))
+    flats = flat + params_std * rng.standard_normal((3, len(flat)))
+    biases = DISCRETE.n  # C's outputs: one bias each
+    flats[:, -biases:] += bias_std * rng.standard_normal((3, biases))
+    if not params_std:
+        assert np.array_equal(flats[:, :-biases], np.repeat(flat[None, :-biases], 3, 0))
     store = copy_rollouts / cfg.name / "episodes"
     collected = [load_episode(store / rounds.round_episode_name(1, k)) for k in range(3)]
     assert [int(e["seed"]) for e in collected] == seeds
@@ -154,42 +166,6 @@ def test_rounds_collect_each_episode_with_its_own_perturbed_controller(copy_run,
     rounds.collect_round(cfg, run, copy_rollouts, 1)
     again = load_episode(store / rounds.round_episode_name(1, 1))
     np.testing.assert_array_equal(again["action"], collected[1]["action"])
-
-
-def test_rounds_collect_each_episode_with_its_own_offsets_on_cs_biases_only(copy_run, copy_rollouts):
-    """rounds.exploration_bias: episode k drives the kept controller's weights unchanged and its biases plus std x N,
-    drawn after the seeds and the (here zero) parameter noise."""
-    cfg = config_lib.load(
-        TINY,
-        ["rounds.exploration_bias=2.0", "rounds.exploration=0", "rounds.episodes=3", 'controller.world="dream"'],
-    )
-    run = Run(copy_run["checkpoints"], cfg)
-    assert rounds.collect_round(cfg, run, copy_rollouts, 1)["episodes"] == 3
-    model = WorldModel.load(run.vision, run.memory)
-    flat = load_controller(run.controller, model)["params"].numpy()
-    outputs = DISCRETE.n
-    rng = np.random.default_rng([cfg.collect.seed, 7919, 1])
-    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
-    rng.standard_normal((3, len(flat)))  # exploration_params' draws, times 0
-    flats = np.repeat(flat[None], 3, 0)
-    flats[:, len(flat) - outputs :] += 2.0 * rng.standard_normal((3, outputs))
-    assert np.array_equal(flats[:, : len(flat) - outputs], np.repeat(flat[None, : len(flat) - outputs], 3, 0))
-    store = copy_rollouts / cfg.name / "episodes"
-    collected = [load_episode(store / rounds.round_episode_name(1, k)) for k in range(3)]
-    record: list[dict] = []
-    controller = Controller.from_flat(flats, model.controller_input, DISCRETE)
-    play([make_world(cfg.env) for _ in seeds], model, controller, seeds, record=record)
-    for episode, by_hand in zip(collected, record):
-        np.testing.assert_array_equal(episode["action"], by_hand["action"])
-    kept: list[dict] = []
-    play(
-        [make_world(cfg.env) for _ in seeds],
-        model,
-        Controller.from_flat(np.repeat(flat[None], 3, 0), model.controller_input, DISCRETE),
-        seeds,
-        record=kept,
-    )
-    assert any(not np.array_equal(e["action"], k["action"]) for e, k in zip(collected, kept))
 
 
 @pytest.mark.parametrize(
