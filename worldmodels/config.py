@@ -176,8 +176,6 @@ class RoundsConfig:
     exploration: float = 0.5  # std of Gaussian noise on C's outputs while collecting, on top of controller.noise
     exploration_params: float = 0.0  # std of Gaussian noise on C's parameters, drawn once per collected episode: each
     #                                  drives a nearby controller throughout, the kind of policy the next search tries
-    exploration_bias: float = 0.0  # std of Gaussian offsets on C's biases, drawn once per collected episode: the
-    #                                same feedback, driven at another operating point (faster, slower, leaning)
     memory_epochs: int = 5  # M's further epochs per round, on old + new episodes
     generations: int = 10  # further CMA-ES generations per round
     sigma: float = 0.0  # > 0: each round restarts CMA-ES at the kept controller with this step size (a trust

@@ -27,8 +27,8 @@ def round_episode_name(r: int, index: int) -> str:
 
 
 def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
-    """Real episodes of the kept controller, its parameters perturbed once per episode (`exploration_params`,
-    `exploration_bias`) and noise on its outputs at every step, added to the episode store; resumable."""
+    """Real episodes of the kept controller, its parameters perturbed once per episode (`exploration_params`) and
+    noise on its outputs at every step, added to the episode store; resumable."""
     d, store = cfg.rounds, EpisodeStore(stages.episodes_dir(rollouts_root, cfg))
     rng = np.random.default_rng([cfg.collect.seed, 7919, r])
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=d.episodes)]
@@ -39,8 +39,6 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
         flat = checkpoints.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
         # drawn for every episode after the seeds, so a resumed round gives its episodes the same controllers
         flats = flat + d.exploration_params * rng.standard_normal((d.episodes, len(flat)))
-        outputs = len(flat) // (model.controller_input + 1)  # C's biases are the last entries (W row-major, then b)
-        flats[:, -outputs:] += d.exploration_bias * rng.standard_normal((d.episodes, outputs))
         with real_evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
             noise = float(np.hypot(cfg.controller.noise, d.exploration))  # C's own noise, then exploration's
             collector.collect(flats[todo], [seeds[k] for k in todo], noise, [paths[k] for k in todo])
