@@ -255,10 +255,10 @@ def _nested_tower_weights(path: Path, missing: list[str]) -> dict[str, torch.Ten
     prefix = next((p for p in sorted(prefixes, key=len) if all(p + k in where for k in missing)), None)
     if prefix is None:
         raise WorldModelsError(f"'{path}' holds no weights for its vision tower ({len(missing)} tensors missing)")
-    found = {}
-    for key in missing:
-        with safe_open(where[prefix + key], "pt") as f:
-            found[key] = f.get_tensor(prefix + key)
+    found: dict[str, torch.Tensor] = {}
+    for file in sorted({where[prefix + key] for key in missing}):  # each shard opened once
+        with safe_open(file, "pt") as f:
+            found |= {key: f.get_tensor(prefix + key) for key in missing if where[prefix + key] == file}
     return found
 
 
