@@ -518,11 +518,6 @@ def _vision_checks(cfg: Config) -> list[Check]:
     ]
 
 
-def _run_checks(cfg: Config) -> list[Check]:
-    """How the run executes: the controller's backend, the precision, the collection policy."""
-    return []
-
-
 def _data_checks(cfg: Config) -> list[Check]:
     """What the data looks like: frames, crop, conv widths, collected episodes and actions."""
     return [
@@ -610,7 +605,6 @@ def validate(cfg: Config) -> Config:
     checks = [
         *_choice_checks(cfg),
         *_vision_checks(cfg),
-        *_run_checks(cfg),
         *_data_checks(cfg),
         *_training_checks(cfg),
         *_world_checks(cfg),
