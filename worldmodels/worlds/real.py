@@ -322,9 +322,10 @@ def _tally_step(
     totals: list[float],
     steps: list[int],
     success: list[bool | None],
-    episodes: dict[int, EpisodeRecord] | None,
+    episodes: dict[int, EpisodeRecord],
 ) -> None:
-    """Add one vector step to the returns, frame counts, successes (and records) of the episodes being played."""
+    """Add one vector step to the returns, frame counts, successes (and records, for the episodes recorded) of the
+    episodes being played."""
     reward, terminated, truncated, info = outcome
     for i, k in enumerate(playing):
         if k < 0:
@@ -332,7 +333,7 @@ def _tally_step(
         frames = int(info["frames"][i]) if "frames" in info else 1
         totals[k] += float(reward[i])
         steps[k] += frames
-        if episodes is not None:
+        if k in episodes:
             episodes[k].add(obs[i].copy(), actions[i], reward[i], terminated[i], truncated[i], frames)
         if "is_success" in info and info["_is_success"][i]:
             success[k] = bool(info["is_success"][i])
@@ -390,12 +391,12 @@ def play_vector(
         actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=rows, noise=noise)
         obs[:], reward, terminated, truncated, info = envs.step(np.asarray(actions))
         state = model.remember(z, actions, space, state)
-        recording = episodes if record is not None else None
-        _tally_step(playing, obs, actions, (reward, terminated, truncated, info), totals, steps, success, recording)
+        _tally_step(playing, obs, actions, (reward, terminated, truncated, info), totals, steps, success, episodes)
         done = terminated | truncated
         if done.any():
             start(done)
     if record is not None:
         record.extend(episodes[k].arrays() for k in range(len(seeds)))
-    (successes if successes is not None else []).extend(success)
+    if successes is not None:
+        successes.extend(success)
     return list(zip(totals, steps))
