@@ -280,7 +280,17 @@ def test_frame_stream_yields_every_frame_once_per_epoch(tmp_path):
         assert all(isinstance(f, torch.Tensor) and f.dtype == torch.uint8 and f.shape == (4, 4, 3) for f in frames)
         return [f.numpy().tobytes() for f in frames]
 
+    def concatenated(e: int) -> list[bytes]:  # the order of concatenating each chunk's episodes, then permuting
+        rng = np.random.default_rng([0, e])
+        order = [episodes[i] for i in rng.permutation(3)]
+        out = []
+        for chunk in (order[:2], order[2:]):
+            frames = np.concatenate([ep["obs"] for ep in chunk])
+            out += [frames[i].tobytes() for i in rng.permutation(len(frames))]
+        return out
+
     first, again, second = epoch(0), epoch(0), epoch(1)
+    assert first == concatenated(0) and second == concatenated(1)  # frames held once, in the same order as before
     assert Counter(first) == all_frames and Counter(second) == all_frames
     assert first == again  # an epoch's order is reproducible
     assert first != second  # and differs between epochs

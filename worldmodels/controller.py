@@ -3,6 +3,7 @@ seen by CMA-ES as one flat vector."""
 
 from __future__ import annotations
 
+import functools
 from typing import cast
 
 import gymnasium as gym
@@ -52,7 +53,7 @@ class Controller:
         """W [z, h] + b, controller p applied to row p: z (P, Z), h (P, H) -> (P, A); `rows` picks controllers."""
         weight, bias = (self.weight, self.bias) if rows is None else (self.weight[rows], self.bias[rows])
         x = torch.cat([z, h], dim=-1)  # (P, D)
-        return torch.einsum("pad,pd->pa", weight, x) + bias
+        return torch.baddbmm(bias.unsqueeze(-1), weight, x.unsqueeze(-1)).squeeze(-1)
 
     def outputs(
         self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None, noise: torch.Tensor | None = None
@@ -84,11 +85,18 @@ def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:
         groups = torch.split(y, space.nvec.tolist(), dim=-1)  # one group of logits per component
         return torch.cat([torch.nn.functional.one_hot(g.argmax(-1), g.shape[-1]).to(y.dtype) for g in groups], dim=-1)
     box = cast(gym.spaces.Box, space)  # neither kind of choice: a Box
-    low = torch.as_tensor(box.low.ravel(), dtype=y.dtype, device=y.device)
-    high = torch.as_tensor(box.high.ravel(), dtype=y.dtype, device=y.device)
-    bounded = torch.isfinite(low) & torch.isfinite(high)
-    scaled = torch.nan_to_num(low) + (y + 1) / 2 * torch.nan_to_num(high - low)
-    return torch.where(bounded, scaled, y)
+    bounds = tuple(box.low.ravel().tolist()), tuple(box.high.ravel().tolist())
+    low, span, bounded = _box_scale(*bounds, y.dtype, y.device)
+    return torch.where(bounded, low + (y + 1) / 2 * span, y)
+
+
+@functools.lru_cache(maxsize=64)
+def _box_scale(
+    low: tuple[float, ...], high: tuple[float, ...], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Box's finite low, its span and which dimensions are bounded, as tensors: built once, not every dream step."""
+    lo, hi = torch.tensor(low, dtype=dtype, device=device), torch.tensor(high, dtype=dtype, device=device)
+    return torch.nan_to_num(lo), torch.nan_to_num(hi - lo), torch.isfinite(lo) & torch.isfinite(hi)
 
 
 def to_action(y: np.ndarray, space: gym.Space):

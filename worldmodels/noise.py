@@ -47,26 +47,26 @@ def _index_keys(n: int, device: str) -> torch.Tensor:
 
 
 def _mix_np(x: np.ndarray) -> np.ndarray:
-    """lowbias32 on uint64 arrays holding 32-bit values: unsigned products wrap, so each multiply is one operation."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK
-    return x ^ (x >> 16)
+    """lowbias32 on uint32 arrays: their products wrap mod 2**32, so each multiply is one operation on 4 bytes."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
 
 
 @functools.lru_cache(maxsize=256)
 def _index_keys_np(n: int) -> np.ndarray:
-    return _mix_np(np.arange(n, dtype=np.uint64) + 0x632BE5AB)
+    return _mix_np(np.arange(n, dtype=np.uint32) + np.uint32(0x632BE5AB))
 
 
 def _uniforms_np(seeds: torch.Tensor, step: torch.Tensor, streams: tuple[int, ...], n: int) -> torch.Tensor:
     """`uniforms` on the CPU in numpy: the same bits with a third of the operations, each a fraction of torch's cost."""
-    key = _mix_np((seeds.numpy().astype(np.int64) & _MASK).astype(np.uint64) ^ 0x9E3779B9)
-    key = _mix_np(key ^ (step.numpy().astype(np.int64) & _MASK).astype(np.uint64))
-    keys = _mix_np(key[:, None] ^ np.asarray(streams, dtype=np.uint64)[None, :])
+    key = _mix_np(seeds.numpy().astype(np.uint32) ^ np.uint32(0x9E3779B9))  # int64 -> uint32 keeps the low 32 bits
+    key = _mix_np(key ^ step.numpy().astype(np.uint32))
+    keys = _mix_np(key[:, None] ^ np.asarray(streams, dtype=np.uint32)[None, :])
     bits = _mix_np(keys[:, :, None] ^ _index_keys_np(n)[None, None, :])
-    return torch.from_numpy(((bits >> 9).astype(np.float32) + np.float32(0.5)) / np.float32(1 << 23))
+    return torch.from_numpy(((bits >> np.uint32(9)).astype(np.float32) + np.float32(0.5)) / np.float32(1 << 23))
 
 
 def uniforms(seeds: torch.Tensor, step: torch.Tensor, streams: tuple[int, ...], n: int) -> torch.Tensor:

@@ -362,11 +362,14 @@ class FrameStream(torch.utils.data.IterableDataset):
         paths = [paths[i] for i in rng.permutation(len(paths))]
         for start in range(0, len(paths), self.buffer_episodes):
             chunk = [ep["obs"] for _, ep in self.store.iter_episodes(paths[start : start + self.buffer_episodes])]
-            if not chunk:
-                continue
-            frames = np.concatenate(chunk)
-            for i in rng.permutation(len(frames)):
-                yield torch.from_numpy(frames[i])
+            # frame k of the chunk is frame offset[k] of episode owner[k]: the episodes are never concatenated,
+            # so the buffer's frames are held once, not twice
+            lengths = [len(obs) for obs in chunk]
+            owner = np.repeat(np.arange(len(chunk)), lengths)
+            offset = np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            for i in rng.permutation(len(owner)):
+                yield torch.from_numpy(chunk[owner[i]][offset[i]])
+            del chunk  # before the next chunk loads, not after
 
 
 def frames_to_float(frames: torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -25,7 +25,7 @@ STEP_STREAMS = (
     noise.GAUSS_A,
     noise.GAUSS_B,
     noise.DONE,
-)  # the draws of one step: component, Gaussian, done
+)  # the draws of one step: component, Gaussian, done (hashed only where dones are sampled)
 
 
 class Dream:
@@ -43,6 +43,7 @@ class Dream:
         # (N, 2, Z): mean and log-std of real frames to start from; None starts from V's prior N(0, I)
         self.starts = None if starts is None or cfg.start == "prior" else starts.to(self.device, torch.float32)
         self.latent_dim = memory.cfg.latent_dim
+        self.streams = STEP_STREAMS if cfg.done == "sample" else STEP_STREAMS[:3]
         self.block_steps = 32  # small batches hash this many steps of noise at once; 0: every step on its own
         self.reset(torch.zeros(0, dtype=torch.long))
 
@@ -120,7 +121,7 @@ class Dream:
         return prediction.reward, terminated, truncated
 
     def _step_noise(self) -> torch.Tensor:
-        """(B, 4, Z) uniforms of this step's streams (`STEP_STREAMS`), hashed from each episode's seed and step.
+        """(B, S, Z) uniforms of this step's streams (`self.streams`), hashed from each episode's seed and step.
 
         The hash costs about as much for one episode as for hundreds, so a small batch (one `DreamEnv`, an RL
         library's few copies) hashes its next `block_steps` steps in one pass and reads them from there: the same
@@ -128,7 +129,7 @@ class Dream:
         """
         b = len(self.t)
         if not self.block_steps or b * self.block_steps > 4096:  # big batches already fill the hash's wide operations
-            return noise.uniforms(self.seeds, self.t, STEP_STREAMS, self.latent_dim)
+            return noise.uniforms(self.seeds, self.t, self.streams, self.latent_dim)
         if self._block is not None:
             start, block = self._block
             offset = self.t - start
@@ -138,12 +139,12 @@ class Dream:
         return self._block[1][:, 0]
 
     def _hash_block(self, seeds: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(n, block_steps, 4, Z): the uniforms of steps t, t + 1, ... of each episode."""
+        """(n, block_steps, S, Z): the uniforms of steps t, t + 1, ... of each episode."""
         ahead = torch.arange(self.block_steps, device=self.device)
         u = noise.uniforms(
-            seeds.repeat_interleave(self.block_steps), (t[:, None] + ahead).flatten(), STEP_STREAMS, self.latent_dim
+            seeds.repeat_interleave(self.block_steps), (t[:, None] + ahead).flatten(), self.streams, self.latent_dim
         )
-        return u.reshape(len(seeds), self.block_steps, len(STEP_STREAMS), self.latent_dim)
+        return u.reshape(len(seeds), self.block_steps, len(self.streams), self.latent_dim)
 
     @torch.inference_mode()
     def keep(self, rows: torch.Tensor) -> None:
