@@ -143,7 +143,7 @@ def ours(args, recipe: str, scratch: Path, source: Path, names: list[str], run: 
     shutil.rmtree(scratch / "checkpoints" / run, ignore_errors=True)
     command = [sys.executable, "-m", "worldmodels", "train-vision", recipe, "--run", run]
     command += ["--rollouts", str(scratch / "rollouts"), "--checkpoints", str(scratch / "checkpoints")]
-    command += ["--set", f"vision.epochs={args.epochs}"]
+    command += ["--set", f"vision.epochs={args.epochs}", *[a for o in args.overrides for a in ("--set", o)]]
     seconds, rss, _ = timed(command, args.threads)
     return seconds, rss, scratch / "checkpoints" / run
 
@@ -154,6 +154,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=16, help="the 1x run's episodes, a fifth held out from every run")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="for ours")
     p.add_argument("--scratch", default="/tmp/worldmodels_bench_vision_training")
     p.add_argument("--reference", help=argparse.SUPPRESS)  # the child process of the classic loop: its episodes
     p.add_argument("--names", nargs="*", help=argparse.SUPPRESS)
@@ -193,6 +194,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "recipe": args.recipe,
                 "threads": args.threads,
+                "overrides": args.overrides,
                 "epochs": args.epochs,
                 "batch_size": cfg.vision.batch_size,
                 "train_frames": frames_4x,
