@@ -5,7 +5,7 @@ frames, and the held-out reconstruction error.
     python benchmarks/codebook_usage.py [--recipe envs/cartpole.toml] [--episodes 200] [--epochs 3]
 
 Both runs are the recipe's V with `vision.model = "vqvae"`, the same seed and data; they differ only in
-`vision.dead_after` (the recipe's value vs 0). `--init random|kmeans` picks the codebook's start.
+`vision.vqvae.dead_after` (the recipe's value vs 0). `--init random|kmeans` picks the codebook's start.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--recipe", default="envs/cartpole.toml")
     p.add_argument("--episodes", type=int, default=200, help="training episodes (40 more are held out)")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--codes", type=int, default=128, help="vision.num_embeddings")
+    p.add_argument("--codes", type=int, default=128, help="vision.vqvae.num_embeddings")
     p.add_argument("--dead-after", type=int, default=20)
     p.add_argument("--init", default="kmeans", choices=["random", "kmeans"])
     p.add_argument("--out", help="folder for episodes and runs (default: a temporary one)")
@@ -61,8 +61,8 @@ def main() -> None:
     overrides = [
         'vision.model="vqvae"',
         f"vision.epochs={args.epochs}",
-        f"vision.num_embeddings={args.codes}",
-        f'vision.codebook_init="{args.init}"',
+        f"vision.vqvae.num_embeddings={args.codes}",
+        f'vision.vqvae.codebook_init="{args.init}"',
         f"collect.episodes={args.episodes}",
         'device="cpu"',
     ]

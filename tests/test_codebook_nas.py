@@ -385,7 +385,7 @@ def test_codebook_recipe_is_not_evaluated_in_another_world(nas_run, overrides, t
     [
         ("nas.samples=0", "nas.samples must be positive, got 0"),
         ("nas.final_seeds=0", "nas.final_seeds must be positive, got 0"),
-        ("vision.ema_decay=1.0", "vision.ema_decay must be in [0, 1)"),
+        ("vision.vqvae.ema_decay=1.0", "vision.vqvae.ema_decay must be in [0, 1)"),
     ],
 )
 def test_bad_nas_values_exit_2(tmp_path, overrides, capsys, override, message):

@@ -12,6 +12,7 @@ from helpers import TINY
 from worldmodels import config as config_lib
 from worldmodels.config import Config, StateBound
 from worldmodels.errors import WorldModelsError
+from worldmodels.vision import vision_config
 
 ENVS = Path(__file__).resolve().parent.parent / "envs"
 
@@ -147,10 +148,26 @@ def test_override_wins_over_the_file(tmp_path):
     assert config_lib.load(path, ["vision.latent_dim=12"]).vision.latent_dim == 12
 
 
-@pytest.mark.parametrize("old, new", [("dream.rounds=3", "rounds.count"), ("dream.round_sigma=0.1", "rounds.sigma")])
-def test_a_key_that_moved_to_rounds_gets_a_one_line_hint(old, new):
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("dream.rounds=3", "rounds.count"),
+        ("dream.round_sigma=0.1", "rounds.sigma"),
+        ("vision.num_embeddings=32", "vision.vqvae.num_embeddings"),
+        ("vision.base_channels=4", "vision.nvae.base_channels"),
+    ],
+)
+def test_a_key_that_moved_gets_a_one_line_hint(old, new):
     with pytest.raises(WorldModelsError, match=f"is '{new}' now"):
         config_lib.load(TINY, [old])
+
+
+def test_a_models_own_settings_reach_its_config_and_no_other():
+    vq = vision_config(config_lib.load(TINY, [("vision.model", "vqvae"), ("vision.vqvae.num_embeddings", 32)]))
+    assert vq["num_embeddings"] == 32 and "base_channels" not in vq
+    nvae = [("vision.model", "nvae"), ("vision.latent_dim", 32), ("vision.nvae.base_channels", 4)]
+    nv = vision_config(config_lib.load(TINY, nvae))
+    assert nv["base_channels"] == 4 and "num_embeddings" not in nv
 
 
 def test_a_flag_passes_its_value_as_is_where_text_would_need_quoting(tmp_path):

@@ -186,7 +186,7 @@ def test_sizes_that_do_not_fit_are_one_clear_error():
     with pytest.raises(WorldModelsError, match="must start at 2 or more and double"):
         NVAE(NVAEConfig(scales=[4, 16]))
     for scales in ([0], [1, 2], [-4, -8], []):
-        with pytest.raises(WorldModelsError, match="vision.scales"):
+        with pytest.raises(WorldModelsError, match="vision.nvae.scales"):
             NVAE(NVAEConfig(scales=scales))
     with pytest.raises(WorldModelsError, match="top_groups"):
         NVAE(NVAEConfig(top_groups=3, latent_dim=96))
@@ -228,13 +228,13 @@ NV = (
     "--set",
     'vision.model="nvae"',
     "--set",
-    "vision.scales=[2, 4]",
+    "vision.nvae.scales=[2, 4]",
     "--set",
-    "vision.base_channels=2",
+    "vision.nvae.base_channels=2",
     "--set",
-    "vision.latent_channels=1",
+    "vision.nvae.latent_channels=1",
     "--set",
-    "vision.groups_per_scale=1",
+    "vision.nvae.groups_per_scale=1",
 )  # z = the 2 x 2 top group's 1 channel
 
 
@@ -263,7 +263,7 @@ def test_an_nvae_run_goes_through_every_stage_of_the_cli(tmp_path, capsys):
             rollouts_root,
             *NV,
             "--set",
-            "vision.base_channels=3",
+            "vision.nvae.base_channels=3",
         )
         == 2
     )

@@ -536,9 +536,9 @@ VQ = (
     "--set",
     'vision.model="vqvae"',
     "--set",
-    "vision.num_embeddings=8",
+    "vision.vqvae.num_embeddings=8",
     "--set",
-    "vision.embed_dim=2",
+    "vision.vqvae.embed_dim=2",
     "--set",
     "env.frame_size=32",
 )  # 32-pixel frames: a 2 x 2 grid, so z is 4 codebook rows
@@ -548,7 +548,13 @@ def vq_cfg():
     """The recipe of the VQ run, as the CLI resolves it."""
     return config_lib.load(
         TINY,
-        ['name="tinyvq"', 'vision.model="vqvae"', "vision.num_embeddings=8", "vision.embed_dim=2", "env.frame_size=32"],
+        [
+            'name="tinyvq"',
+            'vision.model="vqvae"',
+            "vision.vqvae.num_embeddings=8",
+            "vision.vqvae.embed_dim=2",
+            "env.frame_size=32",
+        ],
     )
 
 
@@ -638,9 +644,9 @@ def test_vq_dream_z_is_always_codebook_rows(vq_run, start):
     "override, message",
     [
         ('vision.model="vqgan"', "vision.model must be 'vae', 'vqvae', 'nvae' or 'pretrained'"),
-        ('vision.codebook_init="zeros"', "vision.codebook_init must be 'kmeans' or 'random'"),
-        ("vision.num_embeddings=1", "vision.num_embeddings must be 2..32767"),
-        ("vision.dead_after=-1", "vision.dead_after must not be negative, got -1"),
+        ('vision.vqvae.codebook_init="zeros"', "vision.vqvae.codebook_init must be 'kmeans' or 'random'"),
+        ("vision.vqvae.num_embeddings=1", "vision.vqvae.num_embeddings must be 2..32767"),
+        ("vision.vqvae.dead_after=-1", "vision.vqvae.dead_after must not be negative, got -1"),
         ('controller.world="codebook"', "the codebook world needs vision.model = 'vqvae'"),
     ],
 )

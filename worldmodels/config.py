@@ -74,34 +74,49 @@ class PretrainedConfig:
 
 
 @dataclass
+class VQVAEOptions:
+    """vision.model = "vqvae": the codebook's size and how it learns."""
+
+    num_embeddings: int = 64  # codes in the codebook
+    embed_dim: int = 8  # size of a code
+    commitment: float = 0.25  # weight of the encoder's commitment loss
+    ema_decay: float = 0.99  # the codebook follows its assigned vectors by EMA
+    dead_after: int = 20  # re-seed a code unused for this many steps from the batch; 0: never
+    codebook_init: str = "kmeans"  # kmeans (centres of the first batch) | random
+
+
+@dataclass
+class NVAEOptions:
+    """vision.model = "nvae" (seed 004): the hierarchy's scales and groups, its KL schedule and regularisation."""
+
+    base_channels: int = 16  # channels at full resolution, doubled at every halving (seed 004: 20)
+    scales: list[int] = field(default_factory=lambda: [4, 8])  # side of each scale's latent grid, top first
+    groups_per_scale: int = 2  # latent groups per scale
+    latent_channels: int = 2  # channels of a latent group
+    top_groups: int = 1  # top groups that make z; vision.latent_dim = top_groups x latent_channels x scales[0]^2
+    cells_per_group: int = 1  # residual cells per group in the encoder and the decoder
+    kl_warmup: float = 0.3  # the KL weight rises linearly from 1e-4 to 1 over this fraction of training
+    spectral_lambda: float = 0.1  # weight of the spectral and batch-norm regularisation (seed 004: 0.1)
+    lower_temperature: float = 0.0  # prior temperature of the groups below z when decoding z; 0: their means
+
+
+@dataclass
 class VisionConfig:
-    """V: the conv VAE of Ha & Schmidhuber, a conv VQ-VAE, NVAE, or a frozen pretrained encoder."""
+    """V: the conv VAE of Ha & Schmidhuber, a conv VQ-VAE, NVAE, or a frozen pretrained encoder; the settings only
+    one model reads are in its own sub-table ([vision.vqvae], [vision.nvae], [vision.pretrained])."""
 
     model: str = "vae"  # vae | vqvae | nvae | pretrained
     latent_dim: int = 32  # vae, nvae, pretrained (its code); a VQ-VAE's z is (frame_size / 16)^2 positions x embed_dim
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # vae, vqvae: the four convs' widths
-    free_bits: float = 0.5  # KL floor per latent dimension, in nats (Ha's kl_tolerance)
+    free_bits: float = 0.5  # vae: KL floor per latent dimension, in nats (Ha's kl_tolerance)
     kl_weight: float = 1.0  # vae and nvae: beta, the KL's weight
-    num_embeddings: int = 64  # vqvae: codes in the codebook
-    embed_dim: int = 8  # vqvae: size of a code
-    commitment: float = 0.25  # vqvae: weight of the encoder's commitment loss
-    ema_decay: float = 0.99  # vqvae: the codebook follows its assigned vectors by EMA
-    dead_after: int = 20  # vqvae: re-seed a code unused for this many steps from the batch; 0: never
-    codebook_init: str = "kmeans"  # vqvae: kmeans (centres of the first batch) | random
-    base_channels: int = 16  # nvae: channels at full resolution, doubled at every halving (seed 004: 20)
-    scales: list[int] = field(default_factory=lambda: [4, 8])  # nvae: side of each scale's latent grid, top first
-    groups_per_scale: int = 2  # nvae: latent groups per scale
-    latent_channels: int = 2  # nvae: channels of a latent group
-    top_groups: int = 1  # nvae: top groups that make z; latent_dim = top_groups x latent_channels x scales[0]^2
-    cells_per_group: int = 1  # nvae: residual cells per group in the encoder and the decoder
-    kl_warmup: float = 0.3  # nvae: the KL weight rises linearly from 1e-4 to 1 over this fraction of training
-    spectral_lambda: float = 0.1  # nvae: weight of the spectral and batch-norm regularisation (seed 004: 0.1)
-    lower_temperature: float = 0.0  # nvae: prior temperature of the groups below z when decoding z; 0: their means
     epochs: int = 10  # passes over the collected frames
     batch_size: int = 64  # frames per step, over all processes under torchrun
     lr: float = 1e-3  # Adam's learning rate
     buffer_episodes: int = 256  # episodes held in memory at once while streaming frames
     seed: int = 0  # initial weights and the order of frames
+    vqvae: VQVAEOptions = field(default_factory=VQVAEOptions)  # model = "vqvae": its codebook
+    nvae: NVAEOptions = field(default_factory=NVAEOptions)  # model = "nvae": its hierarchy
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)  # model = "pretrained": its encoder
 
 
@@ -182,14 +197,24 @@ class RoundsConfig:
     #                     region where M has just seen the kept controller drive); 0: the search goes on
 
 
-MOVED = {  # keys a recipe of an earlier release may hold -> where they live now
-    "dream.rounds": "rounds.count",
-    "dream.round_episodes": "rounds.episodes",
-    "dream.exploration": "rounds.exploration",
-    "dream.exploration_params": "rounds.exploration_params",
-    "dream.round_memory_epochs": "rounds.memory_epochs",
-    "dream.round_generations": "rounds.generations",
-    "dream.round_sigma": "rounds.sigma",
+MOVED = {  # keys a recipe of an earlier release may hold -> where they live now, and why
+    **{
+        f"dream.{old}": (f"rounds.{new}", "[rounds] holds iterative training")
+        for old, new in [
+            ("rounds", "count"),
+            ("round_episodes", "episodes"),
+            ("exploration", "exploration"),
+            ("exploration_params", "exploration_params"),
+            ("round_memory_epochs", "memory_epochs"),
+            ("round_generations", "generations"),
+            ("round_sigma", "sigma"),
+        ]
+    },
+    **{
+        f"vision.{key}": (f"vision.{model}.{key}", f"[vision.{model}] holds what only that model reads")
+        for model, options in [("vqvae", VQVAEOptions), ("nvae", NVAEOptions)]
+        for key in (f.name for f in fields(options))
+    },
 }
 
 
@@ -277,9 +302,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     known = {f.name for f in fields(cls)}
     for key in data:
         if f"{prefix}{key}" in MOVED:
-            raise WorldModelsError(
-                f"recipe key '{prefix}{key}' is '{MOVED[prefix + key]}' now: [rounds] holds iterative training"
-            )
+            new, why = MOVED[prefix + key]
+            raise WorldModelsError(f"recipe key '{prefix}{key}' is '{new}' now: {why}")
         if key not in known:
             raise WorldModelsError(f"unknown recipe key '{prefix}{key}'")
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
@@ -340,7 +364,7 @@ POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that can
     "vision.batch_size",
     "vision.lr",
     "vision.buffer_episodes",
-    "vision.embed_dim",
+    "vision.vqvae.embed_dim",
     "memory.hidden_size",
     "memory.num_gaussians",
     "memory.seq_len",
@@ -377,8 +401,8 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "vision.channels": 8192,
     "vision.batch_size": 65_536,
     "vision.buffer_episodes": 1_000_000,
-    "vision.embed_dim": 4096,
-    "vision.base_channels": 4096,
+    "vision.vqvae.embed_dim": 4096,
+    "vision.nvae.base_channels": 4096,
     "memory.hidden_size": 16_384,
     "memory.num_gaussians": 1024,
     "memory.seq_len": 100_000,
@@ -445,7 +469,7 @@ CHOICES = {  # the string settings and the values each may take: the checks and 
     "precision": ("auto", "bf16", "fp32"),
     "collect.policy": ("random", "brownian"),
     "vision.model": ("vae", "vqvae", "nvae", "pretrained"),
-    "vision.codebook_init": ("kmeans", "random"),
+    "vision.vqvae.codebook_init": ("kmeans", "random"),
     "vision.pretrained.compressor": ("autoencoder", "linear"),
     "memory.reward_from": ("hidden", "next"),
     "controller.backend": ("pool", "vector", "ray"),
@@ -494,27 +518,40 @@ def _pretrained_checks(p: PretrainedConfig, used: bool) -> list[Check]:
     ]
 
 
-def _vision_checks(cfg: Config) -> list[Check]:
-    """V: its model, sizes, KL schedule, loss weights and codebook."""
+def _vqvae_checks(q: VQVAEOptions) -> list[Check]:
+    """vision.vqvae: the codebook's size and decay."""
     return [
-        *_pretrained_checks(cfg.vision.pretrained, cfg.vision.model == "pretrained"),
+        (
+            2 <= q.num_embeddings <= 32767 and q.embed_dim >= 1 and q.dead_after >= 0,
+            "vision.vqvae.num_embeddings must be 2..32767 (codes are stored as int16), vision.vqvae.embed_dim at "
+            "least 1, vision.vqvae.dead_after not negative",
+        ),
+        (0 <= q.ema_decay < 1, f"vision.vqvae.ema_decay must be in [0, 1), got {q.ema_decay}"),
+    ]
+
+
+def _nvae_checks(n: NVAEOptions) -> list[Check]:
+    """vision.nvae: sizes at least 1, the KL warm-up a fraction, the weights not negative."""
+    return [
         *[
-            (getattr(cfg.vision, key) >= 1, f"vision.{key} must be at least 1, got {getattr(cfg.vision, key)}")
+            (getattr(n, key) >= 1, f"vision.nvae.{key} must be at least 1, got {getattr(n, key)}")
             for key in ("base_channels", "groups_per_scale", "latent_channels", "cells_per_group")
         ],
-        (
-            0 <= cfg.vision.kl_warmup <= 1,
-            f"vision.kl_warmup must be a fraction of training in [0, 1], got {cfg.vision.kl_warmup}",
-        ),
+        (0 <= n.kl_warmup <= 1, f"vision.nvae.kl_warmup must be a fraction of training in [0, 1], got {n.kl_warmup}"),
         *[
-            (getattr(cfg.vision, key) >= 0, f"vision.{key} must not be negative, got {getattr(cfg.vision, key)}")
-            for key in ("spectral_lambda", "lower_temperature", "kl_weight")
+            (getattr(n, key) >= 0, f"vision.nvae.{key} must not be negative, got {getattr(n, key)}")
+            for key in ("spectral_lambda", "lower_temperature")
         ],
-        (
-            2 <= cfg.vision.num_embeddings <= 32767 and cfg.vision.embed_dim >= 1 and cfg.vision.dead_after >= 0,
-            "vision.num_embeddings must be 2..32767 (codes are stored as int16), vision.embed_dim at least 1, "
-            "vision.dead_after not negative",
-        ),
+    ]
+
+
+def _vision_checks(cfg: Config) -> list[Check]:
+    """V: its model's sub-table, the KL's weight."""
+    return [
+        *_pretrained_checks(cfg.vision.pretrained, cfg.vision.model == "pretrained"),
+        *_vqvae_checks(cfg.vision.vqvae),
+        *_nvae_checks(cfg.vision.nvae),
+        (cfg.vision.kl_weight >= 0, f"vision.kl_weight must not be negative, got {cfg.vision.kl_weight}"),
     ]
 
 
@@ -561,7 +598,7 @@ def _training_checks(cfg: Config) -> list[Check]:
 
 
 def _world_checks(cfg: Config) -> list[Check]:
-    """Where C trains: the world, the codebook world and its actions, NAS sizes, the VQ codebook's decay."""
+    """Where C trains: the world, the codebook world and its actions, NAS sizes."""
     return [
         (
             cfg.controller.world in known_worlds(),
@@ -584,7 +621,6 @@ def _world_checks(cfg: Config) -> list[Check]:
             min(cfg.nas.samples, cfg.nas.slots, cfg.nas.hidden, cfg.nas.final_seeds) >= 1,
             "nas.samples, nas.slots, nas.hidden and nas.final_seeds must be at least 1",
         ),
-        (0 <= cfg.vision.ema_decay < 1, f"vision.ema_decay must be in [0, 1), got {cfg.vision.ema_decay}"),
     ]
 
 
@@ -614,8 +650,10 @@ def validate(cfg: Config) -> Config:
         if not ok:
             raise WorldModelsError(message)
     if cfg.vision.model == "nvae":
-        v = cfg.vision
-        nvae_latent_dim(cfg.env.frame_size, v.scales, v.groups_per_scale, v.top_groups, v.latent_channels, v.latent_dim)
+        n = cfg.vision.nvae
+        nvae_latent_dim(
+            cfg.env.frame_size, n.scales, n.groups_per_scale, n.top_groups, n.latent_channels, cfg.vision.latent_dim
+        )
     return cfg
 
 
@@ -626,17 +664,17 @@ def nvae_latent_dim(
     if not scales or min(scales) < 2 or any(b != 2 * a for a, b in zip(scales, scales[1:])):
         # a 1x1 grid would leave batch norm a single value per channel on a one-frame batch
         raise WorldModelsError(
-            f"vision.scales must start at 2 or more and double from one scale to the next, top first, "
+            f"vision.nvae.scales must start at 2 or more and double from one scale to the next, top first, "
             f"e.g. [4, 8]; got {scales}"
         )
     ratio = frame_size // scales[-1]
     if frame_size % scales[-1] or ratio & (ratio - 1):
         raise WorldModelsError(
-            f"env.frame_size {frame_size} must be the finest scale {scales[-1]} times a power of two"
+            f"env.frame_size {frame_size} must be the finest of vision.nvae.scales ({scales[-1]}) times a power of 2"
         )
     if not 1 <= top_groups <= groups_per_scale:
         raise WorldModelsError(
-            f"vision.top_groups must be between 1 and groups_per_scale ({groups_per_scale}), got {top_groups}"
+            f"vision.nvae.top_groups must be between 1 and groups_per_scale ({groups_per_scale}), got {top_groups}"
         )
     flat = top_groups * latent_channels * scales[0] ** 2
     if latent_dim != flat:

@@ -44,16 +44,16 @@ def table_path(cfg: Config) -> Path:
 
 def vision_config(cfg: Config) -> dict:
     """V's model config from the recipe, as stored in its checkpoint."""
-    v = cfg.vision
+    q = cfg.vision.vqvae
     config = ArchitectureVQVAEConfig(
         cfg.nas.slots,
         cfg.nas.hidden,
-        v.embed_dim,
-        v.num_embeddings,
-        v.commitment,
-        v.ema_decay,
-        v.dead_after,
-        v.codebook_init,
+        q.embed_dim,
+        q.num_embeddings,
+        q.commitment,
+        q.ema_decay,
+        q.dead_after,
+        q.codebook_init,
     )
     return {"model": "architecture_vqvae", **vars(config)}
 

@@ -21,6 +21,8 @@ def vision_config(cfg: Config) -> dict:
     """The model config of the recipe's V, as stored in its checkpoint."""
     _, config_cls = MODELS[cfg.vision.model]
     wanted = {"frame_size": cfg.env.frame_size, **dataclasses.asdict(cfg.vision)}
+    if cfg.vision.model in ("vqvae", "nvae"):  # the model's own sub-table
+        wanted |= dataclasses.asdict(getattr(cfg.vision, cfg.vision.model))
     if cfg.vision.model == "pretrained":  # its own sub-table, and the encoder as the checkpoint stores it
         p = cfg.vision.pretrained
         wanted |= dataclasses.asdict(p) | {"encoder": describe_encoder(p.encoder, p.layer)}
