@@ -114,10 +114,11 @@ def measure(memory: MDNRNN, cfg: config.Config, controllers: Controller, seeds: 
     play_dream(dream, controllers.select(torch.arange(8)), seeds[:8], 0)  # warm-up
     batched = n * steps / seconds(lambda: play_dream(dream, controllers, seeds, 0), args.repeats)
     few = args.single_episodes
-    single = few * steps / seconds(lambda: play_dream(dream, controllers.select(torch.arange(few)), seeds[:few], 1))
+    first = controllers.select(torch.arange(few))
+    single = few * steps / seconds(lambda: play_dream(dream, first, seeds[:few], 1), args.repeats)
     cell = ReferenceCell(memory).eval()
     linear = nn.Linear(controllers.input_dim, controllers.out)
-    reference = few * steps / seconds(lambda: reference_dream(cell, linear, few, steps, cfg.dream.tau))
+    reference = few * steps / seconds(lambda: reference_dream(cell, linear, few, steps, cfg.dream.tau), args.repeats)
     matmuls = n * steps / seconds(lambda: bound(memory, n, steps), args.repeats)
     return {
         "batched_steps_per_s": round(batched, 1),
@@ -140,7 +141,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="dream steps per episode")
     p.add_argument("--single-episodes", type=int, default=16, help="episodes the batch-1 paths dream")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats of the batched paths; the fastest counts")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats of every path; the fastest counts")
     args = p.parse_args()
     cfg = config.load(args.recipe, [("dream.max_steps", args.steps), ("dream.done", "never")])
     torch.manual_seed(0)
