@@ -91,12 +91,11 @@ def reference_dream(cell: ReferenceCell, controller: nn.Linear, episodes: int, s
 def bound(memory: MDNRNN, batch: int, steps: int) -> None:
     """The dream's matmuls alone: the batched LSTM cell and M's head, no sampling, no controller."""
     m = memory.cfg
-    w_ih, w_hh = memory.lstm.weight_ih_l0, memory.lstm.weight_hh_l0
-    b_ih, b_hh = memory.lstm.bias_ih_l0, memory.lstm.bias_hh_l0
+    weights = memory.lstm.all_weights[0]  # w_ih, w_hh, b_ih, b_hh, as MDNRNN.step passes them
     x = torch.randn(batch, m.latent_dim + m.action_dim)
     h, c = torch.zeros(batch, m.hidden_size), torch.zeros(batch, m.hidden_size)
     for _ in range(steps):
-        h, c = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        h, c = torch.lstm_cell(x, (h, c), *weights)
         memory.head(h)
 
 

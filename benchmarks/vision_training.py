@@ -171,14 +171,15 @@ def main() -> None:
     scratch = Path(args.scratch)
     stages.collect(cfg, scratch / "source")  # once; later runs reuse the episodes
     source = stages.episodes_dir(scratch / "source", cfg)
-    every = sorted(e["file"] for e in json.loads((source / "manifest.json").read_text())["episodes"])
+    lengths = {e["file"]: e["steps"] + 1 for e in json.loads((source / "manifest.json").read_text())["episodes"]}
+    every = sorted(lengths)
     held = max(1, args.episodes // 5)
     heldout, train = every[:held], every[held : args.episodes]  # 1x: `--episodes` in all, a fifth held out
     four = every[held : held + 4 * len(train)]
 
     rss = ours(args, recipe, scratch, source, train, "ours_1x")[1]
     seconds, rss_4x, run = ours(args, recipe, scratch, source, four, "ours_4x")
-    frames, frames_4x = len(episode_frames(source, train)), len(episode_frames(source, four))
+    frames, frames_4x = sum(lengths[n] for n in train), sum(lengths[n] for n in four)
     held_frames = torch.from_numpy(episode_frames(source, heldout))
     ours_mse = heldout_mse(load_vision(run / "vision.pt").through_z, held_frames)
     command = [sys.executable, __file__, "--reference", str(source), "--names", *four, "--held", *heldout]
