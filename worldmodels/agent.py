@@ -13,7 +13,7 @@ import torch
 from . import checkpoints
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig
-from .rollouts import frames_to_float
+from .rollouts import LatentEpisode, frames_to_float
 from .vision import VQVAE, VisionModel, build_vision
 from .worlds.real import encode_actions
 
@@ -87,6 +87,19 @@ class WorldModel:
     @property
     def device(self) -> torch.device:
         return next(self.memory.parameters()).device
+
+    @torch.no_grad()
+    def controller_inputs(self, episodes: list[LatentEpisode]) -> np.ndarray:
+        """What C saw at every step of encoded episodes, [z_t, h_t], with h through M on the episode's own latents
+        and actions (h_0 = 0): (steps, Z + H)."""
+        rows = []
+        for episode in episodes:
+            z = torch.from_numpy(episode.mu[:-1]).float().to(self.device)
+            a = torch.from_numpy(np.asarray(episode.action, dtype=np.float32)).reshape(len(z), -1).to(self.device)
+            out, _ = self.memory.lstm(torch.cat([z, a], dim=-1)[None])
+            h = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)[0]
+            rows.append(torch.cat([z, h], dim=-1).cpu().numpy())
+        return np.concatenate(rows)
 
     def see(self, frames: np.ndarray, history: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 frames (B, H, W, 3) -> (z (B, Z), V's posterior mean: what C and M read; what V keeps for the next

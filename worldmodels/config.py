@@ -165,6 +165,8 @@ class ControllerConfig:
     fidelity_controllers: int = 6  # dream training: controllers of the search's history scored in both worlds; 0: none
     fidelity_episodes: int = 4  # real episodes for each of them (they only watch; nothing feeds the search)
     seed: int = 0  # CMA-ES's sampling and the rollout seeds
+    normalize: bool = False  # search C's weights in units of each input's spread over the data (real and dream
+    #                          worlds): one step size then moves quiet and loud inputs alike
     noise: float = 0.0  # std of Gaussian noise on C's outputs wherever C acts (searched in the real world or the
     #                     dream, collecting, evaluated): C is the stochastic policy tanh(W [z, h] + b) + noise; 0: none
 

@@ -4,6 +4,7 @@ seen by CMA-ES as one flat vector."""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import cast
 
 import gymnasium as gym
@@ -75,6 +76,41 @@ class Controller:
         as in `outputs`: exploration while collecting."""
         y = self.outputs(z.float(), h.float(), rows, None if noise is None else torch.as_tensor(noise))
         return [to_action(row, self.space) for row in y.numpy()]
+
+
+@dataclass(frozen=True)
+class InputScale:
+    """C's inputs' mean and spread over the data (controller.normalize): CMA-ES then searches W' and b' of
+    tanh(W' (x - mean) / std + b'), which is the controller W = W' / std, b = b' - W mean.
+
+    One step size moves every input's weight by the same share of that input's spread; otherwise inputs
+    that vary 10x less (V's quiet latent dimensions) are as good as ignored until CMA-ES learns their scale.
+    """
+
+    mean: np.ndarray  # (D,)
+    std: np.ndarray  # (D,), floored so that a constant input does not blow its weight up
+
+    @classmethod
+    def of(cls, inputs: np.ndarray, floor: float = 1e-2) -> "InputScale":
+        """The scale of (N, D) rows of C's inputs."""
+        return cls(inputs.mean(0), np.maximum(inputs.std(0), floor))
+
+    def _split(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P, N) flat parameters -> W (P, A, D), b (P, A), laid out as `Controller.to_flat`."""
+        flat, d = np.atleast_2d(flat), len(self.mean)
+        out = flat.shape[1] // (d + 1)
+        return flat[:, : out * d].reshape(len(flat), out, d), flat[:, out * d :]
+
+    def to_controller(self, flat: np.ndarray) -> np.ndarray:
+        """(P, N) parameters in the search's units -> the controllers' own (W, b)."""
+        weight, bias = self._split(flat)
+        weight = weight / self.std
+        return np.concatenate([weight.reshape(len(weight), -1), bias - weight @ self.mean], axis=1)
+
+    def to_search(self, flat: np.ndarray) -> np.ndarray:
+        """The inverse of `to_controller`."""
+        weight, bias = self._split(flat)
+        return np.concatenate([(weight * self.std).reshape(len(weight), -1), bias + weight @ self.mean], axis=1)
 
 
 def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:

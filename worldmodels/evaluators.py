@@ -75,6 +75,7 @@ class SearchWorld:
     space: gym.Space
     open: Callable[[], Evaluator]  # opened only when the search runs: a finished search starts no workers
     rules: dict | None = None  # what a score means (objective, episode length); a search under other rules is refused
+    inputs: Callable[[], np.ndarray] | None = None  # C's inputs over the run's data, (steps, D): controller.normalize
 
 
 WorldFactory = Callable[["Config", "Run"], SearchWorld]

@@ -15,11 +15,11 @@ from . import checkpoints, search_state
 from .agent import WorldModel
 from .backends import real_evaluator
 from .config import Config, DreamConfig
-from .controller import Controller
+from .controller import Controller, InputScale
 from .errors import WorldModelsError
 from .evaluators import Evaluator, SearchWorld, StatefulEvaluator, open_world, register_world
 from .progress import bar
-from .rollouts import dream_starts
+from .rollouts import dream_starts, load_latents
 from .search_state import Progress
 from .training import pick_device
 from .worlds.dream import Dream, dream_rollout, filmstrip, play_dream
@@ -93,6 +93,7 @@ def real_world(cfg: Config, run: checkpoints.Run) -> SearchWorld:
         model.controller_input,
         action_space(cfg.env),
         lambda: real_evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps),
+        inputs=lambda: model.controller_inputs(load_latents(run)),
     )
 
 
@@ -100,7 +101,12 @@ def dream_world(cfg: Config, run: checkpoints.Run) -> SearchWorld:
     """M's dream, started from real frames V encoded (dream.start)."""
     vision, memory = run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory")
     model = WorldModel.load(vision, memory, pick_device(cfg.device))
-    return SearchWorld(model.controller_input, action_space(cfg.env), lambda: dream_evaluator(cfg, run, model))
+    return SearchWorld(
+        model.controller_input,
+        action_space(cfg.env),
+        lambda: dream_evaluator(cfg, run, model),
+        inputs=lambda: model.controller_inputs(load_latents(run)),
+    )
 
 
 register_world("real", real_world)
@@ -116,8 +122,16 @@ class Search:
     def __init__(self, cfg: Config, run: checkpoints.Run, world: SearchWorld, round: int):
         self.cfg, self.c, self.run, self.world = cfg, cfg.controller, run, world
         dim = Controller(world.input_dim, world.space).num_params
-        self.search = {"dim": dim, "population": self.c.population, "sigma0": self.c.sigma0, "seed": self.c.seed}
+        c = self.c
+        self.search = {
+            "dim": dim,
+            "population": c.population,
+            "sigma0": c.sigma0,
+            "seed": c.seed,
+            "normalize": c.normalize,
+        }
         self.es, self.progress = self.resume()
+        self.scale = self.input_scale()
         self.new_round = self.progress.round < round
         self.round = round
 
@@ -140,6 +154,29 @@ class Search:
                 "delete it and controller.pt, or use another --run"
             )
         return es, progress
+
+    def input_scale(self) -> InputScale | None:
+        """controller.normalize: C's inputs' scale, measured on the run's data when the search began and kept for
+        its whole length (later rounds' data would move the search's units under it)."""
+        p = self.progress
+        if not self.c.normalize:
+            return None
+        if p.input_scale is None:
+            if self.world.inputs is None:
+                raise WorldModelsError(
+                    f"controller.normalize needs a world that says what C sees; the {self.c.world} world does not"
+                )
+            scale = InputScale.of(self.world.inputs())
+            p.input_scale = {"mean": scale.mean, "std": scale.std}
+        return InputScale(p.input_scale["mean"], p.input_scale["std"])
+
+    def controllers(self, points: np.ndarray) -> np.ndarray:
+        """CMA-ES's points (P, N) -> the controllers they stand for (P, N)."""
+        return np.atleast_2d(points) if self.scale is None else self.scale.to_controller(points)
+
+    def point(self, controller: np.ndarray) -> np.ndarray:
+        """A controller's point in CMA-ES's space."""
+        return controller if self.scale is None else self.scale.to_search(controller)[0]
 
     def until(self) -> int:
         """The generation the current round stops at."""
@@ -180,17 +217,18 @@ class Search:
             tqdm.write(f"round {self.round}: the kept controller scores {p.best_score:.1f} in the new dream")
             if self.cfg.rounds.sigma:  # M has just seen the kept controller's states: search near it, not
                 # from wherever the last search's distribution went (where M had seen nothing)
-                self.es = search_state.fresh_search(self.search, p.best, self.cfg.rounds.sigma, self.round)
+                self.es = search_state.fresh_search(self.search, self.point(p.best), self.cfg.rounds.sigma, self.round)
         self.save(evaluator)
 
     def generation(self, evaluator: Evaluator, generation: int, writer: SummaryWriter) -> tuple[np.ndarray, np.ndarray]:
-        """Ask CMA-ES for a population, score it on the shared seeds, tell CMA-ES: (candidates, fitness)."""
+        """Ask CMA-ES for a population, score it on the shared seeds, tell CMA-ES: (controllers, fitness)."""
         c = self.c
-        candidates = np.asarray(self.es.ask())
+        points = np.asarray(self.es.ask())
+        candidates = self.controllers(points)
         # a real-world generation takes minutes: its episodes get a bar of their own (the dream's takes seconds)
         within = f"generation {generation + 1}" if c.world == "real" else None
         fitness = evaluator.returns(candidates, generation_seeds(c.seed, generation, c.rollouts), within).mean(1)
-        self.es.tell(list(candidates), list(-fitness))  # cma minimises
+        self.es.tell(list(points), list(-fitness))  # cma minimises
         self.progress.generation = step = generation + 1
         writer.add_scalar("controller/fitness_best", fitness.max(), step)
         writer.add_scalar("controller/fitness_mean", fitness.mean(), step)
@@ -205,7 +243,7 @@ class Search:
         kept one. Returns the line to print."""
         p, generation = self.progress, self.progress.generation - 1
         seeds = generation_seeds(self.c.seed + 1, generation, self.c.eval_rollouts)
-        contenders = np.stack([candidates[fitness.argmax()], self.es.mean])
+        contenders = np.stack([candidates[fitness.argmax()], self.controllers(self.es.mean)[0]])
         scores = evaluator.returns(contenders, seeds).mean(1)
         writer.add_scalar("controller/eval_best", scores[0], p.generation)
         writer.add_scalar("controller/eval_mean", scores[1], p.generation)

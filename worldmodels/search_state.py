@@ -28,6 +28,7 @@ with warnings.catch_warnings():  # pycma warns at import when matplotlib (only f
     from cma.options_parameters import CMAOptions
 
 FORMAT = 1
+SEARCH_DEFAULTS = {"normalize": False}  # settings added since: what a state saved before them searched under
 NUMERIC_KINDS = "biuf"  # numpy dtypes a state may hold: bool, int, uint, float
 
 
@@ -47,6 +48,7 @@ class Progress:
     history: list | None = None  # every re-evaluated contender: {generation, kind, params, score in the search's world}
     selected: int = -1  # the generation the final re-scoring of the top contenders (controller.select_top) ran at
     world_state: dict | None = None  # a stateful world's own state (evaluators.StatefulEvaluator.state())
+    input_scale: dict | None = None  # controller.normalize: C's inputs' {mean, std}, measured when the search began
 
     @property
     def archive(self) -> dict:
@@ -302,14 +304,15 @@ def _read(path: Path, search: dict | None) -> dict:
             f"'{path}' is a search state of format {saved.get('format')!r}; delete it to restart the search"
         )
     for key, value in (search or {}).items():
-        if key == "dim" and saved["search"].get(key) != value:
+        was = saved["search"].get(key, SEARCH_DEFAULTS.get(key))
+        if key == "dim" and was != value:
             raise WorldModelsError(
-                f"'{path}' searches {saved['search'].get(key)} parameters but this controller has {value}; "
+                f"'{path}' searches {was} parameters but this controller has {value}; "
                 "delete it and controller.pt to start a new search"
             )
-        if saved["search"].get(key) != value:
+        if was != value:
             raise WorldModelsError(
-                f"'{path}' holds a search with controller.{key}={saved['search'].get(key)!r} but the recipe says "
+                f"'{path}' holds a search with controller.{key}={was!r} but the recipe says "
                 f"{value!r}; restore the recipe's value, or delete it and controller.pt to start a new search"
             )
     return saved
