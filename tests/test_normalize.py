@@ -11,6 +11,9 @@ from worldmodels import config, search_state
 from worldmodels.agent import WorldModel
 from worldmodels.checkpoints import Run
 from worldmodels.controller import Controller, InputScale
+from worldmodels.errors import WorldModelsError
+from worldmodels.evaluators import SearchWorld
+from worldmodels.evolution import Search
 from worldmodels.rollouts import load_latents
 
 
@@ -91,3 +94,10 @@ def test_normalize_in_the_dream_through_rounds(copy_run):
     _, progress, _ = search_state.load(run.cmaes)
     assert progress.round == 1 and progress.input_scale is not None
     assert len(progress.input_scale["mean"]) == WorldModel.load(run.vision, run.memory).controller_input
+
+
+def test_a_world_that_cannot_say_what_c_sees_refuses_normalize(tmp_path):
+    cfg = config.load(TINY, [("controller.normalize", True)])
+    world = SearchWorld(4 + 8, DISCRETE, open=lambda: None)  # no `inputs`: a world registered by someone else
+    with pytest.raises(WorldModelsError, match="controller.normalize needs a world"):
+        Search(cfg, Run(tmp_path, cfg), world, round=0)
