@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import BOX, DISCRETE, TINY, cli_stage, one_error_line
+from helpers import DISCRETE, SPACES, TINY, cli_stage, one_error_line
 
 from worldmodels import config, search_state
 from worldmodels.agent import WorldModel
@@ -17,7 +17,7 @@ from worldmodels.evolution import Search
 from worldmodels.rollouts import load_latents
 
 
-@pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["discrete", "box"])
+@SPACES
 def test_scaled_controller_reads_standardised_inputs(space):
     rng = np.random.default_rng(0)
     inputs = rng.normal(3.0, [0.05, 0.5, 2.0, 1.0, 0.2], size=(500, 5))
