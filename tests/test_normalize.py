@@ -63,12 +63,11 @@ def test_a_normalised_search_keeps_its_scale_and_controllers_in_their_own_units(
     for f in ("cmaes.pt", "controller.pt", "report.json"):
         (run.dir / f).unlink()
     assert cli_stage("train-controller", ck, ro, "--set", "controller.normalize=true") == 0
-    _, progress, _ = search_state.load(run.cmaes)
+    es, progress, _ = search_state.load(run.cmaes)
     inputs = WorldModel.load(run.vision, run.memory).controller_inputs(load_latents(run))
     np.testing.assert_allclose(progress.input_scale["mean"], inputs.mean(0), rtol=1e-6)
     np.testing.assert_allclose(progress.input_scale["std"], np.maximum(inputs.std(0), 1e-2), rtol=1e-6)
     # the history and controller.pt hold controllers, not CMA-ES's points: the last mean maps to the kept one
-    es, _, _ = search_state.load(run.cmaes)
     scale = InputScale(progress.input_scale["mean"], progress.input_scale["std"])
     last_mean = [h for h in progress.history if h["kind"] == "mean"][-1]["params"]
     np.testing.assert_allclose(last_mean, scale.to_controller(es.mean)[0])
