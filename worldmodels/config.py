@@ -39,6 +39,8 @@ class EnvConfig:
     id: str = "CartPole-v1"  # a gymnasium env id ("module:EnvId" imports the module that registers it)
     frame_size: int = 64  # frames are resized to frame_size x frame_size, uint8 RGB
     crop: list[float] = field(default_factory=lambda: [0.0, 1.0, 0.0, 1.0])  # top, bottom, left, right (fractions)
+    # [width, height] a classic-control world draws its picture at (its screen_width, screen_height); []: its own
+    render_size: list[int] = field(default_factory=list)
     max_steps: int = 0  # 0: the environment's own time limit (counted in frames, whatever the action repeat)
     action_repeat: int = 1  # each action of C (and of the collection policy) is played for this many frames
     action_low: list[float] = field(default_factory=list)  # with action_high: the box C's outputs and the collection
@@ -394,6 +396,7 @@ POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that can
 }
 MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust memory or budgets that never end
     "env.frame_size": 1024,
+    "env.render_size": 8192,
     "env.action_repeat": 1000,
     "collect.episodes": 1_000_000,
     "collect.workers": 1024,
@@ -570,6 +573,10 @@ def _data_checks(cfg: Config) -> list[Check]:
             and 0 <= cfg.env.crop[2] < cfg.env.crop[3] <= 1,
             "env.crop must be [top, bottom, left, right] fractions with top < bottom and left < right, "
             f"got {cfg.env.crop}",
+        ),
+        (
+            cfg.env.render_size == [] or (len(cfg.env.render_size) == 2 and min(cfg.env.render_size) >= 16),
+            f"env.render_size must be [width, height] of at least 16 pixels each, or [], got {cfg.env.render_size}",
         ),
         (len(cfg.vision.channels) == 4, "vision.channels must list 4 conv widths"),
         (cfg.collect.episodes > 0, "collect.episodes must be positive"),
