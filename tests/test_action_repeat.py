@@ -1,4 +1,4 @@
-"""The world's action repeat (summed rewards, step counts, undrawn frames) and its action bounds."""
+"""The world's action repeat (summed rewards, step counts, undrawn frames), its action bounds and its picture size."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from worldmodels.config import CollectConfig, EnvConfig
 from worldmodels.errors import WorldModelsError
 from worldmodels.rollouts import collect_episode
 from worldmodels.worlds import real
-from worldmodels.worlds.real import ActionBounds, ActionRepeat, make_world
+from worldmodels.worlds.real import ActionBounds, ActionRepeat, RenderSize, make_world
 
 CARRACING = dict(id="CarRacing-v3", crop=[0.0, 0.875, 0.0, 1.0])
 
@@ -120,3 +120,25 @@ def test_bad_repeat_or_bounds_in_a_recipe(override, message):
     data = config_lib.apply_overrides({"env": {"action_high": [0.5]}} if "low" in override else {}, [override])
     with pytest.raises(WorldModelsError, match=message):
         config_lib.from_dict(data)
+
+
+def test_render_size_draws_the_picture_at_that_size_and_leaves_the_dynamics_alone():
+    world = make_world(EnvConfig(id="CartPole-v1", frame_size=32, render_size=[300, 200]))
+    bare = gym.make("CartPole-v1")
+    frame, info = world.reset(seed=3)
+    state, _ = bare.reset(seed=3)
+    assert world.unwrapped.render().shape == (200, 300, 3) and frame.shape == (32, 32, 3)
+    for action in [0, 1, 1, 0, 0, 1]:
+        frame, reward, *_, info = world.step(action)
+        state, bare_reward, *_ = bare.step(action)
+        np.testing.assert_array_equal(info["state"], state)
+        assert reward == bare_reward
+    # the spec rebuilds it at the same size
+    rebuilt = gym.make(world.spec)
+    rebuilt.reset(seed=3)
+    assert rebuilt.unwrapped.render().shape == (200, 300, 3)
+
+
+def test_render_size_on_a_world_without_a_screen_size_is_one_line():
+    with pytest.raises(WorldModelsError, match="env.render_size: CarRacing-v3 has no screen_width"):
+        RenderSize(gym.make("CarRacing-v3"), 48, 48)

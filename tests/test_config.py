@@ -38,7 +38,7 @@ def test_there_are_shipped_recipes():
 def test_cartpole_recipe_values():
     cfg = config_lib.load(ENVS / "cartpole.toml")
     assert cfg.env.id == "CartPole-v1"
-    assert cfg.env.crop == [0.35, 0.8, 0.2, 0.8]
+    assert cfg.env.crop == [0.15, 0.6, 0.2, 0.8] and cfg.env.render_size == [300, 200]
     assert cfg.memory.hidden_size == 64
     assert cfg.controller.target == 500.0
     assert cfg.vision.channels == [32, 64, 128, 256]  # a default, not in the file
@@ -206,6 +206,8 @@ def test_override_type_is_checked():
         ('collect.policy="greedy"', "collect.policy"),
         ('vision.model="gan"', "vision.model"),
         ("env.crop=[0.5, 0.2, 0, 1]", "env.crop"),
+        ("env.render_size=[300]", "env.render_size"),
+        ("env.render_size=[300, 8]", "env.render_size"),
         ("vision.channels=[8, 8, 8]", "vision.channels"),
         ("collect.episodes=0", "collect.episodes"),
         ("controller.population=1", "controller.population"),
