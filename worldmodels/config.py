@@ -39,8 +39,7 @@ class EnvConfig:
     id: str = "CartPole-v1"  # a gymnasium env id ("module:EnvId" imports the module that registers it)
     frame_size: int = 64  # frames are resized to frame_size x frame_size, uint8 RGB
     crop: list[float] = field(default_factory=lambda: [0.0, 1.0, 0.0, 1.0])  # top, bottom, left, right (fractions)
-    # [width, height] a classic-control world draws its picture at (its screen_width, screen_height); []: its own
-    render_size: list[int] = field(default_factory=list)
+    render_size: list[int] = field(default_factory=list)  # [width, height] of a classic-control picture; []: its own
     max_steps: int = 0  # 0: the environment's own time limit (counted in frames, whatever the action repeat)
     action_repeat: int = 1  # each action of C (and of the collection policy) is played for this many frames
     action_low: list[float] = field(default_factory=list)  # with action_high: the box C's outputs and the collection
