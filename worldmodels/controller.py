@@ -14,41 +14,26 @@ import torch
 from .worlds.real import action_dim
 
 
-def searched_outputs(space: gym.Space) -> int:
-    """How many of C's outputs have weights: all of them, except that the first of n > 1 choices has its logit
-    fixed at 0. A choice depends only on the logits' differences, so the n-th set of weights would only move
-    CMA-ES along directions that change nothing (CartPole: 97 dimensions of 194)."""
-    if isinstance(space, gym.spaces.Discrete) and space.n > 1:
-        return int(space.n) - 1
-    return action_dim(space)
-
-
 class Controller:
-    """P linear controllers at once (P = 1 for acting); parameters W (P, F, D) and b (P, F) for its F searched
-    outputs (`searched_outputs`); A outputs in all."""
+    """P linear controllers at once (P = 1 for acting); parameters W (P, A, D) and b (P, A)."""
 
-    def __init__(self, input_dim: int, space: gym.Space, population: int = 1, searched: int | None = None):
+    def __init__(self, input_dim: int, space: gym.Space, population: int = 1):
         self.input_dim, self.space = input_dim, space
         self.out = action_dim(space)  # one logit per choice for Discrete, one output per dimension for Box
-        self.searched = searched_outputs(space) if searched is None else searched
-        self.weight = torch.zeros(population, self.searched, input_dim)
-        self.bias = torch.zeros(population, self.searched)
+        self.weight = torch.zeros(population, self.out, input_dim)
+        self.bias = torch.zeros(population, self.out)
 
     @property
     def num_params(self) -> int:
-        return self.searched * (self.input_dim + 1)
+        return self.out * (self.input_dim + 1)
 
     @classmethod
     def from_flat(cls, flat: np.ndarray, input_dim: int, space: gym.Space) -> "Controller":
-        """Build from CMA-ES vectors: (N,) for one controller or (P, N) for a population. A controller saved with a
-        weight row for every choice (before the first choice's logit was fixed at 0) loads as it was."""
+        """Build from CMA-ES vectors: (N,) for one controller or (P, N) for a population."""
         params = torch.as_tensor(np.atleast_2d(flat), dtype=torch.float32)
-        searched = params.shape[1] // (input_dim + 1)
-        if searched not in (searched_outputs(space), action_dim(space)) or params.shape[1] % (input_dim + 1):
-            raise ValueError(f"{params.shape[1]} parameters are no controller of {input_dim} inputs for {space}")
-        c = cls(input_dim, space, population=params.shape[0], searched=searched)
-        c.weight = params[:, : searched * input_dim].reshape(-1, searched, input_dim).contiguous()
-        c.bias = params[:, searched * input_dim :].contiguous()
+        c = cls(input_dim, space, population=params.shape[0])
+        c.weight = params[:, : c.out * input_dim].reshape(-1, c.out, input_dim).contiguous()
+        c.bias = params[:, c.out * input_dim :].contiguous()
         return c
 
     def to_flat(self) -> np.ndarray:
@@ -57,7 +42,7 @@ class Controller:
 
     def select(self, rows: torch.Tensor | list[int]) -> "Controller":
         """The controllers at `rows` (repeats allowed), as a new population."""
-        c = Controller(self.input_dim, self.space, population=0, searched=self.searched)
+        c = Controller(self.input_dim, self.space, population=0)
         c.weight, c.bias = self.weight[rows], self.bias[rows]
         return c
 
@@ -69,10 +54,7 @@ class Controller:
         """W [z, h] + b, controller p applied to row p: z (P, Z), h (P, H) -> (P, A); `rows` picks controllers."""
         weight, bias = (self.weight, self.bias) if rows is None else (self.weight[rows], self.bias[rows])
         x = torch.cat([z, h], dim=-1)  # (P, D)
-        logits = torch.baddbmm(bias.unsqueeze(-1), weight, x.unsqueeze(-1)).squeeze(-1)
-        if self.searched < self.out:  # the first choice's logit, fixed at 0
-            logits = torch.cat([logits.new_zeros(len(logits), 1), logits], dim=-1)
-        return logits
+        return torch.baddbmm(bias.unsqueeze(-1), weight, x.unsqueeze(-1)).squeeze(-1)
 
     def outputs(
         self, z: torch.Tensor, h: torch.Tensor, rows: list[int] | None = None, noise: torch.Tensor | None = None
