@@ -163,7 +163,7 @@ def test_shipped_recipes_are_listed_shown_and_found_by_name(capsys):
     assert {"cartpole", "carracing_dream", "codebook_nas"} <= {line.split()[0] for line in listed.splitlines()}
     assert run_cli("recipe", "show", "cartpole") == 0
     shown = capsys.readouterr().out
-    assert "population = 16  # CMA-ES candidates per generation" in shown
+    assert "population = 32  # CMA-ES candidates per generation" in shown
     import tomllib
 
     assert config_lib.from_dict(tomllib.loads(shown)) == config_lib.load("envs/cartpole.toml")  # every field, as it is
