@@ -739,6 +739,49 @@ def test_pipeline_round_adds_episodes_retrains_and_reports_real_steps(copy_run, 
         assert p.read_bytes() == content, p.name
 
 
+def test_confirm_collects_with_the_last_search_retrains_m_and_keeps_the_better_collector(copy_run, copy_rollouts):
+    """rounds.confirm: after the last round, one more round collects with the last search's controller and retrains
+    M, with no search after it; of that controller and the one it replaced (round 1's collector), the one the new
+    dream scores higher on shared seeds is kept, and evaluated; a rerun changes nothing."""
+    ck, ro, run = copy_run["checkpoints"], copy_rollouts, copy_run["dir"]
+    for name in ("cmaes.pt", "controller.pt", "report.json"):  # the copied run searched in the real world
+        (run / name).unlink()
+    settings = ['controller.world="dream"', "rounds.count=1", "rounds.episodes=2", "rounds.generations=2"]
+    settings += ["dream.max_steps=30", "controller.eval_every=1", "controller.select_rollouts=4", "rounds.confirm=true"]
+    args = [word for setting in settings for word in ("--set", setting)]
+    assert cli_stage("pipeline", ck, ro, *args) == 0
+    first, confirmation = json.loads((run / "rounds.json").read_text())
+    assert first["round"] == 1 and "confirm" not in first
+    assert confirmation["round"] == 2 and confirmation["confirm"] and confirmation["candidates"] == [1, 2]
+    episodes = json.loads((ro / "tiny" / "episodes" / "manifest.json").read_text())["episodes"]
+    assert sum(e.get("round") == 2 for e in episodes) == 2  # the confirmation round's own episodes
+    memory = checkpoints.load(run / "memory.pt", "memory")
+    assert memory["epoch"] == 1 + 2 * 5  # retrained after the confirmation round, not searched after
+    collected = checkpoints.load(run / "collectors.pt", "collectors")["rounds"]
+    assert sorted(collected) == [1, 2]
+    _, progress, _ = cmaes_state(run)
+    assert progress.generation == 4  # 2 generations, then round 1's 2: none after the confirmation
+    flats = np.stack([collected[r]["params"].numpy() for r in (1, 2)])
+    cfg = config_lib.load(TINY, settings)
+    dream = evolution.dream_evaluator(
+        cfg, checkpoints.Run(ck, cfg), WorldModel.load(run / "vision.pt", run / "memory.pt")
+    )
+    scores = dream.returns(flats, generation_seeds(cfg.controller.seed + 5, 2, 4)).mean(1)
+    np.testing.assert_allclose(confirmation["scores"], scores, rtol=1e-5)
+    kept = checkpoints.load(run / "controller.pt", "controller")
+    np.testing.assert_array_equal(kept["params"].numpy(), flats[scores.argmax()])
+    assert (
+        kept["generation"] == collected[scores.argmax() + 1]["generation"]
+        and confirmation["kept"] == scores.argmax() + 1
+    )
+    np.testing.assert_array_equal(progress.best, flats[scores.argmax()])
+    report = json.loads((run / "report.json").read_text())  # evaluated with the kept controller and the final M
+    assert report["controller_generation"] == kept["generation"] and report["memory_id"] == memory["id"]
+    before = {name: (run / name).read_bytes() for name in ("controller.pt", "cmaes.pt", "collectors.pt", "report.json")}
+    assert cli_stage("pipeline", ck, ro, *args) == 0
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
 @pytest.mark.parametrize("round_sigma", [0.0, 0.05])
 def test_a_round_restarts_the_search_at_the_kept_controller_with_round_sigma(copy_run, round_sigma):
     """rounds.sigma: the round's CMA-ES starts at the kept controller with that step size (and resumes so);

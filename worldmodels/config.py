@@ -198,6 +198,9 @@ class RoundsConfig:
     generations: int = 10  # further CMA-ES generations per round
     sigma: float = 0.0  # > 0: each round restarts CMA-ES at the kept controller with this step size (a trust
     #                     region where M has just seen the kept controller drive); 0: the search goes on
+    confirm: bool = False  # after the last round, collect once more with its controller and retrain M, then keep
+    #                        whichever of it and the controller it replaced the confirmed dream scores higher: no
+    #                        search follows, so the last search's exploits of M are shown to M before C is kept
 
 
 MOVED = {  # keys a recipe of an earlier release may hold -> where they live now, and why

@@ -48,7 +48,8 @@ def pipeline(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     if report is not None:
         controller_generation = checkpoints.load(run.controller, "controller")["generation"]
         seeds = [cfg.evaluate.seed + i for i in range(cfg.evaluate.episodes)]
-        if report.get("controller_generation") != controller_generation or report.get("seeds") != seeds:
+        fresh = report.get("memory_id") == stages.memory_id(run) and report.get("seeds") == seeds
+        if report.get("controller_generation") != controller_generation or not fresh:
             report = None
         else:
             tqdm.write(f"evaluate: {run.report} is up to date, skipping")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -18,6 +19,7 @@ from .agent import WorldModel
 from .backends import real_evaluator
 from .checkpoints import Run
 from .config import Config
+from .evaluators import open_world
 from .rollouts import EpisodeStore, episode_entry
 
 
@@ -36,7 +38,9 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
     todo = [k for k, path in enumerate(paths) if not path.is_file()]
     if todo:
         model = WorldModel.load(run.vision, run.memory)
-        flat = checkpoints.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
+        saved = checkpoints.load_controller(run.require(run.controller, "train-controller"), model)
+        flat = saved["params"].numpy()
+        record_collector(run, r, flat, saved["generation"])  # before any episode exists, so a resumed round has it
         # drawn for every episode after the seeds, so a resumed round gives its episodes the same controllers
         flats = flat + d.exploration_params * rng.standard_normal((d.episodes, len(flat)))
         with real_evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as collector:
@@ -53,6 +57,47 @@ def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
         "real_steps": sum(e["frames"] for e in entries),
         "real_return_explore": float(np.mean(returns)) if returns else float("nan"),
     }
+
+
+def collectors_path(run: Run) -> Path:
+    return run.dir / "collectors.pt"
+
+
+def record_collector(run: Run, r: int, flat: np.ndarray, generation: int) -> None:
+    """Remember the controller that collects round r, and the generation it was kept at."""
+    path = collectors_path(run)
+    saved = checkpoints.load(path, "collectors") if path.is_file() else {"kind": "collectors", "rounds": {}}
+    saved["rounds"][r] = {"params": torch.as_tensor(flat, dtype=torch.float32), "generation": generation}
+    checkpoints.save(path, saved)
+
+
+def confirm(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
+    """rounds.confirm: round r collects with the last search's controller and retrains M, with no search after it;
+    M has now seen both that controller and the one it replaced (round r - 1's collector) drive, so the new dream
+    scores them as the real world does, and the better of the two on `controller.select_rollouts` shared dreams is
+    kept. The last search climbed where M was wrong; this shows M where, before C is kept."""
+    record = collect_round(cfg, run, rollouts_root, r)
+    stages.encode(cfg, run, rollouts_root)
+    stages.train_memory(cfg, run, cfg.memory.epochs + r * cfg.rounds.memory_epochs)
+    collected = checkpoints.load(collectors_path(run), "collectors")["rounds"]
+    candidates = [k for k in (r - 1, r) if k in collected]
+    flats = np.stack([collected[k]["params"].numpy() for k in candidates])
+    search = evolution.Search(cfg, run, open_world(cfg, run), r - 1)
+    c, p = cfg.controller, search.progress
+    with search.world.open() as evaluator:
+        scores = evaluator.returns(flats, evolution.generation_seeds(c.seed + 5, r, c.select_rollouts)).mean(1)
+        best = int(scores.argmax())
+        p.best, p.best_score = flats[best], float(scores[best])
+        generation = collected[candidates[best]]["generation"]
+        checkpoints.save_controller(run.controller, flats[best], search.world.input_dim, p.best_score, generation)
+        search.save(evaluator)
+    tqdm.write(
+        f"round {r} (confirmation): real return with exploration {record['real_return_explore']:.1f}; in the "
+        f"retrained dream the controllers that collected rounds {candidates} score "
+        f"{', '.join(f'{x:.4g}' for x in scores)}; kept round {candidates[best]}'s (generation {generation})"
+    )
+    record.update(confirm=True, candidates=candidates, scores=[float(x) for x in scores], kept=candidates[best])
+    return record
 
 
 def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
@@ -74,11 +119,20 @@ def iterate(cfg: Config, run: Run, rollouts_root: Path) -> list[dict]:
             f"round {r}: real return with exploration {record['real_return_explore']:.1f}, "
             f"dream score after retraining {record['dream_score']:.1f}, {record['real_steps']} real steps"
         )
-        history = [h for h in history if h["round"] != r] + [record]
-        checkpoints.save_json(history_path, history)
+        history = save_record(history_path, history, record)
         writer = SummaryWriter(run.tensorboard)
         writer.add_scalar("rounds/real_return_explore", record["real_return_explore"], r)
         writer.add_scalar("rounds/dream_score", record["dream_score"], r)
         writer.add_scalar("rounds/real_steps", record["real_steps"], r)
         writer.close()
+    r = d.count + 1
+    if d.confirm and d.count and r not in done:
+        history = save_record(history_path, history, confirm(cfg, run, rollouts_root, r))
+    return history
+
+
+def save_record(path: Path, history: list[dict], record: dict) -> list[dict]:
+    """rounds.json with `record` in place of any earlier record of its round."""
+    history = [h for h in history if h["round"] != record["round"]] + [record]
+    checkpoints.save_json(path, history)
     return history

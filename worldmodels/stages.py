@@ -372,6 +372,11 @@ def returns_report(returns: np.ndarray, seeds: list[int], generation: int | None
     }
 
 
+def memory_id(run: checkpoints.Run) -> str:
+    """The identity of the run's M, changed by every retraining."""
+    return str(checkpoints.load(run.memory, "memory").get("id"))
+
+
 def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     """Play `cfg.evaluate.episodes` episodes with fixed seeds in the real world or the dream; write the report."""
     e = cfg.evaluate
@@ -388,6 +393,7 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     with evaluator:
         returns = evaluator.returns(flat[None], seeds, progress="evaluate")[0]
     report = {"world": world, "env": cfg.env.id, **returns_report(returns, seeds, saved["generation"])}
+    report["memory_id"] = memory_id(run)  # C reads M's h: a retrained M makes another agent of the same C
     success = getattr(evaluator, "success", None)  # goal-reaching envs: did each episode's last step reach the goal
     if world == "dream":
         report["tau"] = cfg.dream.tau
