@@ -66,7 +66,7 @@ def collectors_path(run: Run) -> Path:
 def record_collector(run: Run, r: int, flat: np.ndarray, generation: int) -> None:
     """Remember the controller that collects round r, and the generation it was kept at."""
     path = collectors_path(run)
-    saved = checkpoints.load(path, "collectors") if path.is_file() else {"kind": "collectors", "rounds": {}}
+    saved: dict = checkpoints.load(path, "collectors") if path.is_file() else {"kind": "collectors", "rounds": {}}
     saved["rounds"][r] = {"params": torch.as_tensor(flat, dtype=torch.float32), "generation": generation}
     checkpoints.save(path, saved)
 
