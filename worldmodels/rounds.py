@@ -73,9 +73,9 @@ def record_collector(run: Run, r: int, flat: np.ndarray, generation: int) -> Non
 
 def confirm(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
     """rounds.confirm: round r collects with the last search's controller and retrains M, with no search after it;
-    M has now seen both that controller and the one it replaced (round r - 1's collector) drive, so the new dream
-    scores them as the real world does, and the better of the two on `controller.select_rollouts` shared dreams is
-    kept. The last search climbed where M was wrong; this shows M where, before C is kept."""
+    M has now seen both that controller and the one it replaced (round r - 1's collector) drive, so the new dream's
+    scores of both rest on their own episodes, and the better of the two on `controller.select_rollouts` shared
+    dreams is kept. The last search climbed where M was wrong; this shows M where, before C is kept."""
     record = collect_round(cfg, run, rollouts_root, r)
     stages.encode(cfg, run, rollouts_root)
     stages.train_memory(cfg, run, cfg.memory.epochs + r * cfg.rounds.memory_epochs)
