@@ -1,5 +1,6 @@
 """Stable-Baselines3 in the dream: PPO's env steps/s on the shipped batched adapter vs SB3's own vector of DreamEnvs,
-and a single DreamEnv step against M's step alone.
+and a single DreamEnv step against M's step alone; PPO on a vector env whose step costs nothing is the ceiling any
+adapter of that many envs can reach, and with M's batched step added, the bound of a batched dream.
 
     python benchmarks/sb3_dream.py [--recipe envs/carracing.toml] [--envs 64] [--baseline-envs 8] [--steps 16384]
 
@@ -16,9 +17,11 @@ import os
 import platform
 import time
 
+import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv
 
 from worldmodels import config, noise
 from worldmodels.memory import MDNRNN, MemoryModelConfig
@@ -34,6 +37,40 @@ def ppo_steps_per_s(envs, steps: int) -> float:
     start = time.perf_counter()
     agent.learn(total_timesteps=steps)
     return agent.num_timesteps / (time.perf_counter() - start)
+
+
+class FreeVecEnv(VecEnv):
+    """The dream's spaces with steps that cost nothing: what PPO's own loop costs at that many envs."""
+
+    def __init__(self, observation_space, action_space, num_envs: int):
+        super().__init__(num_envs, observation_space, action_space)
+        self.obs = np.zeros((num_envs, *observation_space.shape), dtype=np.float32)
+        self.zeros = np.zeros(num_envs, dtype=np.float32)
+        self.infos: list[dict] = [{} for _ in range(num_envs)]
+
+    def reset(self) -> np.ndarray:
+        return self.obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        pass
+
+    def step_wait(self):
+        return self.obs, self.zeros, self.zeros.astype(bool), self.infos
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name, indices=None):
+        return [None] * self.num_envs
+
+    def set_attr(self, attr_name, value, indices=None) -> None:
+        pass
+
+    def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+        return [None] * self.num_envs
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False] * self.num_envs
 
 
 def per_step_us(step, repeat: int = 2000) -> float:
@@ -61,7 +98,9 @@ def main() -> None:
     def dream() -> Dream:
         return Dream(memory, cfg.dream, starts)
 
-    batched = ppo_steps_per_s(DreamVecEnv(dream(), space, args.envs, seed=0), args.steps)
+    adapter = DreamVecEnv(dream(), space, args.envs, seed=0)
+    batched = ppo_steps_per_s(adapter, args.steps)
+    ceiling = ppo_steps_per_s(FreeVecEnv(adapter.observation_space, space, args.envs), args.steps)
     baseline = ppo_steps_per_s(
         make_vec_env(lambda: DreamEnv(dream(), space), n_envs=args.baseline_envs, seed=0), args.steps
     )
@@ -73,6 +112,15 @@ def main() -> None:
     z, a, state = torch.zeros(1, cfg.vision.latent_dim), torch.zeros(1, memory.cfg.action_dim), memory.initial_state(1)
     with torch.inference_mode():
         m_step = per_step_us(lambda: memory.step(z, a, state))
+        # M's step alone at the adapter's batch: no adapter can step its envs faster than this
+        zb, ab, sb = (
+            torch.zeros(args.envs, z.shape[1]),
+            torch.zeros(args.envs, a.shape[1]),
+            memory.initial_state(args.envs),
+        )
+        m_batched = per_step_us(lambda: memory.step(zb, ab, sb), repeat=500)
+    # PPO's own loop (the free env) plus M's batched step, nothing else: the most any adapter of these envs reaches
+    bound = args.envs / (args.envs / ceiling + m_batched * 1e-6)
     seeds, t = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
     streams = (noise.COMPONENT, noise.GAUSS_A, noise.GAUSS_B, noise.DONE)
     hash_step = per_step_us(lambda: noise.uniforms(seeds, t, streams, cfg.vision.latent_dim))
@@ -90,6 +138,11 @@ def main() -> None:
                 "ppo_steps_per_s_dummy_vec_env": round(baseline, 1),
                 "dummy_envs": args.baseline_envs,
                 "ratio_batched_vs_dummy": round(batched / baseline, 2),
+                "ppo_steps_per_s_free_env": round(ceiling, 1),
+                "ratio_free_env_vs_dummy": round(ceiling / baseline, 2),
+                "memory_step_batched_us": round(m_batched, 1),
+                "ppo_steps_per_s_bound": round(bound, 1),
+                "ratio_bound_vs_dummy": round(bound / baseline, 2),
                 "dream_env_step_us": round(env_step, 1),
                 "memory_step_us": round(m_step, 1),
                 "noise_hash_step_us": round(hash_step, 1),

@@ -150,7 +150,7 @@ class ControllerConfig:
     backend: str = "pool"  # real-world episodes: pool (local processes) | vector (one vector env, V/M/C batched) | ray
     address: str = ""  # ray: "auto" or HOST:PORT of a running cluster; "": start a local Ray instance
     population: int = 16  # CMA-ES candidates per generation
-    sigma0: float = 0.1  # CMA-ES's initial step size around C = 0
+    sigma0: float = 0.1  # CMA-ES's initial step around C = 0; no effect on choices without noise (argmax ignores scale)
     rollouts: int = 2  # episodes per candidate, seeds shared by the generation
     generations: int = 20  # CMA-ES generations (before any iterative rounds)
     workers: int = 2  # worker processes (pool), Ray actors (ray) or vector-env copies (vector)
