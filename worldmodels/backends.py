@@ -41,13 +41,13 @@ class Worker:
             self.worlds.append(make_world(self.env, self.max_steps))
         return self.worlds[:n]
 
-    def play(self, job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, bool | None]]:
-        """Play one episode per (candidate row, seed) with C's own noise, batched: [(return, steps, the last step's
-        is_success or None)]."""
-        flats, seeds, noise = job
+    def play(self, job: tuple[np.ndarray, list[int], float, float]) -> list[tuple[float, int, bool | None]]:
+        """Play one episode per (candidate row, seed) with C's own noise and the search's random actions, batched:
+        [(return, steps, the last step's is_success or None)]."""
+        flats, seeds, noise, random_actions = job
         worlds = self._worlds(len(seeds))
         controller = Controller.from_flat(flats, self.model.controller_input, worlds[0].action_space)
-        results = play(worlds, self.model, controller, seeds, noise)
+        results = play(worlds, self.model, controller, seeds, noise, random_actions=random_actions)
         return [(ret, steps, world.success) for (ret, steps), world in zip(results, worlds)]
 
     def collect(self, job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, dict]]:
@@ -213,9 +213,10 @@ class Evaluator:
     Each worker plays its chunk in lock-step, V, M and C batched over the chunk's episodes.
     """
 
-    def __init__(self, runner, workers: int, batch: int = 8, noise: float = 0.0):
+    def __init__(self, runner, workers: int, batch: int = 8, noise: float = 0.0, random_actions: float = 0.0):
         self.runner, self.workers, self.batch = runner, workers, batch
         self.noise = noise  # controller.noise: the std of C's own noise on its outputs, in every episode it plays
+        self.random_actions = random_actions  # controller.random_actions: only where C is searched
         self.steps = 0  # real env steps spent, for the logs
         self.success: np.ndarray | None = (
             None  # the last returns()' (P, N) is_success flags; None if the env reports none
@@ -233,7 +234,12 @@ class Evaluator:
         pairs = [(x, s) for x in candidates for s in seeds]
         size = self._chunk(len(pairs))
         jobs = [
-            (np.stack([x for x, _ in pairs[i : i + size]]), [s for _, s in pairs[i : i + size]], self.noise)
+            (
+                np.stack([x for x, _ in pairs[i : i + size]]),
+                [s for _, s in pairs[i : i + size]],
+                self.noise,
+                self.random_actions,
+            )
             for i in range(0, len(pairs), size)
         ]
         counter = bar(
@@ -284,8 +290,10 @@ class VectorEvaluator(Evaluator):
     """Scores controllers in one process: a gymnasium AsyncVectorEnv of `copies` worlds (a subprocess each)
     steps every episode, and V, M and C run once per step, batched across the copies."""
 
-    def __init__(self, cfg: Config, vision: dict, memory: dict, copies: int, max_steps: int = 0):
-        super().__init__(None, copies, noise=cfg.controller.noise)
+    def __init__(
+        self, cfg: Config, vision: dict, memory: dict, copies: int, max_steps: int = 0, random_actions: float = 0.0
+    ):
+        super().__init__(None, copies, noise=cfg.controller.noise, random_actions=random_actions)
         self.model = WorldModel.from_checkpoints(vision, memory, pick_device(cfg.device))  # a GPU serves every copy
         make = functools.partial(make_world, cfg.env, max_steps)
         # spawned, not forked: this process has started torch's thread pools; autoreset off: play_vector resets
@@ -298,7 +306,8 @@ class VectorEvaluator(Evaluator):
     ) -> list[tuple[float, int, bool | None]]:
         """[(return, frames, the last step's is_success or None)], as the pool's workers report them."""
         successes: list[bool | None] = []
-        played = play_vector(self.envs, self.model, controller, seeds, exploration, record, successes)
+        random_actions = 0.0 if record is not None else self.random_actions  # collected episodes are C's own
+        played = play_vector(self.envs, self.model, controller, seeds, exploration, record, successes, random_actions)
         return [(ret, frames, success) for (ret, frames), success in zip(played, successes)]
 
     def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
@@ -324,17 +333,22 @@ def weights(saved: dict) -> dict:
     return {key: saved[key] for key in ("kind", "config", "state_dict")}
 
 
-def real_evaluator(cfg: Config, vision_path: Path, memory_path: Path, workers: int, max_steps: int = 0) -> Evaluator:
-    """The recipe's backend (controller.backend) scoring controllers in the real world with `workers` workers."""
+def real_evaluator(
+    cfg: Config, vision_path: Path, memory_path: Path, workers: int, max_steps: int = 0, random_actions: float = 0.0
+) -> Evaluator:
+    """The recipe's backend (controller.backend) scoring controllers in the real world with `workers` workers;
+    `random_actions` perturbs their episodes (the search's controller.random_actions; 0 where C is judged)."""
     vision, memory = (
         weights(checkpoints.load(path, kind)) for path, kind in ((vision_path, "vision"), (memory_path, "memory"))
     )
     WorldModel.from_checkpoints(vision, memory, names=(vision_path, memory_path))  # mismatches fail here, in one line
     backend = cfg.controller.backend
     if backend == "vector":
-        return VectorEvaluator(cfg, vision, memory, workers, max_steps)
+        return VectorEvaluator(cfg, vision, memory, workers, max_steps, random_actions)
     init_args = (cfg.env, vision, memory, max_steps)
+    runner: RayPool | LocalPool | InProcess
     if backend == "ray":
-        return Evaluator(RayPool(workers, init_args, cfg.controller.address), workers, noise=cfg.controller.noise)
-    runner = LocalPool(workers, init_args) if workers > 1 else InProcess(init_args)
-    return Evaluator(runner, workers, noise=cfg.controller.noise)
+        runner = RayPool(workers, init_args, cfg.controller.address)
+    else:
+        runner = LocalPool(workers, init_args) if workers > 1 else InProcess(init_args)
+    return Evaluator(runner, workers, noise=cfg.controller.noise, random_actions=random_actions)

@@ -170,6 +170,8 @@ class ControllerConfig:
     #                          worlds): one step size then moves quiet and loud inputs alike
     noise: float = 0.0  # std of Gaussian noise on C's outputs wherever C acts (searched in the real world or the
     #                     dream, collecting, evaluated): C is the stochastic policy tanh(W [z, h] + b) + noise; 0: none
+    random_actions: float = 0.0  # real-world search: each step's chance a random action replaces C's; 0: off
+    #                              C is searched to recover from wrong moves; collection and evaluation never
 
 
 @dataclass
@@ -619,6 +621,12 @@ def _world_checks(cfg: Config) -> list[Check]:
         (
             (cfg.controller.world == "codebook") <= (cfg.vision.model == "vqvae"),
             "the codebook world needs vision.model = 'vqvae'",
+        ),
+        (
+            0 <= cfg.controller.random_actions < 1
+            and (cfg.controller.random_actions == 0 or cfg.controller.world == "real"),
+            f"controller.random_actions must be in [0, 1) and perturbs searches in the real world only, got "
+            f"{cfg.controller.random_actions} in the {cfg.controller.world} world",
         ),
         (
             cfg.controller.noise == 0 or cfg.controller.world != "codebook",

@@ -92,7 +92,7 @@ def real_world(cfg: Config, run: checkpoints.Run) -> SearchWorld:
     return SearchWorld(
         model.controller_input,
         action_space(cfg.env),
-        lambda: real_evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps),
+        lambda: real_evaluator(cfg, run.vision, run.memory, c.workers, c.max_steps, c.random_actions),
         inputs=lambda: model.controller_inputs(load_latents(run)),
     )
 

@@ -271,6 +271,40 @@ class EpisodeRecord:
         }
 
 
+class RandomActions:
+    """controller.random_actions: at each step of episode k, with this probability a random action replaces C's.
+
+    Drawn from the episode's own seed (a stream apart from the exploration noise), so a perturbed episode is the
+    same in every backend and every candidate meets the same perturbations on the same seed."""
+
+    def __init__(self, probability: float, space: gym.Space):
+        self.probability, self.space = probability, space
+        self.rngs: dict[int, np.random.Generator] = {}
+
+    def start(self, episode: int, seed: int) -> None:
+        if self.probability:
+            self.rngs[episode] = np.random.default_rng([seed, 7])
+
+    def apply(self, episodes: list[int], actions: list) -> list:
+        """`actions[row]` is episode `episodes[row]`'s (-1: an idle copy, left alone); perturbed in place."""
+        if self.probability:
+            for row, k in enumerate(episodes):
+                if k >= 0 and self.rngs[k].random() < self.probability:
+                    actions[row] = random_action(self.space, self.rngs[k])
+        return actions
+
+
+def random_action(space: gym.Space, rng: np.random.Generator):
+    """A uniform action of a Discrete, MultiDiscrete or bounded Box space, in the form C's actions take."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.start + rng.integers(space.n))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return (space.start + rng.integers(space.nvec)).astype(space.dtype)
+    if isinstance(space, gym.spaces.Box) and space.is_bounded():
+        return rng.uniform(space.low, space.high).astype(space.dtype)
+    raise WorldModelsError("controller.random_actions needs a Discrete, MultiDiscrete or bounded Box action space")
+
+
 @torch.inference_mode()
 def play(
     worlds: list[gym.Env],
@@ -279,13 +313,15 @@ def play(
     seeds: list[int],
     exploration: float = 0.0,
     record: list[dict] | None = None,
+    random_actions: float = 0.0,
 ) -> list[tuple[float, int]]:
     """Real episodes in lock-step, episode k in worlds[k] with controller k and seeds[k]: [(return, frames)].
 
     Frames are the world's steps: more than C's decisions under an action repeat.
     V, M and C run batched over the episodes still going, which is what makes a worker fast on a CPU.
     `exploration` adds Gaussian noise of that std to C's outputs (seeded by the episode's seed); with a
-    `record` list, each episode is appended to it in the episode store's format.
+    `record` list, each episode is appended to it in the episode store's format; `random_actions` as in
+    `RandomActions`.
     """
     n = len(seeds)
     obs = [world.reset(seed=seed)[0] for world, seed in zip(worlds, seeds)]
@@ -295,13 +331,16 @@ def play(
     totals, steps = [0.0] * n, [0] * n
     alive = list(range(n))
     space = worlds[0].action_space
+    perturb = RandomActions(random_actions, space)
+    for k, seed in enumerate(seeds):
+        perturb.start(k, seed)
     history = None
     while alive:
         z, history = model.see(np.stack([obs[k] for k in alive]), history)  # (B, Z)
         noise = (
             exploration * np.stack([rngs[k].standard_normal(controller.out) for k in alive]) if exploration else None
         )
-        actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=alive, noise=noise)
+        actions = perturb.apply(alive, controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=alive, noise=noise))
         still = []
         for row, (k, action) in enumerate(zip(alive, actions)):
             obs[k], reward, terminated, truncated, info = worlds[k].step(action)
@@ -365,13 +404,15 @@ def play_vector(
     exploration: float = 0.0,
     record: list[dict] | None = None,
     successes: list[bool | None] | None = None,
+    random_actions: float = 0.0,
 ) -> list[tuple[float, int]]:
     """Real episodes on the copies of a vector env (autoreset off): episode k with controller k and seeds[k].
 
     Every step runs V, M and C once, batched across the copies; a copy that finishes an episode is reset with the
     next episode's seed. [(return, frames)], `exploration` and `record` as in `play`; a `successes` list gets each
-    episode's last is_success (None where the env reports none)."""
+    episode's last is_success (None where the env reports none); `random_actions` as in `RandomActions`."""
     copies, space = envs.num_envs, envs.single_action_space
+    perturb = RandomActions(random_actions, space)
     queue = list(range(len(seeds)))[::-1]  # episodes not started yet, next last
     playing = [-1] * copies  # the episode each copy plays; -1: idle, stepped only because a vector env steps all
     assert envs.single_observation_space.shape is not None
@@ -397,6 +438,7 @@ def play_vector(
             state[0][:, i] = state[1][:, i] = 0  # M starts each episode from its initial (zero) state
             if (k := playing[i]) >= 0:
                 rngs[k] = np.random.default_rng(seeds[k])
+                perturb.start(k, seeds[k])
                 if record is not None:
                     episodes[k] = EpisodeRecord(obs[i].copy(), seeds[k])
 
@@ -405,7 +447,7 @@ def play_vector(
         z, history = model.see(obs, history)
         rows = [max(k, 0) for k in playing]  # idle copies act with any controller; their steps are dropped
         noise = _exploration_noise(playing, rngs, exploration, controller.out)
-        actions = controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=rows, noise=noise)
+        actions = perturb.apply(playing, controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=rows, noise=noise))
         obs[:], reward, terminated, truncated, info = envs.step(np.asarray(actions))
         state = model.remember(z, actions, space, state)
         _tally_step(playing, obs, actions, (reward, terminated, truncated, info), totals, steps, success, episodes)
