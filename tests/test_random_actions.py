@@ -6,7 +6,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from helpers import DISCRETE, TINY
+from helpers import DISCRETE, TINY, cli_stage, one_error_line
 
 from worldmodels import config as config_lib
 from worldmodels import evolution  # noqa: F401  (registers the real world)
@@ -70,3 +70,12 @@ def test_the_search_world_perturbs_its_episodes_and_evaluation_does_not(tiny_run
 def test_bad_random_actions_are_one_line(overrides, words):
     with pytest.raises(WorldModelsError, match=words):
         config_lib.load(TINY, overrides)
+
+
+def test_a_saved_search_resumes_only_under_its_own_random_actions(copy_run, capsys):
+    """The tiny run's search began before the setting existed (0): another rate is another objective."""
+    ck, ro = copy_run["checkpoints"], copy_run["rollouts"]
+    more = ["--set", "controller.generations=3"]
+    assert cli_stage("train-controller", ck, ro, "--set", "controller.random_actions=0.1", *more) != 0
+    assert "controller.random_actions=0.0" in one_error_line(capsys, "train-controller")
+    assert cli_stage("train-controller", ck, ro, "--set", "controller.random_actions=0", *more) == 0

@@ -129,6 +129,7 @@ class Search:
             "sigma0": c.sigma0,
             "seed": c.seed,
             "normalize": c.normalize,
+            "random_actions": c.random_actions,  # another perturbation is another objective
         }
         self.es, self.progress = self.resume()
         self.scale = self.input_scale()

@@ -28,7 +28,10 @@ with warnings.catch_warnings():  # pycma warns at import when matplotlib (only f
     from cma.options_parameters import CMAOptions
 
 FORMAT = 1
-SEARCH_DEFAULTS = {"normalize": False}  # settings added since: what a state saved before them searched under
+SEARCH_DEFAULTS = {
+    "normalize": False,
+    "random_actions": 0.0,
+}  # settings added since: what a state saved before them searched under
 NUMERIC_KINDS = "biuf"  # numpy dtypes a state may hold: bool, int, uint, float
 
 
