@@ -406,17 +406,14 @@ def play_vector(
     successes: list[bool | None] | None = None,
     random_actions: float = 0.0,
 ) -> list[tuple[float, int]]:
-    """Real episodes on the copies of a vector env (autoreset off): episode k with controller k and seeds[k].
-
-    Every step runs V, M and C once, batched across the copies; a copy that finishes an episode is reset with the
-    next episode's seed. [(return, frames)], `exploration` and `record` as in `play`; a `successes` list gets each
-    episode's last is_success (None where the env reports none); `random_actions` as in `RandomActions`."""
+    """Real episodes on a vector env's copies (autoreset off), episode k with controller k and seeds[k]; V, M and C
+    batched across the copies, a finished copy reset with the next episode's seed. [(return, frames)]; `exploration`,
+    `record`, `random_actions` as in `play`; `successes` gets each episode's last is_success (None if not reported)."""
     copies, space = envs.num_envs, envs.single_action_space
     perturb = RandomActions(random_actions, space)
     queue = list(range(len(seeds)))[::-1]  # episodes not started yet, next last
     playing = [-1] * copies  # the episode each copy plays; -1: idle, stepped only because a vector env steps all
-    assert envs.single_observation_space.shape is not None
-    obs = np.zeros((copies, *envs.single_observation_space.shape), dtype=np.uint8)
+    obs = np.zeros((copies, *(envs.single_observation_space.shape or ())), dtype=np.uint8)
     state = model.memory.initial_state(copies, model.device)
     rngs: dict[int, np.random.Generator] = {}
     episodes: dict[int, EpisodeRecord] = {}
