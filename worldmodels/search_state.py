@@ -28,10 +28,8 @@ with warnings.catch_warnings():  # pycma warns at import when matplotlib (only f
     from cma.options_parameters import CMAOptions
 
 FORMAT = 1
-SEARCH_DEFAULTS = {
-    "normalize": False,
-    "random_actions": 0.0,
-}  # settings added since: what a state saved before them searched under
+# settings added since the format began: what a state saved before them searched under
+SEARCH_DEFAULTS = {"normalize": False, "random_actions": 0.0}
 NUMERIC_KINDS = "biuf"  # numpy dtypes a state may hold: bool, int, uint, float
 
 
