@@ -302,11 +302,15 @@ class VectorEvaluator(Evaluator):
         )
 
     def _play(
-        self, controller: Controller, seeds: list[int], exploration: float = 0.0, record: list | None = None
+        self,
+        controller: Controller,
+        seeds: list[int],
+        exploration: float = 0.0,
+        record: list | None = None,
+        random_actions: float = 0.0,
     ) -> list[tuple[float, int, bool | None]]:
         """[(return, frames, the last step's is_success or None)], as the pool's workers report them."""
         successes: list[bool | None] = []
-        random_actions = 0.0 if record is not None else self.random_actions  # collected episodes are C's own
         played = play_vector(self.envs, self.model, controller, seeds, exploration, record, successes, random_actions)
         return [(ret, frames, success) for (ret, frames), success in zip(played, successes)]
 
@@ -314,7 +318,11 @@ class VectorEvaluator(Evaluator):
         """As Evaluator.returns; every episode is one lock-step loop here, so there is no bar to show."""
         population = Controller.from_flat(candidates, self.model.controller_input, self.envs.single_action_space)
         every = population.select(torch.arange(len(candidates)).repeat_interleave(len(seeds)))
-        return self._tally(self._play(every, seeds * len(candidates), self.noise), len(candidates), len(seeds))
+        return self._tally(
+            self._play(every, seeds * len(candidates), self.noise, random_actions=self.random_actions),
+            len(candidates),
+            len(seeds),
+        )
 
     def collect(
         self, flats: np.ndarray, seeds: list[int], exploration: float, paths: list[Path]
