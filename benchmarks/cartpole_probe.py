@@ -1,4 +1,4 @@
-"""What a CartPole run's [z, h] says about the true state: held-out R^2 of the cart's position and velocity and the
+"""What a CartPole run's [z, h, c] says about the true state: held-out R^2 of the cart's position and velocity and the
 pole's angle and angular velocity, read linearly (as C reads them) and by a small MLP. One JSON line.
 
     python benchmarks/cartpole_probe.py checkpoints/cartpole [--recipe envs/cartpole.toml] [--episodes 40]
@@ -22,7 +22,6 @@ from sklearn.preprocessing import StandardScaler
 
 from worldmodels import config
 from worldmodels.agent import WorldModel
-from worldmodels.memory import MDNRNN
 from worldmodels.worlds.real import make_world
 
 STATE = ("x", "x_dot", "theta", "theta_dot")
@@ -30,7 +29,7 @@ STATE = ("x", "x_dot", "theta", "theta_dot")
 
 @torch.no_grad()
 def features_and_states(run: Path, recipe: str, episodes: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """[z, h] and CartPole's true state at every step of `episodes` balancer episodes; and z's size."""
+    """[z, h, c] and CartPole's true state at every step of `episodes` balancer episodes; and z's size."""
     cfg = config.load(recipe)
     model = WorldModel.load(run / "vision.pt", run / "memory.pt")
     env = make_world(cfg.env)
@@ -43,7 +42,8 @@ def features_and_states(run: Path, recipe: str, episodes: int) -> tuple[np.ndarr
             z, history = model.see(obs[None], history)
             s = np.array(env.unwrapped.state)
             action = int(s[2] + 0.5 * s[3] + 0.05 * s[0] + 0.1 * s[1] + rng.normal(0, 0.3) > 0)
-            features.append(np.concatenate([z[0].numpy(), MDNRNN.hidden(memory_state)[0].numpy()]))
+            h, c = memory_state[0][0, 0].numpy(), memory_state[1][0, 0].numpy()
+            features.append(np.concatenate([z[0].numpy(), h, c]))
             states.append(s)
             memory_state = model.remember(z, [action], env.action_space, memory_state)
             obs, _, terminated, truncated, _ = env.step(action)
@@ -67,7 +67,14 @@ def main() -> None:
     order = np.random.default_rng(1).permutation(len(x))
     train, test = order[: len(x) * 4 // 5], order[len(x) * 4 // 5 :]
     result: dict = {"run": str(args.run), "steps": len(x)}
-    for name, cols in (("z", slice(0, z_dim)), ("h", slice(z_dim, None)), ("z_h", slice(None))):
+    h_dim = (x.shape[1] - z_dim) // 2
+    parts = {
+        "z": slice(0, z_dim),
+        "h": slice(z_dim, z_dim + h_dim),
+        "z_h": slice(0, z_dim + h_dim),
+        "z_h_c": slice(None),
+    }
+    for name, cols in parts.items():  # z_h_c: what C reads with memory.cell_to_controller
         fits = [Ridge(1e-2).fit(x[train, cols], y[train, k]) for k in range(4)]
         result[f"linear_r2_from_{name}"] = {
             s: r2(f.predict(x[test, cols]), y[test, k]) for k, (s, f) in enumerate(zip(STATE, fits))

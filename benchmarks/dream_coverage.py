@@ -25,7 +25,6 @@ from worldmodels import checkpoints, config
 from worldmodels.agent import load_memory
 from worldmodels.controller import Controller, memory_actions
 from worldmodels.errors import WorldModelsError
-from worldmodels.memory import MDNRNN
 from worldmodels.rollouts import dream_starts
 from worldmodels.worlds.dream import Dream
 from worldmodels.worlds.real import action_space
@@ -44,7 +43,7 @@ def dream_returns(run: Path, dynamics: Path, cfg: config.Config, episodes: int, 
     alive = torch.ones(episodes, dtype=torch.bool)
     for _ in range(cfg.dream.max_steps):
         z = dream.z
-        action = memory_actions(controller.outputs(z, MDNRNN.hidden(state)), controller.space)
+        action = memory_actions(controller.outputs(z, own.readout(state)), controller.space)
         _, state = own.step(z, action, state)  # C's h: its own M, fed what the other M dreams
         reward, terminated, _ = dream.step(action)
         total += torch.where(alive, reward.double(), 0.0)  # an ended episode's later steps do not count

@@ -82,7 +82,7 @@ class WorldModel:
 
     @property
     def controller_input(self) -> int:
-        return self.vision.latent_dim + self.memory.cfg.hidden_size
+        return self.vision.latent_dim + self.memory.readout_size
 
     @property
     def device(self) -> torch.device:
@@ -96,9 +96,16 @@ class WorldModel:
         for episode in episodes:
             z = torch.from_numpy(episode.mu[:-1]).float().to(self.device)
             a = torch.from_numpy(np.asarray(episode.action, dtype=np.float32)).reshape(len(z), -1).to(self.device)
-            out, _ = self.memory.lstm(torch.cat([z, a], dim=-1)[None])
-            h = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)[0]
-            rows.append(torch.cat([z, h], dim=-1).cpu().numpy())
+            if self.memory.cfg.cell_to_controller:  # nn.LSTM returns only the last c: step the cell
+                state, reads = self.memory.initial_state(1, self.device), []
+                for t in range(len(z)):
+                    reads.append(self.memory.readout(state))
+                    state = self.memory.step(z[t : t + 1], a[t : t + 1], state)[1]
+                read = torch.cat(reads)
+            else:
+                out, _ = self.memory.lstm(torch.cat([z, a], dim=-1)[None])
+                read = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)[0]
+            rows.append(torch.cat([z, read], dim=-1).cpu().numpy())
         return np.concatenate(rows)
 
     def see(self, frames: np.ndarray, history: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -126,6 +126,7 @@ class MemoryConfig:
     """M: the MDN-RNN."""
 
     hidden_size: int = 256  # LSTM width: h, what C reads besides z
+    cell_to_controller: bool = False  # C also reads M's cell state c: [z, h, c] (the reference code's MODE_ZCH)
     num_gaussians: int = 5  # mixture components of the next-z density
     seq_len: int = 64  # steps of the windows M trains on (truncated backpropagation)
     epochs: int = 20  # passes over the latent sequences

@@ -35,6 +35,7 @@ class MemoryModelConfig:
     dropout: float = 0.0  # dropout on the LSTM's output before the head while training (and while dreaming, if asked)
     reward_from: str = "hidden"  # "hidden": reward and done read from h_{t+1}; "next": from [h_{t+1}, z_{t+1}]
     outcome_hidden: int = 64  # width of the small MLP that reads [h_{t+1}, z_{t+1}] when reward_from = "next"
+    cell_to_controller: bool = False  # C reads M's cell state c besides h: [z, h, c] (the reference code's MODE_ZCH)
 
 
 @dataclass
@@ -135,8 +136,17 @@ class MDNRNN(nn.Module):
 
     @staticmethod
     def hidden(state: State) -> torch.Tensor:
-        """The h that the controller sees: (B, H)."""
+        """The LSTM's h: (B, H)."""
         return state[0][0]
+
+    @property
+    def readout_size(self) -> int:
+        """How much of M's state C reads: H, or 2H with the cell state."""
+        return self.cfg.hidden_size * (2 if self.cfg.cell_to_controller else 1)
+
+    def readout(self, state: State) -> torch.Tensor:
+        """What C reads of M's state: h (B, H), or [h, c] (B, 2H) with `cell_to_controller`."""
+        return torch.cat([state[0][0], state[1][0]], dim=-1) if self.cfg.cell_to_controller else state[0][0]
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (..., P) -> z (..., P x code size), through the stored codebook."""

@@ -247,6 +247,7 @@ def memory_config(cfg: Config, vision: VisionModel) -> dict:
             sample_latents=m.sample_latents and not discrete,
             dropout=m.dropout,
             reward_from=m.reward_from,
+            cell_to_controller=m.cell_to_controller,
             positions=cast(VQVAE, vision).positions if discrete else 0,  # the discrete V is a VQ-VAE
             num_codes=cast(VQVAE, vision).num_embeddings if discrete else 0,
         )

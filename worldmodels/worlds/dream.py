@@ -49,7 +49,7 @@ class Dream:
 
     @property
     def observation_dim(self) -> int:
-        return self.latent_dim + self.memory.cfg.hidden_size
+        return self.latent_dim + self.memory.readout_size
 
     def _start_latents(self, seeds: torch.Tensor) -> torch.Tensor:
         before = torch.full_like(seeds, -1)  # step -1: draws that no later step repeats
@@ -94,8 +94,8 @@ class Dream:
             self._block[1][rows] = self._hash_block(self.seeds[rows], self.t[rows])
 
     def observation(self) -> torch.Tensor:
-        """What C sees: [z, h], (B, Z + H)."""
-        return torch.cat([self.z, MDNRNN.hidden(self.state)], dim=-1)
+        """What C sees: [z, h] (B, Z + H), or [z, h, c]."""
+        return torch.cat([self.z, self.memory.readout(self.state)], dim=-1)
 
     @torch.inference_mode()
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -167,7 +167,7 @@ class Dream:
 def dreamt_outputs(dream: Dream, controller: Controller, action_noise: float) -> torch.Tensor:
     """C's outputs (B, A) on the dream's [z, h]; with `action_noise`, plus Gaussian noise of that std drawn from
     each episode's seed and step, added where `Controller.act` adds it in the real world: to tanh of the logits."""
-    z, h = dream.z, MDNRNN.hidden(dream.state)
+    z, h = dream.z, dream.memory.readout(dream.state)
     if not action_noise:
         return controller.outputs(z, h)
     u = noise.uniforms(dream.seeds, dream.t, (noise.ACTION_A, noise.ACTION_B), controller.out)
@@ -204,9 +204,10 @@ def play_dream(
 # ---------------------------------------------------------------- gymnasium faces
 
 
-def observation_space(z: int, h: int) -> gym.spaces.Box:
-    """[z, h]: z unbounded, the LSTM's h in [-1, 1]."""
-    low = np.concatenate([np.full(z, -np.inf), -np.ones(h)]).astype(np.float32)
+def observation_space(z: int, memory: MDNRNN) -> gym.spaces.Box:
+    """[z, h] or [z, h, c]: z and c unbounded, the LSTM's h in [-1, 1]."""
+    h, c = memory.cfg.hidden_size, memory.readout_size - memory.cfg.hidden_size
+    low = np.concatenate([np.full(z, -np.inf), -np.ones(h), np.full(c, -np.inf)]).astype(np.float32)
     return gym.spaces.Box(low, -low, dtype=np.float32)
 
 
@@ -218,7 +219,7 @@ class DreamEnv(gym.Env):
     def __init__(self, dream: Dream, action_space: gym.Space, render_mode: str | None = None):
         self.dream, self.render_mode = dream, render_mode
         self.action_space = action_space
-        self.observation_space = observation_space(dream.latent_dim, dream.memory.cfg.hidden_size)
+        self.observation_space = observation_space(dream.latent_dim, dream.memory)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -245,7 +246,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
     def __init__(self, dream: Dream, action_space: gym.Space, num_envs: int, render_mode: str | None = None):
         self.dream, self.num_envs, self.render_mode = dream, num_envs, render_mode
         self.single_action_space = action_space
-        self.single_observation_space = observation_space(dream.latent_dim, dream.memory.cfg.hidden_size)
+        self.single_observation_space = observation_space(dream.latent_dim, dream.memory)
         self.action_space = gym.vector.utils.batch_space(action_space, num_envs)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self._autoreset = np.zeros(num_envs, dtype=bool)

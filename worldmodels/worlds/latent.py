@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..errors import WorldModelsError
-from ..memory import MDNRNN
 from .dream import Dream, DreamEnv, observation_space
 
 
@@ -26,13 +25,13 @@ class LatentObservation(gym.Wrapper):
     def __init__(self, env: gym.Env, model):
         super().__init__(env)
         self.model = model
-        self.observation_space = observation_space(model.vision.latent_dim, model.memory.cfg.hidden_size)
+        self.observation_space = observation_space(model.vision.latent_dim, model.memory)
         self.history: torch.Tensor | None = None  # V's memory of this episode's past frames, for a V that reads several
 
     @torch.inference_mode()
     def _see(self, frame: np.ndarray) -> np.ndarray:
         self.z, self.history = self.model.see(frame[None], self.history)
-        return torch.cat([self.z, MDNRNN.hidden(self.state)], dim=-1)[0].cpu().numpy()
+        return torch.cat([self.z, self.model.memory.readout(self.state)], dim=-1)[0].cpu().numpy()
 
     def reset(self, **kwargs):
         frame, info = self.env.reset(**kwargs)

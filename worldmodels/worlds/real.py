@@ -20,7 +20,6 @@ from PIL import Image
 
 from ..config import EnvConfig
 from ..errors import WorldModelsError
-from ..memory import MDNRNN
 
 if TYPE_CHECKING:  # annotations only: the agent and C import this module
     from ..agent import WorldModel
@@ -340,7 +339,7 @@ def play(
         noise = (
             exploration * np.stack([rngs[k].standard_normal(controller.out) for k in alive]) if exploration else None
         )
-        actions = perturb.apply(alive, controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=alive, noise=noise))
+        actions = perturb.apply(alive, controller.act(z.cpu(), model.memory.readout(state).cpu(), alive, noise))
         still = []
         for row, (k, action) in enumerate(zip(alive, actions)):
             obs[k], reward, terminated, truncated, info = worlds[k].step(action)
@@ -444,7 +443,7 @@ def play_vector(
         z, history = model.see(obs, history)
         rows = [max(k, 0) for k in playing]  # idle copies act with any controller; their steps are dropped
         noise = _exploration_noise(playing, rngs, exploration, controller.out)
-        actions = perturb.apply(playing, controller.act(z.cpu(), MDNRNN.hidden(state).cpu(), rows=rows, noise=noise))
+        actions = perturb.apply(playing, controller.act(z.cpu(), model.memory.readout(state).cpu(), rows, noise))
         obs[:], reward, terminated, truncated, info = envs.step(np.asarray(actions))
         state = model.remember(z, actions, space, state)
         _tally_step(playing, obs, actions, (reward, terminated, truncated, info), totals, steps, success, episodes)

@@ -25,7 +25,7 @@ class DreamVecEnv(VecEnv):
     actions: np.ndarray | None  # set by step_async
 
     def __init__(self, dream: Dream, action_space, num_envs: int, seed: int | None = None):
-        super().__init__(num_envs, observation_space(dream.latent_dim, dream.memory.cfg.hidden_size), action_space)
+        super().__init__(num_envs, observation_space(dream.latent_dim, dream.memory), action_space)
         self.dream, self.rng, self.actions = dream, np.random.default_rng(seed), None
 
     def _fresh(self, n: int) -> torch.Tensor:
