@@ -171,8 +171,6 @@ class ControllerConfig:
     #                          worlds): one step size then moves quiet and loud inputs alike
     noise: float = 0.0  # std of Gaussian noise on C's outputs wherever C acts (searched in the real world or the
     #                     dream, collecting, evaluated): C is the stochastic policy tanh(W [z, h] + b) + noise; 0: none
-    pin_logits: bool = False  # choices: hold one logit per group at 0 and search the others (argmax and softmax
-    #                           ignore a number added to every logit): CartPole's search in 97 parameters, not 194
     random_actions: float = 0.0  # real-world search: each step's chance a random action replaces C's; 0: off
     #                              C is searched to recover from wrong moves; collection and evaluation never
 
@@ -630,11 +628,6 @@ def _world_checks(cfg: Config) -> list[Check]:
             and (cfg.controller.random_actions == 0 or cfg.controller.world == "real"),
             f"controller.random_actions must be in [0, 1) and perturbs searches in the real world only, got "
             f"{cfg.controller.random_actions} in the {cfg.controller.world} world",
-        ),
-        (
-            not (cfg.controller.pin_logits and cfg.controller.noise),
-            "controller.pin_logits needs controller.noise = 0: noise is added to tanh of the logits, which a pinned "
-            "logit changes",
         ),
         (
             cfg.controller.noise == 0 or cfg.controller.world != "codebook",

@@ -11,7 +11,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .errors import WorldModelsError
 from .worlds.real import action_dim
 
 
@@ -112,52 +111,6 @@ class InputScale:
         """The inverse of `to_controller`."""
         weight, bias = self._split(flat)
         return np.concatenate([(weight * self.std).reshape(len(weight), -1), bias + weight @ self.mean], axis=1)
-
-
-@dataclass(frozen=True)
-class PinnedLogits:
-    """controller.pin_logits: argmax (and softmax) over a group of choices ignore a number added to all its logits, so
-    one logit per group is held at 0 and CMA-ES searches only the others; otherwise half of CartPole's 194 parameters
-    move nothing but the search's step size and covariance."""
-
-    groups: np.ndarray  # (A,) the choice group of each logit
-    pinned: np.ndarray  # (A,) the pinned logit of each logit's group
-
-    @classmethod
-    def of(cls, space: gym.Space) -> "PinnedLogits":
-        """The groups of a Discrete or MultiDiscrete space, each pinning its first logit."""
-        sizes = [int(space.n)] if isinstance(space, gym.spaces.Discrete) else getattr(space, "nvec", None)
-        if sizes is None:
-            raise WorldModelsError(f"controller.pin_logits is for choices (Discrete, MultiDiscrete), not {space}")
-        groups = np.repeat(np.arange(len(sizes)), sizes)
-        return cls(groups, np.concatenate([[0], np.cumsum(sizes)[:-1]])[groups])
-
-    @property
-    def free(self) -> np.ndarray:
-        """The searched logits."""
-        return np.flatnonzero(self.pinned != np.arange(len(self.pinned)))
-
-    def to_controller(self, flat: np.ndarray) -> np.ndarray:
-        """(P, N') searched rows [W, b] of the free logits -> (P, N) whole controllers, pinned rows 0."""
-        flat, outputs = np.atleast_2d(flat), len(self.groups)
-        d = flat.shape[1] // len(self.free) - 1
-        rows = np.zeros((len(flat), outputs, d + 1), dtype=flat.dtype)
-        rows[:, self.free] = _rows(flat, len(self.free))
-        return np.concatenate([rows[..., :d].reshape(len(flat), -1), rows[..., d]], axis=1)
-
-    def to_search(self, flat: np.ndarray) -> np.ndarray:
-        """The inverse of `to_controller`, for any controller: each group's pinned row is first taken from the group."""
-        flat = np.atleast_2d(flat)
-        rows = _rows(flat, len(self.groups))
-        rows = (rows - rows[:, self.pinned])[:, self.free]
-        return np.concatenate([rows[..., :-1].reshape(len(flat), -1), rows[..., -1]], axis=1)
-
-
-def _rows(flat: np.ndarray, outputs: int) -> np.ndarray:
-    """(P, N) flat controllers laid out as `Controller.to_flat` -> (P, A, D + 1) rows [W_a, b_a]."""
-    d = flat.shape[1] // outputs - 1
-    weight, bias = flat[:, : outputs * d].reshape(len(flat), outputs, d), flat[:, outputs * d :]
-    return np.concatenate([weight, bias[..., None]], axis=2)
 
 
 def memory_actions(y: torch.Tensor, space: gym.Space) -> torch.Tensor:

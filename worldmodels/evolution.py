@@ -15,7 +15,7 @@ from . import checkpoints, search_state
 from .agent import WorldModel
 from .backends import real_evaluator
 from .config import Config, DreamConfig
-from .controller import Controller, InputScale, PinnedLogits
+from .controller import Controller, InputScale
 from .errors import WorldModelsError
 from .evaluators import Evaluator, SearchWorld, StatefulEvaluator, open_world, register_world
 from .progress import bar
@@ -121,11 +121,8 @@ class Search:
 
     def __init__(self, cfg: Config, run: checkpoints.Run, world: SearchWorld, round: int):
         self.cfg, self.c, self.run, self.world = cfg, cfg.controller, run, world
-        c = self.c
-        self.pin = PinnedLogits.of(world.space) if c.pin_logits else None
         dim = Controller(world.input_dim, world.space).num_params
-        if self.pin is not None:
-            dim = len(self.pin.free) * (world.input_dim + 1)
+        c = self.c
         self.search = {
             "dim": dim,
             "population": c.population,
@@ -175,14 +172,12 @@ class Search:
         return InputScale(p.input_scale["mean"], p.input_scale["std"])
 
     def controllers(self, points: np.ndarray) -> np.ndarray:
-        """CMA-ES's points (P, N') -> the controllers they stand for (P, N)."""
-        flat = np.atleast_2d(points) if self.scale is None else self.scale.to_controller(points)
-        return flat if self.pin is None else self.pin.to_controller(flat)
+        """CMA-ES's points (P, N) -> the controllers they stand for (P, N)."""
+        return np.atleast_2d(points) if self.scale is None else self.scale.to_controller(points)
 
     def point(self, controller: np.ndarray) -> np.ndarray:
         """A controller's point in CMA-ES's space."""
-        flat = np.atleast_2d(controller) if self.pin is None else self.pin.to_search(controller)
-        return (flat if self.scale is None else self.scale.to_search(flat))[0]
+        return controller if self.scale is None else self.scale.to_search(controller)[0]
 
     def until(self) -> int:
         """The generation the current round stops at."""
