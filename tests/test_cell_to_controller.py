@@ -32,7 +32,7 @@ def test_c_reads_h_then_c_and_the_spaces_say_so():
     assert dream.observation().shape == (2, Z + 2 * H) == (2, dream.observation_dim)
 
 
-def test_inputs_over_episodes_are_what_c_read_step_by_step(tiny_run, tmp_path):
+def test_inputs_over_episodes_are_what_c_read_step_by_step(tiny_run):
     model = WorldModel.load(tiny_run["dir"] / "vision.pt", tiny_run["dir"] / "memory.pt")
     model.memory.cfg.cell_to_controller = True
     episodes = load_latents(Run(tiny_run["checkpoints"], config.load(TINY)))[:2]

@@ -146,7 +146,8 @@ class MDNRNN(nn.Module):
 
     def readout(self, state: State) -> torch.Tensor:
         """What C reads of M's state: h (B, H), or [h, c] (B, 2H) with `cell_to_controller`."""
-        return torch.cat([state[0][0], state[1][0]], dim=-1) if self.cfg.cell_to_controller else state[0][0]
+        h = self.hidden(state)
+        return torch.cat([h, state[1][0]], dim=-1) if self.cfg.cell_to_controller else h
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (..., P) -> z (..., P x code size), through the stored codebook."""
