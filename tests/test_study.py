@@ -160,3 +160,35 @@ def test_final_selection_keeps_the_best_of_the_top_rescored(copy_run, capsys):
     before = (run_dir / "controller.pt").read_bytes()
     assert cli_stage("train-controller", ck, ro, *sets) == 0  # finished and selected: nothing more
     assert "already searched" in capsys.readouterr().out and (run_dir / "controller.pt").read_bytes() == before
+
+
+def test_confirmed_contenders_stand_on_their_mean_over_all_episodes(copy_run, capsys):
+    """controller.confirm_rollouts: a contender that beats the kept score is re-scored on that many more episodes, and
+    its score (kept, and checked against the target) is its mean over the re-evaluation's and those."""
+    import torch
+    from helpers import cli_stage
+
+    from worldmodels import search_state
+    from worldmodels.backends import real_evaluator
+    from worldmodels.checkpoints import Run
+    from worldmodels.evolution import generation_seeds
+
+    ck, ro, run_dir = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
+    for name in ("controller.pt", "cmaes.pt"):
+        (run_dir / name).unlink()
+    sets = ["controller.confirm_rollouts=3", "controller.eval_rollouts=2", "controller.eval_every=1"]
+    sets += ["controller.generations=1"]
+    assert cli_stage("train-controller", ck, ro, *[x for s in sets for x in ("--set", s)]) == 0
+    assert "over 5 episodes: best" in capsys.readouterr().out  # nothing kept yet: both contenders are confirmed
+    history = search_state.load_progress(run_dir / "cmaes.pt").history
+    contenders = np.stack([h["params"] for h in history])
+    cfg = config_lib.load(TINY, sets)
+    run = Run(ck, cfg)
+    with real_evaluator(cfg, run.vision, run.memory, 1) as evaluator:  # the same episodes, scored by hand
+        first = evaluator.returns(contenders, generation_seeds(cfg.controller.seed + 1, 0, 2))
+        more = evaluator.returns(contenders, generation_seeds(cfg.controller.seed + 6, 0, 3))
+    scores = np.concatenate([first, more], 1).mean(1)
+    assert [h["score"] for h in history] == pytest.approx(scores)
+    saved = torch.load(run_dir / "controller.pt", weights_only=True)
+    assert saved["score"] == pytest.approx(scores.max())
+    np.testing.assert_array_equal(saved["params"].numpy(), contenders[int(scores.argmax())].astype(np.float32))

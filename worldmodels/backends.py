@@ -210,10 +210,11 @@ class RayPool:
 class Evaluator:
     """Scores controllers in the real world: chunks of episodes sent to workers that hold V and M.
 
-    Each worker plays its chunk in lock-step, V, M and C batched over the chunk's episodes.
+    Each worker plays its chunk in lock-step, V, M and C batched over the chunk's episodes: up to 16, where V's conv
+    layers at batch 4-8 cost CartPole's search 16% more time (BENCHMARKS.md).
     """
 
-    def __init__(self, runner, workers: int, batch: int = 8, noise: float = 0.0, random_actions: float = 0.0):
+    def __init__(self, runner, workers: int, batch: int = 16, noise: float = 0.0, random_actions: float = 0.0):
         self.runner, self.workers, self.batch = runner, workers, batch
         self.noise = noise  # controller.noise: the std of C's own noise on its outputs, in every episode it plays
         self.random_actions = random_actions  # controller.random_actions: only where C is searched

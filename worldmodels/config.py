@@ -161,6 +161,9 @@ class ControllerConfig:
     #                      fresh episodes and keep the best of those: the top of many 8-episode scores is a lucky one;
     #                      0: off
     select_rollouts: int = 32  # episodes for each of them in that final re-scoring
+    confirm_rollouts: int = 0  # a re-evaluated contender that beats the kept controller is re-scored on N more fresh
+    #                            episodes and stands on its mean over all eval_rollouts + N: a lucky 8-episode score
+    #                            neither replaces the kept controller nor reaches the target; 0: off
     target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
     max_steps: int = 0  # 0: the environment's own time limit
     real_rollouts: int = 0  # dream training only: real episodes played at each re-evaluation, to log dream vs real
@@ -424,6 +427,7 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "controller.eval_rollouts": 100_000,
     "controller.select_top": 100_000,
     "controller.select_rollouts": 100_000,
+    "controller.confirm_rollouts": 100_000,
     "dream.max_steps": 10_000_000,
     "dream.batch": 10_000_000,
     "rounds.episodes": 1_000_000,

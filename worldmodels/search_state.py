@@ -46,7 +46,8 @@ class Progress:
     round_start: int = 0  # the generation the round began at
     world: str = "real"  # where the search scores candidates
     rules: dict | None = None  # what a world's scores mean (the codebook world: objective, episode length, table)
-    history: list | None = None  # every re-evaluated contender: {generation, kind, params, score in the search's world}
+    history: list | None = None  # every re-evaluated contender: {generation, kind, params, score in the search's world
+    #                                (over eval_rollouts, + confirm_rollouts where it was confirmed)}
     selected: int = -1  # the generation the final re-scoring of the top contenders (controller.select_top) ran at
     world_state: dict | None = None  # a stateful world's own state (evaluators.StatefulEvaluator.state())
     input_scale: dict | None = None  # controller.normalize: C's inputs' {mean, std}, measured when the search began
