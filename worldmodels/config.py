@@ -164,7 +164,7 @@ class ControllerConfig:
     confirm_rollouts: int = 0  # a re-evaluated contender that beats the kept controller is re-scored on N more fresh
     #                            episodes and stands on its mean over all eval_rollouts + N: a lucky 8-episode score
     #                            neither replaces the kept controller nor reaches the target; 0: off
-    target: float = float("inf")  # stop early once a re-evaluated solution reaches this return
+    target: float = float("inf")  # stop early once a re-evaluated (with confirm_rollouts: confirmed) score reaches this
     max_steps: int = 0  # 0: the environment's own time limit
     real_rollouts: int = 0  # dream training only: real episodes played at each re-evaluation, to log dream vs real
     fidelity_controllers: int = 6  # dream training: controllers of the search's history scored in both worlds; 0: none
