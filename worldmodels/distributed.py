@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -51,8 +52,13 @@ def init(device: torch.device) -> torch.device:
 
 
 def shutdown() -> None:
+    """Leave the process group, and give gloo's worker threads the moment they need before this process exits."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        # A worker thread frees the last collective's work only once it holds the GIL (the work keeps a Python
+        # object); an interpreter that starts its exit before that kills the thread inside the destructor, and
+        # the process dies of SIGABRT after its job is done (pytorch/pytorch#179291). Sleeping releases the GIL.
+        time.sleep(0.1)
 
 
 def local_batch(global_batch: int, key: str) -> int:
