@@ -45,6 +45,7 @@ class EnvConfig:
     action_low: list[float] = field(default_factory=list)  # with action_high: the box C's outputs and the collection
     action_high: list[float] = field(default_factory=list)  # policy span, clipped to the world's own; []: the world's
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+    renderer: str = "gymnasium"  # gymnasium (the world's own pictures) | fast (CarRacing drawn at frame_size)
 
 
 @dataclass
@@ -259,6 +260,7 @@ class EvaluateConfig:
     episodes: int = 100  # evaluation episodes, seeds seed, seed + 1, ...
     seed: int = 10_000  # the first evaluation seed, apart from every training seed
     workers: int = 2  # worker processes playing them
+    renderer: str = "gymnasium"  # the renderer the score is played on, whatever env.renderer trained with
 
 
 @dataclass
@@ -482,6 +484,8 @@ Check = tuple[bool, str]  # a condition that must hold, and the message when it 
 CHOICES = {  # the string settings and the values each may take: the checks and the CLI's flags read them here
     "precision": ("auto", "bf16", "fp32"),
     "collect.policy": ("random", "brownian"),
+    "env.renderer": ("gymnasium", "fast"),
+    "evaluate.renderer": ("gymnasium", "fast"),
     "vision.model": ("vae", "vqvae", "nvae", "pretrained"),
     "vision.vqvae.codebook_init": ("kmeans", "random"),
     "vision.pretrained.compressor": ("autoencoder", "linear"),
@@ -586,6 +590,13 @@ def _data_checks(cfg: Config) -> list[Check]:
         (
             cfg.env.render_size == [] or (len(cfg.env.render_size) == 2 and min(cfg.env.render_size) >= 16),
             f"env.render_size must be [width, height] of at least 16 pixels each, or [], got {cfg.env.render_size}",
+        ),
+        *(
+            (
+                value == "gymnasium" or "CarRacing" in cfg.env.id,
+                f"{key} = 'fast' draws CarRacing only; '{cfg.env.id}' is drawn by gymnasium (use 'gymnasium')",
+            )
+            for key, value in (("env.renderer", cfg.env.renderer), ("evaluate.renderer", cfg.evaluate.renderer))
         ),
         (len(cfg.vision.channels) == 4, "vision.channels must list 4 conv widths"),
         (cfg.collect.episodes > 0, "collect.episodes must be positive"),

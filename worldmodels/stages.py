@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -389,11 +390,14 @@ def evaluate(cfg: Config, run: checkpoints.Run, world: str = "real") -> dict:
     evaluator: Evaluator
     if world == "dream":
         evaluator = dream_evaluator(cfg, run, model)
-    else:
-        evaluator = real_evaluator(cfg, run.vision, run.memory, e.workers)
+    else:  # scored on the renderer users know (gymnasium's), whichever one C was trained with
+        played = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, renderer=e.renderer))
+        evaluator = real_evaluator(played, run.vision, run.memory, e.workers)
     with evaluator:
         returns = evaluator.returns(flat[None], seeds, progress="evaluate")[0]
     report = {"world": world, "env": cfg.env.id, **returns_report(returns, seeds, saved["generation"])}
+    if world == "real":
+        report["renderer"] = e.renderer
     report["memory_id"] = memory_id(run)  # C reads M's h: a retrained M makes another agent of the same C
     success = getattr(evaluator, "success", None)  # goal-reaching envs: did each episode's last step reach the goal
     if world == "dream":

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..config import EnvConfig
 from ..errors import WorldModelsError
+from .carracing import FastFrames
 
 if TYPE_CHECKING:  # annotations only: the agent and C import this module
     from ..agent import WorldModel
@@ -55,6 +56,8 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     def frame(self, image: np.ndarray) -> np.ndarray:
         """Crop and resize one RGB image to (frame_size, frame_size, 3) uint8."""
         h, w = image.shape[:2]
+        if (h, w) == (self.frame_size, self.frame_size) and list(self.crop) == [0.0, 1.0, 0.0, 1.0]:
+            return image  # drawn at its size already (env.renderer = "fast")
         top, bottom, left, right = self.crop
         box = (left * w, top * h, right * w, bottom * h)
         size = (self.frame_size, self.frame_size)
@@ -152,14 +155,17 @@ class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
 def _unseen(env: gym.Env, skip: bool):
     """While active, a CarRacing world does not draw its observation: its step returns the last one drawn."""
     skip = skip and isinstance(env, CarRacing) and env.render_mode is None
+    drawer = env.__dict__.get("_render")  # the fast renderer's, where env.renderer = "fast" set one
     if skip:
         # an instance attribute shadows the method; CarRacing's private renderer and state are not on gym.Env
         env._render = lambda mode: env.state.copy()  # type: ignore[attr-defined]
     try:
         yield skip
     finally:
-        if skip:
+        if skip and drawer is None:
             del env._render  # type: ignore[attr-defined]  # the CarRacing instance attribute set above
+        elif skip:
+            env._render = drawer  # type: ignore[attr-defined]
 
 
 def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
@@ -197,13 +203,16 @@ def make_world(cfg: EnvConfig, max_steps: int = 0) -> gym.Env:
     if needs_render:
         kwargs["render_mode"] = "rgb_array"
     env = gym.make(spec, max_episode_steps=steps, **kwargs)  # the step cap counts frames, inside the repeat
+    crop = cfg.crop
+    if cfg.renderer == "fast":
+        env, crop = FastFrames(env, cfg.frame_size, cfg.crop), [0.0, 1.0, 0.0, 1.0]  # drawn cropped, at size
     if cfg.render_size:
         env = RenderSize(env, *cfg.render_size)
     if cfg.action_low or cfg.action_high:
         env = ActionBounds(env, cfg.action_low, cfg.action_high)
     if cfg.action_repeat > 1:
         env = ActionRepeat(env, cfg.action_repeat)
-    return PixelObservation(env, cfg.frame_size, cfg.crop)
+    return PixelObservation(env, cfg.frame_size, crop)
 
 
 def action_space(cfg: EnvConfig) -> gym.Space:
