@@ -45,7 +45,7 @@ def test_cartpole_recipe_values():
 
 
 def test_carracing_recipe_is_the_original_scale():
-    cfg = config_lib.load(ENVS / "carracing.toml")
+    cfg = config_lib.load(ENVS / "carracing_paper.toml")
     assert (cfg.env.id, cfg.env.frame_size, cfg.vision.latent_dim) == ("CarRacing-v3", 64, 32)
     assert (cfg.memory.hidden_size, cfg.memory.num_gaussians) == (256, 5)
     assert (cfg.controller.population, cfg.controller.rollouts) == (64, 16)

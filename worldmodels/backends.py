@@ -224,8 +224,9 @@ class Evaluator:
         )
 
     def _chunk(self, episodes: int) -> int:
-        """Episodes per job: small enough that every worker gets several, as episodes differ in length."""
-        return max(1, min(self.batch, -(-episodes // (2 * self.workers))))
+        """Episodes per job: full batches first (CarRacing's generation of 32 episodes on 2 workers: 2,527 frames/s in
+        jobs of 8, 3,479 with 64 episodes in jobs of 16; benchmarks/real_world.py), else an equal share per worker."""
+        return max(1, min(self.batch, -(-episodes // self.workers)))
 
     def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
         """(P, N) candidates x seeds -> (P, len(seeds)) returns; every candidate sees the same seeds.

@@ -25,10 +25,12 @@ from gymnasium.envs.box2d.car_racing import CarRacing
 
 from ..errors import WorldModelsError
 
-# Drawn at 3x the size, then shrunk by pygame's smoothscale as gymnasium shrinks its window: measured against
-# gymnasium's frames at 64x64 (benchmarks/real_world.py), a mean absolute error of 0.66 at 3x, 2.6 at 2x, 2.4 at 4x
-# (smoothscale's integer-factor rounding differs by about 2 levels unless the factor is odd), 3.4 at 1x.
-SUPERSAMPLE = 3
+# Drawn at 2x the size, then averaged down by pygame's smoothscale. Gymnasium shrinks its window by smoothscale at a
+# factor of 10.4, whose rounding leaves every pixel about 2 levels darker; at 2x it is exact, so the frame is darkened
+# by 2 to match. Measured against gymnasium's frames at 64x64 (benchmarks/real_world.py): a mean absolute error of
+# 0.93 at 2x, 0.36 at 3x (its rounding darkens as gymnasium's does) for a fifth more time a frame, 3.4 at 1x.
+SUPERSAMPLE = 2
+ROUNDING = 2  # the levels gymnasium's smoothscale loses to rounding
 WINDOW = np.array([car_racing.WINDOW_W, car_racing.WINDOW_H], dtype=np.float64)
 _GRASS = car_racing.GRASS_DIM * np.array(
     [
@@ -52,6 +54,7 @@ class FastCarRacing:
         self.scale = np.array([width / (right - left), height / (bottom - top)]) * SUPERSAMPLE / WINDOW
         self.offset = -np.array([left * width / (right - left), top * height / (bottom - top)]) * SUPERSAMPLE
         self.surface = pygame.Surface((width * SUPERSAMPLE, height * SUPERSAMPLE))
+        self._box = (*self.scale.tolist(), *self.offset.tolist())  # the same map as Python floats, for the dashboard
         self._track: list | None = None  # the road_poly list the ground caches were built from
         self._ground = np.zeros((0, 4, 2))  # grass patches then road polygons, world coordinates
         self._centres, self._radii = np.zeros((0, 2)), np.zeros(0)
@@ -175,15 +178,14 @@ class FastCarRacing:
         assert car is not None
         s, h = car_racing.WINDOW_W / 40.0, car_racing.WINDOW_H / 40.0
         bottom = car_racing.WINDOW_H
-        self._screen_polygon((0, 0, 0), [(1000, bottom), (1000, bottom - 5 * h), (0, bottom - 5 * h), (0, bottom)])
+        # every indicator is an axis-aligned rectangle of gymnasium's window: a fill, not a polygon
+        self._screen_box((0, 0, 0), 0.0, car_racing.WINDOW_W, bottom - 5 * h, bottom)
 
-        def vertical(place: int, value: float) -> list[tuple[float, float]]:
-            top = bottom - (h + h * value)
-            return [(place * s, top), ((place + 1) * s, top), ((place + 1) * s, bottom - h), (place * s, bottom - h)]
+        def vertical(place: int, value: float) -> tuple[float, float, float, float]:
+            return place * s, (place + 1) * s, bottom - h - h * value, bottom - h
 
-        def horizontal(place: int, value: float) -> list[tuple[float, float]]:
-            left, right, top, low = place * s, (place + value) * s, bottom - 4 * h, bottom - 2 * h
-            return [(left, top), (right, top), (right, low), (left, low)]
+        def horizontal(place: int, value: float) -> tuple[float, float, float, float]:
+            return place * s, (place + value) * s, bottom - 4 * h, bottom - 2 * h
 
         velocity = car.hull.linearVelocity
         speed = math.sqrt(velocity[0] ** 2 + velocity[1] ** 2)
@@ -197,15 +199,17 @@ class FastCarRacing:
             (wheels[0].joint.angle, horizontal(20, -10.0 * wheels[0].joint.angle), (0, 255, 0)),
             (car.hull.angularVelocity, horizontal(30, -0.8 * car.hull.angularVelocity), (255, 0, 0)),
         ]
-        for value, points, colour in bars:
+        for value, box, colour in bars:
             if abs(value) > 1e-4:  # gymnasium draws an indicator only above this
-                self._screen_polygon(colour, points)
+                self._screen_box(colour, *box)
         self._draw_score()
 
-    def _screen_polygon(self, colour, points: list[tuple[float, float]]) -> None:
-        """A polygon in gymnasium's window coordinates (after its flip)."""
-        (sx, sy), (ox, oy) = self.scale.tolist(), self.offset.tolist()
-        pygame.draw.polygon(self.surface, colour, [(x * sx + ox, y * sy + oy) for x, y in points])
+    def _screen_box(self, colour, x0: float, x1: float, y0: float, y1: float) -> None:
+        """Fill the rectangle between x0, x1 and y0, y1 of gymnasium's window (after its flip), in either order."""
+        sx, sy, ox, oy = self._box
+        left, right = sorted((round(x0 * sx + ox), round(x1 * sx + ox)))
+        top, low = sorted((round(y0 * sy + oy), round(y1 * sy + oy)))
+        self.surface.fill(colour, (left, top, max(right - left, 1), max(low - top, 1)))
 
     def _draw_score(self) -> None:
         """The score, white on black, centred where gymnasium puts it; skipped when the view box leaves it out."""
@@ -221,16 +225,18 @@ class FastCarRacing:
             if len(self._texts) > 4096:  # a score takes few values in an episode; bound the cache all the same
                 self._texts.clear()
             self._texts[text] = picture
-        centre = np.array([60.0, car_racing.WINDOW_H - car_racing.WINDOW_H * 2.5 / 40.0]) * self.scale + self.offset
-        rect = picture.get_rect(center=(int(round(centre[0])), int(round(centre[1]))))
-        if rect.colliderect(self.surface.get_rect()):
-            self.surface.blit(picture, rect)
+        sx, sy, ox, oy = self._box
+        centre = (round(60.0 * sx + ox), round(car_racing.WINDOW_H * (1 - 2.5 / 40.0) * sy + oy))
+        self.surface.blit(picture, picture.get_rect(center=centre))  # clipped to the surface by pygame
 
     def _shrink(self) -> np.ndarray:
         """The drawn surface averaged down to the output size: (height, width, 3) uint8."""
         small = pygame.transform.smoothscale(self.surface, self.size)  # an integer factor: a box average
         width, height = self.size
-        return np.frombuffer(bytearray(pygame.image.tobytes(small, "RGB")), dtype=np.uint8).reshape(height, width, 3)
+        frame = np.frombuffer(bytearray(pygame.image.tobytes(small, "RGB")), dtype=np.uint8).reshape(height, width, 3)
+        np.maximum(frame, ROUNDING, out=frame)
+        frame -= ROUNDING
+        return frame
 
 
 def _colour(rgb) -> tuple[int, int, int]:
