@@ -176,32 +176,22 @@ class FastCarRacing:
         """The black strip with the speed bar, the four ABS sensors, the steering and the gyro, and the score."""
         car = self.world.car
         assert car is not None
-        s, h = car_racing.WINDOW_W / 40.0, car_racing.WINDOW_H / 40.0
-        bottom = car_racing.WINDOW_H
+        s, h, bottom = car_racing.WINDOW_W / 40.0, car_racing.WINDOW_H / 40.0, car_racing.WINDOW_H
         # every indicator is an axis-aligned rectangle of gymnasium's window: a fill, not a polygon
         self._screen_box((0, 0, 0), 0.0, car_racing.WINDOW_W, bottom - 5 * h, bottom)
-
-        def vertical(place: int, value: float) -> tuple[float, float, float, float]:
-            return place * s, (place + 1) * s, bottom - h - h * value, bottom - h
-
-        def horizontal(place: int, value: float) -> tuple[float, float, float, float]:
-            return place * s, (place + value) * s, bottom - 4 * h, bottom - 2 * h
-
-        velocity = car.hull.linearVelocity
-        speed = math.sqrt(velocity[0] ** 2 + velocity[1] ** 2)
+        vx, vy = car.hull.linearVelocity
         wheels = car.wheels
-        bars = [
-            (speed, vertical(5, 0.02 * speed), (255, 255, 255)),
-            (wheels[0].omega, vertical(7, 0.01 * wheels[0].omega), (0, 0, 255)),
-            (wheels[1].omega, vertical(8, 0.01 * wheels[1].omega), (0, 0, 255)),
-            (wheels[2].omega, vertical(9, 0.01 * wheels[2].omega), (51, 0, 255)),
-            (wheels[3].omega, vertical(10, 0.01 * wheels[3].omega), (51, 0, 255)),
-            (wheels[0].joint.angle, horizontal(20, -10.0 * wheels[0].joint.angle), (0, 255, 0)),
-            (car.hull.angularVelocity, horizontal(30, -0.8 * car.hull.angularVelocity), (255, 0, 0)),
+        columns = [  # (value, place, height per unit, colour) of gymnasium's vertical indicators
+            (math.sqrt(vx * vx + vy * vy), 5, 0.02, (255, 255, 255)),  # the speed bar
+            *((wheels[i].omega, 7 + i, 0.01, (0, 0, 255) if i < 2 else (51, 0, 255)) for i in range(4)),  # ABS
         ]
-        for value, box, colour in bars:
+        for value, place, per_unit, colour in columns:
             if abs(value) > 1e-4:  # gymnasium draws an indicator only above this
-                self._screen_box(colour, *box)
+                self._screen_box(colour, place * s, (place + 1) * s, bottom - h - h * per_unit * value, bottom - h)
+        rows = [(wheels[0].joint.angle, 20, -10.0, (0, 255, 0)), (car.hull.angularVelocity, 30, -0.8, (255, 0, 0))]
+        for value, place, per_unit, colour in rows:  # the steering and the gyro
+            if abs(value) > 1e-4:
+                self._screen_box(colour, place * s, (place + per_unit * value) * s, bottom - 4 * h, bottom - 2 * h)
         self._draw_score()
 
     def _screen_box(self, colour, x0: float, x1: float, y0: float, y1: float) -> None:
