@@ -3,9 +3,11 @@ real-world search and collection throughput. One JSON line per measurement, all 
 
     python benchmarks/real_world.py [--recipe envs/carracing.toml] [--candidates 16] [--rollouts 2]
 
-Env steps: one core, Brownian actions (the collection policy's), reset at every episode's end; gymnasium's
-`CarRacing-v3` as it ships, the same world with env.renderer = "fast" (drawn at the recipe's frame size and crop),
-the physics alone (the drawing skipped), and EnvPool's C++ `CarRacing-v3` (one env, one thread) when installed.
+Env steps: one core, Brownian actions (the collection policy's) and, as the issue's first figures, a constant one,
+reset at every episode's end, the renderers' chunks interleaved (this machine's speed drifts within minutes):
+gymnasium's `CarRacing-v3` as it ships, the same world with env.renderer = "fast" (drawn at the recipe's frame size
+and crop), the physics alone (the drawing skipped), and EnvPool's C++ `CarRacing-v3` (one env, one thread) when
+installed.
 Frames: both renderers side by side on the same seeds and actions, at V's frame size: the mean absolute pixel error,
 how many pixels fall in the same colour class (road, grass, red, other), and whether rewards, terminations and car
 states are identical. Search: one generation's load of the recipe (random controllers on untrained V and M, whose
@@ -51,6 +53,9 @@ PALETTE = {
 }
 
 
+CONSTANT = np.array([0.0, 0.3, 0.0])  # straight ahead, a little gas
+
+
 def emit(**fields) -> None:
     print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", **fields}), flush=True)
 
@@ -61,11 +66,11 @@ def brownian(rng: np.random.Generator, action: np.ndarray) -> np.ndarray:
 
 
 class Driver:
-    """One env under Brownian actions, stepped a chunk at a time, its time summed. A gymnasium env is reset at each
-    episode's end; an EnvPool env (`batched`: one env in a batch of one) resets by itself."""
+    """One env under Brownian (or constant) actions, stepped a chunk at a time, its time summed. A gymnasium env is
+    reset at each episode's end; an EnvPool env (`batched`: one env in a batch of one) resets by itself."""
 
-    def __init__(self, env, seed: int = 0, batched: bool = False):
-        self.env, self.batched = env, batched
+    def __init__(self, env, seed: int = 0, batched: bool = False, actions: str = "brownian"):
+        self.env, self.batched, self.constant = env, batched, actions == "constant"
         self.rng, self.action = np.random.default_rng(seed), np.zeros(3)
         self.steps, self.seconds = 0, 0.0
         env.reset() if batched else env.reset(seed=seed)
@@ -73,7 +78,7 @@ class Driver:
     def drive(self, steps: int) -> None:
         start = time.perf_counter()
         for _ in range(steps):
-            self.action = brownian(self.rng, self.action)
+            self.action = CONSTANT if self.constant else brownian(self.rng, self.action)
             if self.batched:
                 self.env.step(self.action[None].astype(np.float32))
                 continue
@@ -209,6 +214,37 @@ def collection_frames_per_s(cfg: config.Config, episodes: int, workers: int) -> 
         return sum(entry["frames"] for entry in manifest["episodes"]) / (time.perf_counter() - start)
 
 
+def env_step_line(fast_env: config.EnvConfig, actions: str, rounds: int) -> None:
+    """One JSON line: steps/s of gymnasium's CarRacing-v3, the fast renderer, the physics alone and EnvPool, their
+    chunks interleaved, under Brownian actions (the collection's) or the constant action the issue's first
+    figures used (a little gas, straight ahead)."""
+    fast_world = FastFrames(gym.make("CarRacing-v3"), fast_env.frame_size, fast_env.crop)
+    drivers = {
+        "gymnasium": (Driver(gym.make("CarRacing-v3"), actions=actions), 20),
+        "fast": (Driver(fast_world, actions=actions), 300),
+        "physics": (Driver(physics_world(), actions=actions), 1000),
+    }
+    if importlib.util.find_spec("envpool") is not None:
+        drivers["envpool"] = (Driver(envpool_world(), actions=actions, batched=True), 100)
+    rates = steps_per_s(drivers, rounds)
+    gymnasium, fast, physics, envpool = (rates.get(k) for k in ("gymnasium", "fast", "physics", "envpool"))
+    assert gymnasium is not None and fast is not None and physics is not None
+    emit(
+        benchmark="env_step",
+        env="CarRacing-v3",
+        actions=actions,
+        frame_size=fast_env.frame_size,
+        crop=fast_env.crop,
+        gymnasium_steps_per_s=round(gymnasium, 1),
+        fast_steps_per_s=round(fast, 1),
+        physics_steps_per_s=round(physics, 1),
+        envpool_steps_per_s=None if envpool is None else round(envpool, 1),
+        fast_over_gymnasium=round(fast / gymnasium, 2),
+        fast_over_envpool=None if envpool is None else round(fast / envpool, 2),
+        fast_over_physics=round(fast / physics, 3),
+    )
+
+
 def main() -> None:
     warnings.filterwarnings("ignore")  # gymnasium's checker on the physics-only world's undrawn observations
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -223,29 +259,8 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = config.load(args.recipe)
     fast_env = dataclasses.replace(cfg.env, renderer="fast")
-    drivers = {
-        "gymnasium": (Driver(gym.make("CarRacing-v3")), 20),
-        "fast": (Driver(FastFrames(gym.make("CarRacing-v3"), fast_env.frame_size, fast_env.crop)), 300),
-        "physics": (Driver(physics_world()), 1000),
-    }
-    if importlib.util.find_spec("envpool") is not None:
-        drivers["envpool"] = (Driver(envpool_world(), batched=True), 100)
-    rates = steps_per_s(drivers, args.rounds)
-    gymnasium, fast, physics, envpool = (rates.get(k) for k in ("gymnasium", "fast", "physics", "envpool"))
-    assert gymnasium is not None and fast is not None and physics is not None
-    emit(
-        benchmark="env_step",
-        env="CarRacing-v3",
-        frame_size=fast_env.frame_size,
-        crop=fast_env.crop,
-        gymnasium_steps_per_s=round(gymnasium, 1),
-        fast_steps_per_s=round(fast, 1),
-        physics_steps_per_s=round(physics, 1),
-        envpool_steps_per_s=None if envpool is None else round(envpool, 1),
-        fast_over_gymnasium=round(fast / gymnasium, 2),
-        fast_over_envpool=None if envpool is None else round(fast / envpool, 2),
-        fast_over_physics=round(fast / physics, 3),
-    )
+    for actions in ("brownian", "constant"):
+        env_step_line(fast_env, actions, args.rounds)
     emit(
         benchmark="frames",
         env="CarRacing-v3",

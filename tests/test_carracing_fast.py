@@ -8,13 +8,15 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from helpers import TESTS, run_cli
 
 from worldmodels import checkpoints, config
-from worldmodels.agent import WorldModel
+from worldmodels.agent import WorldModel, load_vision
 from worldmodels.config import EnvConfig
 from worldmodels.controller import Controller
 from worldmodels.errors import WorldModelsError
+from worldmodels.rollouts import frames_to_float
 from worldmodels.worlds.carracing import FastFrames
 from worldmodels.worlds.real import make_world, play
 
@@ -136,3 +138,23 @@ def test_batching_never_changes_an_episode_on_the_fast_renderer(carracing_run):
     alone = [episodes([k])[0] for k in range(3)]
     assert together == alone
     assert len({ret for ret, _ in together}) == 3  # three different episodes, not one repeated
+
+
+def test_a_v_trained_on_fast_frames_reconstructs_gymnasiums_as_well(carracing_run):
+    # held-out states (seeds apart from the collection's), each seen through both renderers
+    cfg = config.load(TINY_CARRACING)
+    vision = load_vision(carracing_run["dir"] / "vision.pt")
+    worlds = {r: make_world(dataclasses.replace(cfg.env, renderer=r)) for r in ("gymnasium", "fast")}
+    frames: dict[str, list[np.ndarray]] = {r: [] for r in worlds}
+    for seed in (500, 501):
+        for r, w in worlds.items():
+            frames[r].append(w.reset(seed=seed)[0])
+        for action in brownian_actions(seed, 15):
+            for r, w in worlds.items():
+                frames[r].append(w.step(action)[0])
+    with torch.inference_mode():
+        errors = {}
+        for r, stack in frames.items():
+            x = frames_to_float(torch.from_numpy(np.stack(stack)), "cpu")
+            errors[r] = float(((vision.through_z(x) - x) ** 2).mean())
+    assert errors["gymnasium"] <= 1.10 * errors["fast"], errors
