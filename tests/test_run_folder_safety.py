@@ -237,3 +237,33 @@ def test_a_damaged_report_is_made_again(copy_run):
     assert cli_stage("pipeline", copy_run["checkpoints"], copy_run["rollouts"]) == 0
     again = json.loads(report.read_text())
     assert again["returns"] == before["returns"] and again["seeds"] == before["seeds"]
+
+
+def test_a_planted_pid_link_is_refused_and_its_target_untouched(copy_run, tmp_path, capsys):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("not a PID")
+    pid = copy_run["dir"] / ".worldmodels.pid"
+    pid.unlink(missing_ok=True)
+    pid.symlink_to(outside)
+    assert cli_stage("evaluate", copy_run["checkpoints"], copy_run["rollouts"]) == 2
+    line = one_error_line(capsys, "evaluate")
+    assert ".worldmodels.pid" in line and "outside" in line and "remove the link" in line
+    assert outside.read_text() == "not a PID"
+
+
+def test_a_planted_folder_link_is_refused_and_outside_temp_files_stay(copy_run, tmp_path, capsys):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    stray = outside / ".someone.else.tmp"  # what the clean-up of a killed writer's temp files would delete
+    stray.write_text("theirs")
+    (copy_run["dir"] / "tb").rename(tmp_path / "tb_moved")
+    (copy_run["dir"] / "tb").symlink_to(outside)
+    assert cli_stage("train-memory", copy_run["checkpoints"], copy_run["rollouts"]) == 2
+    line = one_error_line(capsys, "train-memory")
+    assert "'tb'" not in line and "/tb' is a link to" in line
+    assert stray.read_text() == "theirs"
+
+
+def test_a_link_that_stays_inside_the_run_folder_is_allowed(copy_run):
+    (copy_run["dir"] / "report_link.json").symlink_to(copy_run["dir"] / "report.json")
+    assert cli_stage("evaluate", copy_run["checkpoints"], copy_run["rollouts"]) == 0

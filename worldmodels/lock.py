@@ -24,6 +24,7 @@ def hold(folders: list[Path]) -> Iterator[None]:
         for folder in dict.fromkeys(f.resolve() for f in folders):  # --checkpoints and --rollouts may be one folder
             if not folder.is_dir():
                 continue
+            confine(folder)  # before the lock: opening a planted lock or PID link would write through it
             lock = FileLock(folder / LOCK, is_singleton=False)
             try:
                 stack.enter_context(lock.acquire(timeout=0))
@@ -38,6 +39,19 @@ def hold(folders: list[Path]) -> Iterator[None]:
                 (folder / HOLDER).write_text(str(os.getpid()))
             remove_orphans(folder)
         yield
+
+
+def confine(folder: Path) -> None:
+    """Refuse a folder that holds a symbolic link leading outside it (run folders travel): the lock's PID file, the
+    clean-up of temp files and every stage's writes would follow it and write or delete elsewhere."""
+    for root, dirs, files in os.walk(folder):  # a linked folder is looked at, never entered
+        for name in dirs + files:
+            path = Path(root) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(folder):
+                raise WorldModelsError(
+                    f"'{path}' is a link to '{os.readlink(path)}', outside '{folder}'; nothing in a run folder may "
+                    "lead out of it: remove the link (copy what it points to in its place, if it is yours)"
+                )
 
 
 def remove_orphans(folder: Path) -> None:
