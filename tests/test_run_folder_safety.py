@@ -78,6 +78,9 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_taken_over(copy_ru
         ("collect.episodes=1000000000000", "collect.episodes"),
         ("env.action_low=[nan]", "env.action_low"),
         ("collect.seed=-3", "collect.seed"),
+        ("env.max_steps=1000000000000000", "env.max_steps"),
+        ("controller.sigma0=1e308", "controller.sigma0"),
+        ("memory.epochs=1000000000000", "memory.epochs"),
     ],
 )
 def test_bad_recipe_values_are_refused_at_load_time(tmp_path, capsys, setting, key):
@@ -110,10 +113,12 @@ def test_bad_command_line_values(copy_run, capsys, argv, option):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_asked_for_without_cuda(copy_run, capsys):
-    (copy_run["dir"] / "memory.pt").unlink()
-    assert cli_stage("train-memory", copy_run["checkpoints"], copy_run["rollouts"], "--device", "cuda") == 2
-    assert "no CUDA" in one_error_line(capsys, "train-memory")
+@pytest.mark.parametrize("stage", ["train-memory", "evaluate", "sample"])
+def test_cuda_asked_for_without_cuda(copy_run, capsys, stage):
+    if stage == "train-memory":
+        (copy_run["dir"] / "memory.pt").unlink()
+    assert cli_stage(stage, copy_run["checkpoints"], copy_run["rollouts"], "--device", "cuda") == 2
+    assert "no CUDA" in one_error_line(capsys, stage)
 
 
 def test_a_recipe_that_is_not_utf8(tmp_path, capsys):

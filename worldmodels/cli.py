@@ -222,6 +222,8 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_r
 
     if distributed.launched():
         cfg.device = str(distributed.init(pick_device(cfg.device)))  # cuda:LOCAL_RANK, or cpu
+    else:
+        pick_device(cfg.device)  # every stage refuses a device this machine lacks, those that run on the CPU too
     if args.stage in WRITING_STAGES:
         stages.check_run(cfg, run)  # before recording the recipe, so a refused recipe leaves the old one
         if distributed.is_main():
