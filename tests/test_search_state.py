@@ -31,9 +31,9 @@ def test_a_rebuilt_search_continues_bit_for_bit(tmp_path):
     progress = Progress(
         generation=12,
         best_score=1.5,
-        best=np.arange(3.0),
+        best=np.arange(20.0),  # a controller of the search's size
         world_state={"archive": {(1, 2): 0.5}, "queries": 3},  # a stateful world's own state, tuple keys included
-        history=[{"generation": 10, "kind": "mean", "params": np.ones(4), "score": -2.0}],
+        history=[{"generation": 10, "kind": "mean", "params": np.ones(20), "score": -2.0}],
     )
     search_state.save(tmp_path / "cmaes.pt", interrupted, SEARCH, progress)
     np.random.seed(123)  # whatever ran meanwhile; the state file restores numpy's generator
@@ -46,9 +46,9 @@ def test_a_rebuilt_search_continues_bit_for_bit(tmp_path):
     assert (
         restored.archive == {(1, 2): 0.5}
         and restored.best_score == 1.5
-        and np.array_equal(restored.best, np.arange(3.0))
+        and np.array_equal(restored.best, np.arange(20.0))
     )
-    assert restored.history[0]["kind"] == "mean" and np.array_equal(restored.history[0]["params"], np.ones(4))
+    assert restored.history[0]["kind"] == "mean" and np.array_equal(restored.history[0]["params"], np.ones(20))
 
 
 def test_the_file_is_read_without_unpickling_code(tmp_path):
@@ -124,3 +124,26 @@ def test_a_crafted_state_file_runs_nothing(copy_run, capsys, tmp_path):
         assert "cmaes.pt" in line, (name, line)
         assert not marker.exists(), name
     assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "field, damage",
+    [
+        ("es.mean", lambda es, p: setattr(es, "mean", np.zeros(5))),  # the wrong length
+        ("es.countiter", lambda es, p: setattr(es, "countiter", 10**12)),  # a search that would "finish" at once
+        ("es.sigma", lambda es, p: setattr(es, "sigma", "large")),  # the wrong type
+        ("es.sm.C", lambda es, p: es.sm.C.__setitem__((0, 0), np.nan)),
+        ("progress.generation", lambda es, p: setattr(p, "generation", 10**12)),
+        ("progress.best", lambda es, p: setattr(p, "best", np.ones(3))),
+    ],
+)
+def test_a_state_with_wrong_types_lengths_or_ranges_is_refused(copy_run, capsys, field, damage):
+    path = copy_run["dir"] / "cmaes.pt"
+    es, progress, _ = search_state.load(path)
+    saved = checkpoints.load(path, "cmaes")
+    damage(es, progress)
+    search_state.save(path, es, saved["search"], progress)  # a well-formed file: only its contents are wrong
+    stage = ("train-controller", copy_run["checkpoints"], copy_run["rollouts"], "--set", "controller.generations=3")
+    assert cli_stage(*stage) == 2
+    line = one_error_line(capsys, "train-controller")
+    assert "cmaes.pt" in line and field in line and "restart the search" in line, line

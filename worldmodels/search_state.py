@@ -11,6 +11,7 @@ the fresh search, never from the file. The resumed search continues bit for bit 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -350,12 +351,81 @@ def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrate
         es = _Decoder(template, _cma_classes()).decode(saved["es"])
         if not isinstance(es, cma.CMAEvolutionStrategy):
             raise ValueError("not a CMA-ES search")
+        _check_like(template, es, "es")
+        _check_ranges(es, int(saved["search"]["dim"]))
         progress = Progress.from_saved(_Decoder(None, {}).decode(saved["progress"]))
+        _check_progress(progress, int(saved["search"]["dim"]))
         np_state = _Decoder(None, {}).decode(saved["numpy_random"])
         np.random.RandomState().set_state(np_state)  # numpy checks the state's form
         return es, progress, np_state
 
     return _rebuilt(path, rebuild)
+
+
+# ---------------------------------------------------------------- the schema a rebuilt search is read against
+
+MAX_GENERATION = 10_000_000  # controller.generations' ceiling
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_like(template: Any, rebuilt: Any, path: str, depth: int = 0) -> None:
+    """Where the fresh search holds an array, the file's search holds one of the same shape; where it holds a number,
+    a finite number (pycma's own objects, three levels deep)."""
+    for name, expected in vars(template).items():
+        value: Any = getattr(rebuilt, name, None)
+        where = f"{path}.{name}"
+        if isinstance(expected, np.ndarray):
+            if not (isinstance(value, np.ndarray) and value.shape == expected.shape):
+                raise ValueError(f"{where} is {_describe(value)}, not an array of shape {expected.shape}")
+        elif _number(expected) and not (_number(value) and (math.isfinite(value) or value == expected)):
+            raise ValueError(f"{where} is {_describe(value)}, not a finite number")  # pycma's own infinities aside
+        elif _cma_class(expected) and depth < 3:
+            if type(value) is not type(expected):
+                raise ValueError(f"{where} is {_describe(value)}, not a {type(expected).__name__}")
+            _check_like(expected, value, where, depth + 1)
+
+
+def _check_ranges(es: cma.CMAEvolutionStrategy, dim: int) -> None:
+    """What the next generation reads first: a finite mean of the controller's size, a positive step, counters."""
+    checks = [
+        (es.N == dim and np.isfinite(es.mean).all(), "es.mean", f"{dim} finite numbers"),
+        (0 < es.sigma < 1e300, "es.sigma", "a positive step size"),
+        (0 <= es.countiter <= MAX_GENERATION, "es.countiter", f"a generation from 0 to {MAX_GENERATION:,}"),
+        (0 <= es.countevals, "es.countevals", "a count"),
+        (np.isfinite(getattr(es.sm, "C", np.zeros(1))).all(), "es.sm.C", "a finite covariance"),
+    ]
+    for holds, where, expected in checks:
+        if not holds:
+            raise ValueError(f"{where} is not {expected}")
+
+
+def _check_progress(p: Progress, dim: int) -> None:
+    """Our own record: counters in range, the kept controller and every history entry of the controller's size."""
+
+    def controller(value: Any) -> bool:
+        return isinstance(value, np.ndarray) and value.shape == (dim,) and bool(np.isfinite(value).all())
+
+    ceilings = {"generation": MAX_GENERATION, "round_start": MAX_GENERATION, "round": MAX_GENERATION}
+    for name in ("generation", "env_steps", "real_steps", "round", "round_start"):
+        value = getattr(p, name)
+        if not (isinstance(value, int) and 0 <= value <= ceilings.get(name, 10**15)):
+            raise ValueError(f"progress.{name} is {_describe(value)}, not a count in range")
+    if not (_number(p.best_score) and not np.isnan(p.best_score)) or not (p.best is None or controller(p.best)):
+        raise ValueError("progress.best is not a controller of this size with its score")
+    for entry in p.history or []:
+        if not (isinstance(entry, dict) and controller(entry.get("params")) and _number(entry.get("score"))):
+            raise ValueError(f"progress.history holds {_describe(entry)}, not a scored controller of this size")
+
+
+def _describe(value: Any) -> str:
+    """A value as an error line names it: its type, and its shape or value when short."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) < 40 else text[:37] + '...'}"
 
 
 def refuse_pickle(run_dir: Path) -> None:
