@@ -272,3 +272,41 @@ def test_a_planted_folder_link_is_refused_and_outside_temp_files_stay(copy_run, 
 def test_a_link_that_stays_inside_the_run_folder_is_allowed(copy_run):
     (copy_run["dir"] / "report_link.json").symlink_to(copy_run["dir"] / "report.json")
     assert cli_stage("evaluate", copy_run["checkpoints"], copy_run["rollouts"]) == 0
+
+
+def fill(disk, leave: int = 0) -> None:
+    """Leave `leave` pages of 4 KiB free on the small disk."""
+    with open(disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    os.truncate(disk / "filler", os.path.getsize(disk / "filler") - leave * 4096)
+
+
+@pytest.mark.parametrize("stage, names", [("train-controller", "cmaes.pt"), ("train-memory", "")])
+def test_a_full_disk_while_saving_the_search_or_logging_is_one_line(small_disk, copy_run, capsys, stage, names):
+    import shutil
+
+    run = shutil.copytree(copy_run["checkpoints"], small_disk / "ck") / "tiny"
+    if stage == "train-memory":
+        (run / "memory.pt").unlink()
+    before = (run / "cmaes.pt").read_bytes()
+    fill(small_disk, leave=4 if stage == "train-controller" else 0)  # the recipe and the logs fit, the search not
+    extra = ("--set", "controller.generations=4") if stage == "train-controller" else ()
+    assert cli_stage(stage, small_disk / "ck", copy_run["rollouts"], *extra) == 2
+    line = one_error_line(capsys, stage)  # no traceback from torch's writer or TensorBoard's thread after it
+    assert "No space left on device" in line and names in line
+    assert (run / "cmaes.pt").read_bytes() == before and not list(run.rglob("*.tmp"))
+
+
+def test_a_checkpoint_that_does_not_fit_is_an_os_error_naming_it(small_disk):
+    from worldmodels import checkpoints
+
+    old = small_disk / "memory.pt"
+    checkpoints.save(old, {"kind": "memory", "w": torch.zeros(10)})
+    before = old.read_bytes()
+    fill(small_disk, leave=4)
+    # torch's own zip writer reports this as "RuntimeError: [enforce fail at inline_container.cc]"
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        checkpoints.save(old, {"kind": "memory", "w": torch.zeros(100_000)})
+    assert caught.value.filename == str(old) and old.read_bytes() == before
+    assert not list(small_disk.glob(".*.tmp"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -28,7 +29,8 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's files are 060
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through `write(file)` to a temp file beside `path`, then rename: never a half-written file."""
+    """Write through `write(file)` to a temp file beside `path`, then rename: never a half-written file, and the old
+    one intact when the write fails (a full disk is an OSError naming `path`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -36,6 +38,11 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             write(f)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a write or close says only why: name the file it was for
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -43,7 +50,9 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
 
 def save(path: Path, payload: dict) -> None:
     """Save a checkpoint dict (state_dicts and plain data) atomically."""
-    atomic_write(Path(path), lambda f: torch.save(payload, f))
+    buffer = io.BytesIO()  # serialised first: torch's zip writer reports a full disk as a RuntimeError of its own
+    torch.save(payload, buffer)
+    atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
 
 
 def load(path: Path, kind: str) -> dict:

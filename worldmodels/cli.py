@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -296,6 +297,21 @@ def summary(report: dict) -> dict:
     return {k: report[k] for k in keys if k in report}
 
 
+def keep_thread_errors() -> list[OSError]:
+    """A background thread that fails on a full or read-only disk (TensorBoard's event writer) adds its error to the
+    list instead of printing a traceback: the stage says it in its one line."""
+    errors: list[OSError] = []
+
+    def hook(failure: threading.ExceptHookArgs) -> None:
+        if isinstance(failure.exc_value, OSError):
+            errors.append(failure.exc_value)
+        else:
+            threading.__excepthook__(failure)
+
+    threading.excepthook = hook
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.stage in ("recipes", "recipe"):
@@ -309,8 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # distributed.launched(), before torch loads
     rank = int(os.environ.get("RANK", "0")) if launched else 0
     where = f" (rank {rank})" if launched else ""
+    thread_errors = keep_thread_errors()
     try:
         result = run_stage(args)
+        if thread_errors:  # the stage's own files are complete; what a writer thread lost is said in one line
+            raise thread_errors[0]
     except WorldModelsError as exc:
         print(f"worldmodels {args.stage}{where}: error: {exc}", file=sys.stderr)
         return 2
