@@ -310,3 +310,16 @@ def test_a_checkpoint_that_does_not_fit_is_an_os_error_naming_it(small_disk):
         checkpoints.save(old, {"kind": "memory", "w": torch.zeros(100_000)})
     assert caught.value.filename == str(old) and old.read_bytes() == before
     assert not list(small_disk.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "sample"])
+@pytest.mark.parametrize(
+    "setting, named", [("vision.latent_dim=5", "vision.latent_dim"), ("memory.hidden_size=12", "memory.hidden_size")]
+)
+def test_a_reader_refuses_checkpoints_made_for_another_recipe(copy_run, capsys, stage, setting, named):
+    report = copy_run["dir"] / "report.json"
+    before = report.read_bytes()
+    assert cli_stage(stage, copy_run["checkpoints"], copy_run["rollouts"], "--set", setting) == 2
+    line = one_error_line(capsys, stage)
+    assert named in line and "the recipe says" in line and "another --run" in line
+    assert report.read_bytes() == before

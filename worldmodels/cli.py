@@ -225,10 +225,10 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_r
         cfg.device = str(distributed.init(pick_device(cfg.device)))  # cuda:LOCAL_RANK, or cpu
     else:
         pick_device(cfg.device)  # every stage refuses a device this machine lacks, those that run on the CPU too
-    if args.stage in WRITING_STAGES:
+    if args.stage != "collect":  # every reader, not only the trainers: checkpoints made for another recipe are refused
         stages.check_run(cfg, run)  # before recording the recipe, so a refused recipe leaves the old one
-        if distributed.is_main():
-            run.write_recipe()
+    if args.stage in WRITING_STAGES and distributed.is_main():
+        run.write_recipe()
     if args.stage == "collect":
         return {k: v for k, v in stages.collect(cfg, rollouts_root).items() if k != "episodes"}
     task = evaluators.task_stages(cfg)  # a world with its own V and stages (the codebook world's NAS task)
