@@ -158,3 +158,14 @@ def test_a_v_trained_on_fast_frames_reconstructs_gymnasiums_as_well(carracing_ru
             x = frames_to_float(torch.from_numpy(np.stack(stack)), "cpu")
             errors[r] = float(((vision.through_z(x) - x) ** 2).mean())
     assert errors["gymnasium"] <= 1.10 * errors["fast"], errors
+
+
+def test_the_search_logs_its_learning_curve_by_real_frames(carracing_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(carracing_run["dir"] / "tb"))
+    events.Reload()
+    curve = events.Scalars("controller/kept_score_by_real_steps")
+    spent = {e.step: e.value for e in events.Scalars("controller/real_steps")}  # by generation
+    assert [e.step for e in curve] == [int(spent[1]), int(spent[2])]  # eval_every = 1 in the tiny recipe
+    assert curve[0].value <= curve[1].value  # the kept score only rises during a search

@@ -345,7 +345,10 @@ def train_controller(cfg: Config, run: checkpoints.Run, round: int = 0) -> dict:
                 tqdm.write(line + (search.watch(watcher, writer) if watcher else ""))
             if isinstance(evaluator, StatefulEvaluator):
                 evaluator.log(writer, p.generation)
-            writer.add_scalar(f"controller/{c.world}_steps", p.env_steps + evaluator.steps, p.generation)
+            spent = p.env_steps + evaluator.steps
+            writer.add_scalar(f"controller/{c.world}_steps", spent, p.generation)
+            if p.generation % c.eval_every == 0 and np.isfinite(p.best_score):  # the learning curve by frames spent
+                writer.add_scalar(f"controller/kept_score_by_{c.world}_steps", p.best_score, spent)
             search.save(evaluator)
             if p.best_score >= c.target:
                 tqdm.write(f"controller: target {c.target} reached, stopping")
