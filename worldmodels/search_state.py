@@ -20,7 +20,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from . import checkpoints
+from . import checkpoints, config
 from .errors import WorldModelsError
 
 with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent
@@ -351,10 +351,11 @@ def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrate
         es = _Decoder(template, _cma_classes()).decode(saved["es"])
         if not isinstance(es, cma.CMAEvolutionStrategy):
             raise ValueError("not a CMA-ES search")
+        dim = int(saved["search"]["dim"])
         _check_like(template, es, "es")
-        _check_ranges(es, int(saved["search"]["dim"]))
+        _check_ranges(es, dim)
         progress = Progress.from_saved(_Decoder(None, {}).decode(saved["progress"]))
-        _check_progress(progress, int(saved["search"]["dim"]))
+        _check_progress(progress, dim)
         np_state = _Decoder(None, {}).decode(saved["numpy_random"])
         np.random.RandomState().set_state(np_state)  # numpy checks the state's form
         return es, progress, np_state
@@ -364,7 +365,7 @@ def load(path: Path, search: dict | None = None) -> tuple[cma.CMAEvolutionStrate
 
 # ---------------------------------------------------------------- the schema a rebuilt search is read against
 
-MAX_GENERATION = 10_000_000  # controller.generations' ceiling
+MAX_GENERATION = config.MAXIMUM["controller.generations"]  # no search state holds more generations than a recipe
 
 
 def _number(value: Any) -> bool:

@@ -54,7 +54,7 @@ class FastCarRacing:
         self.scale = np.array([width / (right - left), height / (bottom - top)]) * SUPERSAMPLE / WINDOW
         self.offset = -np.array([left * width / (right - left), top * height / (bottom - top)]) * SUPERSAMPLE
         self.surface = pygame.Surface((width * SUPERSAMPLE, height * SUPERSAMPLE))
-        self._box = (*self.scale.tolist(), *self.offset.tolist())  # the same map as Python floats, for the dashboard
+        self._box = (*self.scale.tolist(), *self.offset.tolist())  # the same map as Python floats, read every frame
         self._track: list | None = None  # the road_poly list the ground caches were built from
         self._ground = np.zeros((0, 4, 2))  # grass patches then road polygons, world coordinates
         self._centres, self._radii = np.zeros((0, 2)), np.zeros(0)
@@ -75,7 +75,7 @@ class FastCarRacing:
         self._cache_track()
         zoom = 0.1 * car_racing.SCALE * max(1 - world.t, 0) + car_racing.ZOOM * car_racing.SCALE * min(world.t, 1)
         cos, sin = math.cos(-car.hull.angle) * zoom, math.sin(-car.hull.angle) * zoom
-        (sx, sy), (ox, oy) = self.scale.tolist(), self.offset.tolist()
+        sx, sy, ox, oy = self._box
         # world to drawn pixels, (X, Y) = (a x + b y + e, c x + d y + f): gymnasium rotates about the car,
         # scales, moves the car to (W/2, H/4) of its window and flips the window upside down
         a, b, c, d = cos * sx, -sin * sx, -sin * sy, -cos * sy
