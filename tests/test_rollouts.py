@@ -237,7 +237,8 @@ def test_collect_writes_store_and_manifest_and_resumes(tmp_path):
         assert len(ep["action"]) <= cfg.env.max_steps
     assert manifest["frames"] == sum(e["steps"] + 1 for e in manifest["episodes"])
     assert len({e["seed"] for e in manifest["episodes"]}) == 3
-    assert manifest["env"] == "CartPole-v1" and manifest["frame_size"] == 16 and manifest["skipped_corrupt"] == []
+    world = manifest["world"]
+    assert world["env.id"] == "CartPole-v1" and world["env.frame_size"] == 16 and manifest["skipped_corrupt"] == []
 
     # resuming keeps what is there and only adds what is missing; a corrupt file is collected again, the same
     seed_of_1 = manifest["episodes"][1]["seed"]

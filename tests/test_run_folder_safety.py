@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
-from helpers import TINY, cli_stage, one_error_line, run_cli
+from helpers import TINY, cli_stage, copy_tree, one_error_line, run_cli
 
-from worldmodels import search_state
+from worldmodels import checkpoints, search_state
+from worldmodels.errors import WorldModelsError
 
 
 def start_stage(*argv: str) -> subprocess.Popen:
@@ -323,3 +326,92 @@ def test_a_reader_refuses_checkpoints_made_for_another_recipe(copy_run, capsys, 
     line = one_error_line(capsys, stage)
     assert named in line and "the recipe says" in line and "another --run" in line
     assert report.read_bytes() == before
+
+
+# ---------------------------------------------------------------- every file says what world it was made for
+
+
+def test_a_file_made_for_another_world_is_refused_by_every_reader(copy_run, tmp_path, capsys):
+    """CartPole-v0 has CartPole-v1's frames and actions: only the fingerprint tells the two runs apart."""
+    import gymnasium as gym
+
+    report = copy_run["dir"] / "report.json"
+    before = report.read_bytes()
+    for stage in ("evaluate", "sample", "train-memory", "train-controller"):
+        assert cli_stage(stage, copy_run["checkpoints"], copy_run["rollouts"], "--set", "env.id=CartPole-v0") == 2
+        line = one_error_line(capsys, stage)
+        assert "env.id='CartPole-v1' but the recipe says 'CartPole-v0'" in line and "another --run" in line
+        assert str(copy_run["dir"]) in line
+    assert report.read_bytes() == before
+    other = tmp_path / "other.toml"
+    other.write_text(open(TINY).read().replace('id = "CartPole-v1"', 'id = "CartPole-v0"'))
+    with pytest.raises(WorldModelsError, match="env.id='CartPole-v1' but the recipe says 'CartPole-v0'"):
+        gym.make("worldmodels/Dream-v0", run=str(copy_run["dir"]), recipe=str(other))
+    # episodes too: collecting into another world's folder is refused before anything is written
+    manifest = copy_run["rollouts"] / "tiny" / "episodes" / "manifest.json"
+    assert cli_stage("collect", copy_run["checkpoints"], copy_run["rollouts"], "--set", "env.id=CartPole-v0") == 2
+    assert f"'{manifest}' was made with env.id='CartPole-v1'" in one_error_line(capsys, "collect")
+
+
+BROKEN_EPISODES = {
+    "action width": (lambda e: {"action": np.stack([e["action"], e["action"]], axis=1)}, "actions of shape (2,)"),
+    "32x32 frames": (lambda e: {"obs": e["obs"].repeat(2, axis=1).repeat(2, axis=2)}, "frames of 32x32"),
+    "out-of-range action": (lambda e: {"action": e["action"] + 5}, "actions outside the world's action space"),
+    "NaN reward": (lambda e: {"reward": e["reward"] * np.nan}, "rewards that are not finite numbers"),
+    "string rewards": (lambda e: {"reward": e["reward"].astype(str)}, "reward must be numbers, got <U"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_EPISODES))
+def test_an_episode_that_is_not_of_the_recipes_world_is_named_and_left_out(copy_run, tmp_path, capsys, case):
+    from worldmodels import config
+    from worldmodels.rollouts import CorruptEpisode, EpisodeLayout, load_episode, save_episode
+
+    ck, ro = copy_run["checkpoints"], copy_tree(copy_run["rollouts"], tmp_path / "ro")
+    path = ro / "tiny" / "episodes" / "ep_000003.npz"
+    intact = load_episode(path)
+    change, reason = BROKEN_EPISODES[case]
+    save_episode(path, intact | change(intact))
+    with pytest.raises(CorruptEpisode, match=f"ep_000003.npz: .*{re.escape(reason)}"):
+        load_episode(path, EpisodeLayout.of(config.load(TINY).env))
+    (copy_run["dir"] / "latents" / path.name).unlink()  # encode reads it again
+    assert cli_stage("encode", ck, ro) == 0
+    assert f"skipping corrupt episode ep_000003.npz: {reason}" in capsys.readouterr().out
+    assert path.name not in checkpoints.read_json(copy_run["dir"] / "latents" / "manifest.json")["episodes"]
+    path.unlink()  # collect plays it again: the same seed, the same episode
+    assert cli_stage("collect", ck, ro) == 0
+    again = load_episode(path)
+    assert all(np.array_equal(again[k], intact[k]) for k in intact)
+
+
+@pytest.mark.parametrize(
+    "case, change, reason",
+    [
+        ("wrong width", lambda d: d | {"mu": d["mu"][:, :2]}, "latents 2 wide, but V's are 4"),
+        ("NaN latents", lambda d: d | {"mu": d["mu"] * np.float16("nan")}, "latents, actions or rewards that are not"),
+        ("another V's", lambda d: d | {"vision_id": np.asarray("0" * 32)}, "encoded by another V"),
+    ],
+)
+def test_a_latent_file_that_does_not_fit_is_named_and_encoded_again(copy_run, capsys, case, change, reason):
+    from worldmodels.rollouts import save_episode
+
+    ck, ro = copy_run["checkpoints"], copy_run["rollouts"]
+    victim = sorted((copy_run["dir"] / "latents").glob("*.npz"))[2]
+    intact = victim.read_bytes()
+    with np.load(victim) as d:
+        save_episode(victim, change({k: d[k] for k in d.files}))
+    assert cli_stage("train-memory", ck, ro, "--set", "memory.epochs=2") == 2
+    line = one_error_line(capsys, "train-memory")
+    assert f"latent file {victim.name}: {reason}" in line and "worldmodels encode" in line
+    assert cli_stage("encode", ck, ro) == 0
+    assert victim.read_bytes() == intact
+
+
+def test_latents_of_an_earlier_v_are_refused(copy_run, capsys):
+    ck, ro, vision = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"] / "vision.pt"
+    retrained = checkpoints.load(vision, "vision") | {"id": "f" * 32}  # what training V again leaves
+    checkpoints.save(vision, retrained)
+    assert cli_stage("train-memory", ck, ro, "--set", "memory.epochs=2") == 2
+    assert "encoded by an earlier V; run `worldmodels encode`" in one_error_line(capsys, "train-memory")
+    assert cli_stage("encode", ck, ro) == 0
+    assert cli_stage("train-memory", ck, ro, "--set", "memory.epochs=2") == 0

@@ -71,14 +71,35 @@ def load(path: Path, kind: str) -> dict:
     return payload
 
 
-def check_same_config(path: Path, saved: dict, wanted: dict, section: str) -> None:
-    """Refuse to resume or use a checkpoint whose model config differs from the recipe's."""
+def check_same_config(path: Path, saved: dict, wanted: dict, section: str = "") -> None:
+    """Refuse to resume or use a file whose recorded config differs from the recipe's: one line naming the file,
+    the field, both values and what to do."""
     for key, value in wanted.items():
         if key in saved and saved[key] != value:
+            field = f"{section}.{key}" if section else key
             raise WorldModelsError(
-                f"checkpoint '{path}' was made with {section}.{key}={saved[key]!r} but the recipe says {value!r}; "
-                f"use another --run or delete the checkpoint"
+                f"'{path}' was made with {field}={saved[key]!r} but the recipe says {value!r}; "
+                f"use another --run or delete the file to make it again"
             )
+
+
+def fingerprint(cfg: config_lib.Config) -> dict:
+    """The recipe fields every file of a run is shaped by, whatever the model: the world, its frames, its actions.
+    Stored in each checkpoint and latent manifest, checked by every reader (`check_fingerprint`)."""
+    e = cfg.env
+    return {
+        "env.id": e.id,
+        "env.frame_size": e.frame_size,
+        "env.crop": list(e.crop),
+        "env.render_size": list(e.render_size),
+        "env.action_low": list(e.action_low),
+        "env.action_high": list(e.action_high),
+    }
+
+
+def check_fingerprint(path: Path, saved: dict, cfg: config_lib.Config) -> None:
+    """Refuse a file made for another world than the recipe's (a file older than fingerprints is let through)."""
+    check_same_config(path, saved.get("world") or {}, fingerprint(cfg))
 
 
 def read_json(path: Path, kind: type = dict) -> Any:
@@ -152,19 +173,32 @@ class Run:
             raise WorldModelsError(f"'{path}' not found; run `worldmodels {stage}` first")
         return path
 
+    def check_world(self) -> None:
+        """Every file of the run that records the world it was made for was made for the recipe's (`fingerprint`)."""
+        for path, kind in ((self.vision, "vision"), (self.memory, "memory"), (self.controller, "controller")):
+            if path.is_file():
+                check_fingerprint(path, load(path, kind), self.cfg)
+        if self.cmaes.is_file():  # read as data only (weights_only): its pycma object is rebuilt by search_state
+            check_fingerprint(self.cmaes, load(self.cmaes, "cmaes"), self.cfg)
+        manifest = read_json(self.latents / "manifest.json")
+        if manifest is not None:
+            check_fingerprint(self.latents / "manifest.json", manifest, self.cfg)
+
     def write_recipe(self) -> None:
         """Record the resolved recipe this run was made with (left untouched when it says the same:
         a finished run writes nothing)."""
         write_if_changed(self.dir / "recipe.toml", config_lib.dumps(self.cfg))
 
 
-def save_controller(path: Path, flat: np.ndarray, input_dim: int, score: float, generation: int) -> None:
-    """C's checkpoint: its flat parameters, the input size it reads, its score and the generation it came from."""
+def save_controller(path: Path, flat: np.ndarray, input_dim: int, score: float, generation: int, world: dict) -> None:
+    """C's checkpoint: its flat parameters, the input size it reads, its score, the generation it came from and the
+    world it acts in (`fingerprint`)."""
     save(
         path,
         {
             "kind": "controller",
             "config": {"input_dim": input_dim},
+            "world": world,
             "params": torch.as_tensor(flat, dtype=torch.float32),
             "score": float(score),
             "generation": generation,

@@ -147,4 +147,6 @@ def to_action(y: np.ndarray, space: gym.Space):
     low, high = box.low.ravel(), box.high.ravel()
     bounded = np.isfinite(low) & np.isfinite(high)  # unbounded dimensions take the raw output
     scaled = np.where(bounded, np.nan_to_num(low) + (y + 1) / 2 * np.nan_to_num(high - low), y)
-    return scaled.reshape(space.shape).astype(space.dtype)
+    # noise on tanh's output (exploration, controller.noise) can leave [-1, 1]: the world gets, and the episode
+    # store records, an action of its space
+    return np.clip(scaled, low, high).reshape(space.shape).astype(space.dtype)

@@ -198,7 +198,14 @@ class Search:
     def keep(self, flat: np.ndarray, score: float) -> None:
         """Make `flat` the kept controller, with its score, and write controller.pt."""
         self.progress.best, self.progress.best_score = flat, score
-        checkpoints.save_controller(self.run.controller, flat, self.world.input_dim, score, self.progress.generation)
+        checkpoints.save_controller(
+            self.run.controller,
+            flat,
+            self.world.input_dim,
+            score,
+            self.progress.generation,
+            checkpoints.fingerprint(self.cfg),
+        )
 
     def save(self, evaluator: Evaluator) -> None:
         """Write the search (and its world's state) to cmaes.pt; the steps spent join the progress."""
@@ -206,7 +213,7 @@ class Search:
         evaluator.steps = 0
         if isinstance(evaluator, StatefulEvaluator):
             self.progress.world_state = evaluator.state()
-        search_state.save(self.run.cmaes, self.es, self.search, self.progress)
+        search_state.save(self.run.cmaes, self.es, self.search, self.progress, checkpoints.fingerprint(self.cfg))
 
     def start_round(self, evaluator: Evaluator) -> None:
         """M changed: the kept controller's score is re-measured in the new dream before the round searches."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .checkpoints import Run, atomic_write, save_json
+from .checkpoints import Run, atomic_write, check_fingerprint, fingerprint, load, save_json
 from .config import CollectConfig, Config, EnvConfig
 from .controller import to_action
 from .errors import WorldModelsError
@@ -83,19 +83,60 @@ class CorruptEpisode(Exception):
     """An episode file that cannot be read or whose arrays disagree."""
 
 
-def load_episode(path: Path) -> dict:
-    """Read one episode; raise CorruptEpisode with a reason if it is truncated or inconsistent."""
+@dataclass(frozen=True)
+class EpisodeLayout:
+    """What a recipe's episodes hold, checked whenever one is read: frames of its size, actions of its world."""
+
+    frame_size: int
+    space: gym.Space
+
+    @classmethod
+    def of(cls, cfg: EnvConfig) -> EpisodeLayout:
+        return cls(cfg.frame_size, action_space(cfg))
+
+    def check_headers(self, name: str, arrays: dict[str, tuple[tuple, np.dtype]]) -> None:
+        """Frame size and action shape, from the arrays' headers."""
+        size = tuple(arrays["obs"][0][1:3])
+        if size != (self.frame_size, self.frame_size):
+            raise CorruptEpisode(f"{name}: frames of {size[0]}x{size[1]}, but env.frame_size is {self.frame_size}")
+        shape = tuple(arrays["action"][0][1:])
+        if shape != self.space.shape:
+            raise CorruptEpisode(f"{name}: actions of shape {shape}, but the world's are {self.space.shape}")
+
+    def check_values(self, name: str, episode: dict) -> None:
+        """Actions inside the world's action space, finite rewards."""
+        action, space = episode["action"], self.space
+        if isinstance(space, gym.spaces.Box):
+            slack = 1e-6 * (1 + np.abs(np.nan_to_num(space.low, posinf=0, neginf=0)))  # float32 rounding at a bound
+            inside = (action >= space.low - slack) & (action <= space.high + slack)  # NaN is neither
+        elif isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+            choices = space.n if isinstance(space, gym.spaces.Discrete) else space.nvec
+            inside = (action == np.round(action)) & (action >= space.start) & (action < space.start + choices)
+        else:
+            inside = np.ones(1, bool)
+        if not np.all(inside):
+            raise CorruptEpisode(f"{name}: actions outside the world's action space {space}")
+        if not np.isfinite(episode["reward"]).all():
+            raise CorruptEpisode(f"{name}: rewards that are not finite numbers")
+
+
+def load_episode(path: Path, layout: EpisodeLayout | None = None) -> dict:
+    """Read one episode; raise CorruptEpisode with a reason if it is truncated, inconsistent or (with `layout`) not
+    one of the recipe's world."""
     try:
         with np.load(path) as data:
             episode = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
         raise CorruptEpisode(f"{path.name}: {type(exc).__name__}") from None
-    _check_layout(path.name, {k: (v.shape, v.dtype) for k, v in episode.items()})
+    _check_layout(path.name, {k: (v.shape, v.dtype) for k, v in episode.items()}, layout)
+    if layout is not None:
+        layout.check_values(path.name, episode)
     return episode
 
 
-def _check_layout(name: str, arrays: dict[str, tuple[tuple, np.dtype]]) -> None:
-    """Shapes and dtypes of an episode's arrays: frames as uint8 RGB, one step more than actions and rewards."""
+def _check_layout(name: str, arrays: dict[str, tuple[tuple, np.dtype]], layout: EpisodeLayout | None = None) -> None:
+    """Shapes and dtypes of an episode's arrays: frames as uint8 RGB, one step more than actions and rewards,
+    numbers where numbers belong; with `layout`, the recipe's frame size and action shape."""
     missing = [k for k in EPISODE_KEYS if k not in arrays]
     if missing:
         raise CorruptEpisode(f"{name}: missing {', '.join(missing)}")
@@ -109,9 +150,14 @@ def _check_layout(name: str, arrays: dict[str, tuple[tuple, np.dtype]]) -> None:
         raise CorruptEpisode(f"{name}: reward, terminated and truncated must be one value per step")
     if obs_shape[0] != steps + 1 or any(arrays[k][0][0] != steps for k in ("reward", "terminated", "truncated")):
         raise CorruptEpisode(f"{name}: array lengths disagree")
+    for key, kinds in (("action", "fiu"), ("reward", "fiu"), ("terminated", "biu"), ("truncated", "biu")):
+        if np.dtype(arrays[key][1]).kind not in kinds:
+            raise CorruptEpisode(f"{name}: {key} must be numbers, got {arrays[key][1]}")
+    if layout is not None:
+        layout.check_headers(name, arrays)
 
 
-def check_episode_file(path: Path) -> None:
+def check_episode_file(path: Path, layout: EpisodeLayout | None = None) -> None:
     """The checks of `load_episode` from the arrays' headers alone (a few bytes each), nothing decompressed in full."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -128,14 +174,14 @@ def check_episode_file(path: Path) -> None:
                 arrays[member.removesuffix(".npy")] = (shape, dtype)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise CorruptEpisode(f"{path.name}: {type(exc).__name__}") from None
-    _check_layout(path.name, arrays)
+    _check_layout(path.name, arrays, layout)
 
 
 class EpisodeStore:
     """A folder of episodes `ep_NNNNNN.npz` (and iterative rounds' `roundRR_NNNNNN.npz`) plus `manifest.json`."""
 
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
+    def __init__(self, root: Path | str, layout: EpisodeLayout | None = None):
+        self.root, self.layout = Path(root), layout  # layout: what every episode read is checked to hold
         self.skipped: set[str] = set()
 
     @property
@@ -165,13 +211,21 @@ class EpisodeStore:
             ) from None
         return manifest
 
+    def check_world(self, cfg: Config) -> None:
+        """Refuse a folder of episodes collected for another world than the recipe's (one line naming the field)."""
+        if self.manifest_path.is_file():
+            manifest = self.manifest()
+            older = {"env.id": manifest.get("env"), "env.frame_size": manifest.get("frame_size")}  # before fingerprints
+            world = manifest.get("world") or {k: v for k, v in older.items() if v is not None}
+            check_fingerprint(self.manifest_path, {"world": world}, cfg)
+
     def complete(self, episodes: int) -> bool:
         """The manifest lists `episodes` collected episodes whose files are whole and well formed (checked from
         the zip's index and the arrays' headers, nothing decompressed); else `collect` has work to do."""
         try:
             listed = [e["file"] for e in self.manifest()["episodes"] if not e.get("round")]
             for name in listed:
-                check_episode_file(self.root / name)
+                check_episode_file(self.root / name, self.layout)
         except (WorldModelsError, CorruptEpisode):
             return False
         return len(listed) >= episodes
@@ -189,7 +243,7 @@ class EpisodeStore:
         """Yield readable episodes; corrupt ones are skipped, named once and counted in `skipped`."""
         for path in self.paths() if paths is None else paths:
             try:
-                yield path, load_episode(path)
+                yield path, load_episode(path, self.layout)
             except CorruptEpisode as exc:
                 if path.name not in self.skipped:
                     self.skipped.add(path.name)
@@ -276,8 +330,7 @@ def _collect_in_process(job: tuple[int, str]) -> tuple[str, int]:
 
 def collect(cfg: Config, root: Path) -> dict:
     """Collect `cfg.collect.episodes` episodes into `root`, skipping those already there (resume)."""
-    action_space(cfg.env)  # fail fast on a bad env id, in this process
-    store = EpisodeStore(root)
+    store = EpisodeStore(root, EpisodeLayout.of(cfg.env))  # a bad env id fails here, fast, in this process
     root.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):  # a corrupt episode is named, deleted and collected again, once
         _collect_missing(cfg, store, root)
@@ -303,8 +356,7 @@ def collect(cfg: Config, root: Path) -> dict:
         rounds.append(episode_entry(path, episode, round=int(path.name[5:7])))
     episodes = entries + rounds  # named roundRR_*, never among the ep_* files above
     manifest = {
-        "env": cfg.env.id,
-        "frame_size": cfg.env.frame_size,
+        "world": fingerprint(cfg),
         "episodes": episodes,
         "frames": sum(e["steps"] + 1 for e in episodes),
         "skipped_corrupt": sorted(store.skipped),
@@ -438,37 +490,51 @@ class SequenceDataset(torch.utils.data.Dataset):
         }
 
 
-def read_latent(path: Path) -> LatentEpisode:
-    """One encoded episode; CorruptEpisode if it cannot be read or its arrays disagree."""
+def read_latent(path: Path, width: int | None = None, vision_id: str | None = None) -> LatentEpisode:
+    """One encoded episode; CorruptEpisode if it cannot be read, its arrays disagree or hold non-finite numbers, or
+    (when given) its latents are not `width` wide or were made by another V than `vision_id`."""
     try:
         with np.load(path) as d:
             mu = d["mu"].astype(np.float32)
             logstd = d["logstd"].astype(np.float32) if "logstd" in d else np.zeros_like(mu)
             codes = d["codes"].astype(np.int64) if "codes" in d else None
             episode = LatentEpisode(mu, logstd, d["action"], d["reward"], d["done"], codes, path.name)
+            made_by = str(d["vision_id"]) if "vision_id" in d else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
         raise CorruptEpisode(f"{path.name}: {type(exc).__name__}") from None
     steps = len(episode.action)
     if mu.ndim != 2 or len(mu) != steps + 1 or len(episode.reward) != steps or len(episode.done) != steps:
         raise CorruptEpisode(f"{path.name}: array lengths disagree")
+    if width is not None and mu.shape[1] != width:
+        raise CorruptEpisode(f"{path.name}: latents {mu.shape[1]} wide, but V's are {width}")
+    if vision_id is not None and made_by not in (None, vision_id):
+        raise CorruptEpisode(f"{path.name}: encoded by another V")
+    numbers = (mu, logstd, episode.action, episode.reward)
+    if any(a.dtype.kind not in "fiub" or not np.isfinite(a).all() for a in numbers):
+        raise CorruptEpisode(f"{path.name}: latents, actions or rewards that are not finite numbers")
     return episode
 
 
 def load_latents(run: Run) -> list[LatentEpisode]:
-    """Every encoded episode of the run."""
+    """Every encoded episode of the run, checked to be of this recipe's world and of the run's V."""
     manifest_path = run.require(run.latents / "manifest.json", "encode")
     try:
-        names = json.loads(manifest_path.read_text())["episodes"]
+        manifest = json.loads(manifest_path.read_text())
+        names = manifest["episodes"]
         if not all(isinstance(n, str) and "/" not in n for n in names):
             raise ValueError
     except (ValueError, KeyError, TypeError):
         raise WorldModelsError(f"'{manifest_path}' is damaged; `worldmodels encode` rebuilds it") from None
+    check_fingerprint(manifest_path, manifest, run.cfg)
+    vision_id = manifest.get("vision_id")
+    if run.vision.is_file() and vision_id != load(run.vision, "vision").get("id", vision_id):
+        raise WorldModelsError(f"the latents in '{run.latents}' were encoded by an earlier V; run `worldmodels encode`")
     episodes = []
     for name in names:
         try:
-            episodes.append(read_latent(run.latents / name))
+            episodes.append(read_latent(run.latents / name, manifest.get("latent_dim"), vision_id))
         except CorruptEpisode as exc:
-            raise WorldModelsError(f"latent file {exc} is damaged; `worldmodels encode` encodes it again") from None
+            raise WorldModelsError(f"latent file {exc}; `worldmodels encode` encodes it again") from None
     if not episodes:
         raise WorldModelsError(f"no encoded episodes in '{run.latents}'")
     return episodes

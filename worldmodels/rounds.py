@@ -20,7 +20,7 @@ from .backends import real_evaluator
 from .checkpoints import Run
 from .config import Config
 from .evaluators import open_world
-from .rollouts import EpisodeStore, episode_entry
+from .rollouts import episode_entry
 
 
 def round_episode_name(r: int, index: int) -> str:
@@ -31,7 +31,7 @@ def round_episode_name(r: int, index: int) -> str:
 def collect_round(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
     """Real episodes of the kept controller, its parameters perturbed once per episode (`exploration_params`) and
     noise on its outputs at every step, added to the episode store; resumable."""
-    d, store = cfg.rounds, EpisodeStore(stages.episodes_dir(rollouts_root, cfg))
+    d, store = cfg.rounds, stages.episode_store(rollouts_root, cfg)
     rng = np.random.default_rng([cfg.collect.seed, 7919, r])
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=d.episodes)]
     paths = [store.root / round_episode_name(r, i) for i in range(d.episodes)]
@@ -89,7 +89,8 @@ def confirm(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
         best = int(scores.argmax())
         p.best, p.best_score = flats[best], float(scores[best])
         generation = collected[candidates[best]]["generation"]
-        checkpoints.save_controller(run.controller, flats[best], search.world.input_dim, p.best_score, generation)
+        world, dim = checkpoints.fingerprint(cfg), search.world.input_dim
+        checkpoints.save_controller(run.controller, flats[best], dim, p.best_score, generation, world)
         search.save(evaluator)
     tqdm.write(
         f"round {r} (confirmation): real return with exploration {record['real_return_explore']:.1f}; in the "

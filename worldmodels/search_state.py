@@ -283,13 +283,15 @@ def _cma_classes() -> dict[str, type]:
 # ---------------------------------------------------------------- the file
 
 
-def save(path: Path, es: cma.CMAEvolutionStrategy, search: dict, progress: Progress) -> None:
-    """Write the search (pycma's object, the recipe's search settings, our progress, numpy's generator) atomically."""
+def save(path: Path, es: cma.CMAEvolutionStrategy, search: dict, progress: Progress, world: dict | None = None) -> None:
+    """Write the search (pycma's object, the recipe's search settings, our progress, numpy's generator, the world it
+    searches in) atomically."""
     checkpoints.save(
         path,
         {
             "kind": "cmaes",
             "format": FORMAT,
+            "world": world or {},
             "search": dict(search),
             "es": encode(es),
             "progress": encode(dataclasses.asdict(progress)),

@@ -26,6 +26,7 @@ from .features import train_pretrained_vision
 from .memory import MDNRNN, MemoryModelConfig, memory_loss
 from .progress import bar, say
 from .rollouts import (
+    EpisodeLayout,
     EpisodeStore,
     FrameStream,
     LatentEpisode,
@@ -43,13 +44,21 @@ def episodes_dir(rollouts_root: Path, cfg: Config) -> Path:
     return Path(rollouts_root) / cfg.name / "episodes"
 
 
+def episode_store(rollouts_root: Path, cfg: Config) -> EpisodeStore:
+    """The recipe's episodes: refused when collected for another world, each checked against its frames and actions
+    when read."""
+    store = EpisodeStore(episodes_dir(rollouts_root, cfg), EpisodeLayout.of(cfg.env))
+    store.check_world(cfg)
+    return store
+
+
 # ---------------------------------------------------------------- collect
 
 
 def collect(cfg: Config, rollouts_root: Path) -> dict:
     """Gather episodes with the collection policy; already collected episodes are kept."""
     root = episodes_dir(rollouts_root, cfg)
-    store = EpisodeStore(root)
+    store = episode_store(rollouts_root, cfg)
     if store.complete(cfg.collect.episodes):
         say(f"collect: {root} already holds {cfg.collect.episodes} episodes, skipping")
         return store.manifest()
@@ -87,7 +96,7 @@ def train_vision(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     v = cfg.vision
     device = pick_device(cfg.device)
     batch_size = distributed.local_batch(v.batch_size, "vision.batch_size")  # the recipe's is the global batch
-    store = EpisodeStore(episodes_dir(rollouts_root, cfg))
+    store = episode_store(rollouts_root, cfg)
     frames = max(store.manifest().get("frames", 1), 1)  # fails clearly when nothing was collected
     model_config = vision_config(cfg)
     torch.manual_seed(v.seed)  # the same initial weights whatever ran before in this process
@@ -151,7 +160,7 @@ def sample(cfg: Config, run: Run, rollouts_root: Path, n: int = 16, temperature:
     if not model.draws:
         say("sample: this V draws no frames (vision.pretrained.decoder = false); nothing to show")
         return []
-    store = EpisodeStore(episodes_dir(rollouts_root, cfg))
+    store = episode_store(rollouts_root, cfg)
     store.manifest()
     torch.manual_seed(cfg.vision.seed)
     originals = frames_to_float(fixed_frames(store, n), "cpu")
@@ -182,7 +191,7 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     vision_ckpt = checkpoints.load(run.require(run.vision, "train-vision"), "vision")
     checkpoints.check_same_config(run.vision, vision_ckpt["config"], vision_config(cfg), "vision")
     model = vision_from_checkpoint(vision_ckpt, device)
-    store = EpisodeStore(episodes_dir(rollouts_root, cfg))
+    store = episode_store(rollouts_root, cfg)
     space = action_space(cfg.env)
     wanted = store.listed()
     manifest_path = run.latents / "manifest.json"
@@ -200,12 +209,13 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
     done = set()
     for path in run.latents.glob("*.npz"):
         try:
-            rollouts.read_latent(path)
+            rollouts.read_latent(path, model.latent_dim, made_by)
             done.add(path.name)
         except rollouts.CorruptEpisode as exc:
             say(f"encode: latent file {exc} is damaged, encoding it again")
             path.unlink()
-    checkpoints.save_json(manifest_path, {"vision_id": made_by, "episodes": sorted(done & {p.name for p in wanted})})
+    made = {"vision_id": made_by, "latent_dim": model.latent_dim, "world": checkpoints.fingerprint(cfg)}
+    checkpoints.save_json(manifest_path, made | {"episodes": sorted(done & {p.name for p in wanted})})
     todo = [p for p in wanted if p.name not in done]
     for path, episode in bar(store.iter_episodes(todo), total=len(todo), desc="encode", unit="ep"):
         frames = torch.from_numpy(episode["obs"])
@@ -221,10 +231,11 @@ def encode(cfg: Config, run: Run, rollouts_root: Path) -> dict:
                 "action": encode_actions(episode["action"], space),
                 "reward": episode["reward"].astype(np.float32),
                 "done": episode["terminated"].astype(bool),
+                "vision_id": np.asarray(made_by),  # a latent file planted among them is told apart
             },
         )
     encoded = sorted({p.name for p in wanted} & {p.name for p in run.latents.glob("*.npz")})
-    checkpoints.save_json(manifest_path, {"vision_id": made_by, "episodes": encoded})
+    checkpoints.save_json(manifest_path, made | {"episodes": encoded})
     if store.skipped:
         say(f"encode: skipped {len(store.skipped)} corrupt episode(s)")
     return {"episodes": len(encoded), "skipped": sorted(store.skipped)}
@@ -344,7 +355,8 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
 
 
 def check_run(cfg: Config, run: Run) -> None:
-    """Refuse a recipe whose model sizes differ from the checkpoints already in the run folder."""
+    """Refuse a recipe whose world or model sizes differ from the files already in the run folder."""
+    run.check_world()
     if run.vision.is_file():
         saved = checkpoints.load(run.vision, "vision")["config"]
         task = evaluators.task_stages(cfg)

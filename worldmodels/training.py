@@ -38,9 +38,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def fit_options(cfg, device: torch.device) -> dict:
-    """The recipe's precision and compile settings as `Fit` fields; bf16 autocast by default only on CUDA."""
+    """The recipe's precision and compile settings and its world as `Fit` fields; bf16 autocast by default only on
+    CUDA."""
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    return {"device": device, "bf16": bf16, "compile": cfg.compile}
+    return {"device": device, "bf16": bf16, "compile": cfg.compile, "world": checkpoints.fingerprint(cfg)}
 
 
 class SilentWriter:
@@ -105,6 +106,7 @@ class Fit:
     bf16: bool = False  # autocast the forward pass to bfloat16 (CUDA); the weights and the optimizer stay float32
     compile: bool = False  # torch.compile the model and its loss
     batches_per_epoch: int | None = None  # for the progress bar's total and ETA where `batches` has no length
+    world: dict = field(default_factory=dict)  # the recipe's world the model is made for (checkpoints.fingerprint)
 
 
 def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> bool:
@@ -209,6 +211,7 @@ def fit(job: Fit) -> dict:
         payload = {
             "kind": job.name,
             "config": job.model_config,
+            "world": job.world,
             "state_dict": job.model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch + 1,

@@ -62,7 +62,9 @@ def open_run(run: str | Path, recipe: str | Path | None = None):
         raise WorldModelsError(
             f"'{folder / 'recipe.toml'}' names env id '{cfg.env.id}', which imports a module; pass recipe=... to use it"
         )
-    return cfg, Run(folder.parent, cfg)
+    run_folder = Run(folder.parent, cfg)
+    run_folder.check_world()  # a checkpoint made for another world than the recipe's is refused in one line
+    return cfg, run_folder
 
 
 def dream_env(
