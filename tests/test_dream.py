@@ -21,7 +21,7 @@ from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
 from worldmodels.config import DreamConfig
 from worldmodels.controller import Controller, to_action
-from worldmodels.evolution import DreamEvaluator, generation_seeds
+from worldmodels.evolution import DreamEvaluator, Stream, stream_seeds
 from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, draw
 from worldmodels.rollouts import LatentEpisode, load_episode, load_latents, start_latents
 from worldmodels.vision import build_vision, vision_config
@@ -553,7 +553,7 @@ def test_train_controller_in_the_dream(copy_run, capsys):
     # the kept score is reproducible: the same controller on the same re-evaluation seeds in the same dream
     cfg = config_lib.load(TINY, ['controller.world="dream"', "dream.max_steps=30"])
     evaluator = run_dream(ck, cfg)
-    seeds = generation_seeds(cfg.controller.seed + 1, saved["generation"] - 1, cfg.controller.eval_rollouts)
+    seeds = stream_seeds(cfg.controller, Stream.REEVALUATE, saved["generation"] - 1, cfg.controller.eval_rollouts)
     rescored = evaluator.returns(saved["params"].numpy()[None], seeds).mean()
     assert rescored == pytest.approx(saved["score"], abs=1e-4)
     recipe = config_lib.load(run / "recipe.toml")
@@ -766,7 +766,7 @@ def test_confirm_collects_with_the_last_search_retrains_m_and_keeps_the_better_c
     dream = evolution.dream_evaluator(
         cfg, checkpoints.Run(ck, cfg), WorldModel.load(run / "vision.pt", run / "memory.pt")
     )
-    scores = dream.returns(flats, generation_seeds(cfg.controller.seed + 5, 2, 4)).mean(1)
+    scores = dream.returns(flats, stream_seeds(cfg.controller, Stream.ROUND_CONFIRM, 2, 4)).mean(1)
     np.testing.assert_allclose(confirmation["scores"], scores, rtol=1e-5)
     kept = checkpoints.load(run / "controller.pt", "controller")
     np.testing.assert_array_equal(kept["params"].numpy(), flats[scores.argmax()])

@@ -132,7 +132,7 @@ def test_controller_fidelity_after_a_dream_search(copy_run, capsys):
         model, cfg.dream, start_latents(load_latents(checkpoints.Run(ck, cfg))), action_space(cfg.env)
     ) as dream:
         dreamt = dream.returns(
-            flat, evolution.generation_seeds(cfg.controller.seed + 4, 0, cfg.controller.eval_rollouts)
+            flat, evolution.stream_seeds(cfg.controller, evolution.Stream.FIDELITY, 0, cfg.controller.eval_rollouts)
         )
     with real_evaluator(cfg, run / "vision.pt", run / "memory.pt", 1) as world:
         real = world.returns(flat, report["real_seeds"])

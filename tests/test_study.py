@@ -128,7 +128,7 @@ def test_final_selection_keeps_the_best_of_the_top_rescored(copy_run, capsys):
     from worldmodels import search_state
     from worldmodels.backends import real_evaluator
     from worldmodels.checkpoints import Run
-    from worldmodels.evolution import generation_seeds
+    from worldmodels.evolution import Stream, stream_seeds
 
     ck, ro, run_dir = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
     for name in ("controller.pt", "cmaes.pt"):
@@ -153,7 +153,7 @@ def test_final_selection_keeps_the_best_of_the_top_rescored(copy_run, capsys):
     cfg = config_lib.load(TINY, [s for s in sets if s != "--set"])
     run = Run(ck, cfg)
     with real_evaluator(cfg, run.vision, run.memory, 1) as evaluator:  # the same episodes, scored by hand
-        scores = evaluator.returns(np.stack(contenders), generation_seeds(cfg.controller.seed + 4, 3, 4)).mean(1)
+        scores = evaluator.returns(np.stack(contenders), stream_seeds(cfg.controller, Stream.SELECT, 3, 4)).mean(1)
     saved = torch.load(run_dir / "controller.pt", weights_only=True)
     assert saved["score"] == pytest.approx(scores.max())
     np.testing.assert_array_equal(saved["params"].numpy(), contenders[int(scores.argmax())].astype(np.float32))
@@ -171,7 +171,7 @@ def test_confirmed_contenders_stand_on_their_mean_over_all_episodes(copy_run, ca
     from worldmodels import search_state
     from worldmodels.backends import real_evaluator
     from worldmodels.checkpoints import Run
-    from worldmodels.evolution import generation_seeds
+    from worldmodels.evolution import Stream, stream_seeds
 
     ck, ro, run_dir = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
     for name in ("controller.pt", "cmaes.pt"):
@@ -185,8 +185,8 @@ def test_confirmed_contenders_stand_on_their_mean_over_all_episodes(copy_run, ca
     cfg = config_lib.load(TINY, sets)
     run = Run(ck, cfg)
     with real_evaluator(cfg, run.vision, run.memory, 1) as evaluator:  # the same episodes, scored by hand
-        first = evaluator.returns(contenders, generation_seeds(cfg.controller.seed + 1, 0, 2))
-        more = evaluator.returns(contenders, generation_seeds(cfg.controller.seed + 6, 0, 3))
+        first = evaluator.returns(contenders, stream_seeds(cfg.controller, Stream.REEVALUATE, 0, 2))
+        more = evaluator.returns(contenders, stream_seeds(cfg.controller, Stream.CONFIRM, 0, 3))
     scores = np.concatenate([first, more], 1).mean(1)
     assert [h["score"] for h in history] == pytest.approx(scores)
     saved = torch.load(run_dir / "controller.pt", weights_only=True)

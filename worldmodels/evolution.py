@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 
 import cma
 import gymnasium as gym
@@ -14,7 +15,7 @@ from tqdm import tqdm
 from . import checkpoints, search_state
 from .agent import WorldModel
 from .backends import real_evaluator
-from .config import Config, DreamConfig
+from .config import Config, ControllerConfig, DreamConfig
 from .controller import Controller, InputScale
 from .errors import WorldModelsError
 from .evaluators import Evaluator, SearchWorld, StatefulEvaluator, open_world, register_world
@@ -69,10 +70,28 @@ def dream_evaluator(cfg: Config, run: checkpoints.Run, model: WorldModel) -> Dre
 # ---------------------------------------------------------------- the CMA-ES loop
 
 
+class Stream(enum.IntEnum):
+    """C's streams of episode seeds, one per use, each offset from controller.seed: no two uses share episodes."""
+
+    CANDIDATES = 0  # the episodes every candidate of a generation shares
+    REEVALUATE = 1  # the best and the mean re-evaluated every eval_every generations
+    ROUND_START = 2  # the kept controller re-measured in a round's new dream
+    REAL_WATCH = 3  # controller.real_rollouts: real episodes that only watch a dream search
+    SELECT = 4  # controller.select_top: the final re-scoring of the best re-evaluated controllers
+    ROUND_CONFIRM = 5  # rounds.confirm: the last rounds' collectors scored in the retrained dream
+    CONFIRM = 6  # controller.confirm_rollouts: a contender re-scored before it replaces the kept controller
+    FIDELITY = 7  # the fidelity report's dream episodes of the search's history
+
+
 def generation_seeds(seed: int, generation: int, count: int) -> list[int]:
     """The rollout seeds every candidate of one generation shares."""
     rng = np.random.default_rng([seed, generation])
     return [int(s) for s in rng.integers(0, 2**31 - 1, size=count)]
+
+
+def stream_seeds(c: ControllerConfig, stream: Stream, index: int, count: int) -> list[int]:
+    """`count` episode seeds of C's `stream` at `index` (a generation, a round)."""
+    return generation_seeds(c.seed + stream, index, count)
 
 
 def log_dream_rollout(writer: SummaryWriter, evaluator: DreamEvaluator, flat: np.ndarray, seed: int, step: int) -> None:
@@ -220,7 +239,7 @@ class Search:
         p = self.progress
         p.round, p.round_start = self.round, p.generation
         if p.best is not None:
-            seeds = generation_seeds(self.c.seed + 2, self.round, self.c.eval_rollouts)
+            seeds = stream_seeds(self.c, Stream.ROUND_START, self.round, self.c.eval_rollouts)
             self.keep(p.best, float(evaluator.returns(p.best[None], seeds).mean()))
             tqdm.write(f"round {self.round}: the kept controller scores {p.best_score:.1f} in the new dream")
             if self.cfg.rounds.sigma:  # M has just seen the kept controller's states: search near it, not
@@ -235,7 +254,8 @@ class Search:
         candidates = self.controllers(points)
         # a real-world generation takes minutes: its episodes get a bar of their own (the dream's takes seconds)
         within = f"generation {generation + 1}" if c.world == "real" else None
-        fitness = evaluator.returns(candidates, generation_seeds(c.seed, generation, c.rollouts), within).mean(1)
+        seeds = stream_seeds(c, Stream.CANDIDATES, generation, c.rollouts)
+        fitness = evaluator.returns(candidates, seeds, within).mean(1)
         self.es.tell(list(points), list(-fitness))  # cma minimises
         self.progress.generation = step = generation + 1
         writer.add_scalar("controller/fitness_best", fitness.max(), step)
@@ -250,7 +270,7 @@ class Search:
         """Re-score the generation's best and the distribution's mean on fresh seeds; keep the better if it beats the
         kept one. Returns the line to print."""
         p, generation = self.progress, self.progress.generation - 1
-        seeds = generation_seeds(self.c.seed + 1, generation, self.c.eval_rollouts)
+        seeds = stream_seeds(self.c, Stream.REEVALUATE, generation, self.c.eval_rollouts)
         contenders = np.stack([candidates[fitness.argmax()], self.controllers(self.es.mean)[0]])
         scores = evaluator.returns(contenders, seeds).mean(1)
         writer.add_scalar("controller/eval_best", scores[0], p.generation)
@@ -276,14 +296,14 @@ class Search:
         """controller.confirm_rollouts: the contenders' scores over their re-evaluation and that many fresh episodes
         more; the top of many 8-episode scores is a lucky one, and the kept score is what the target is checked on."""
         c, generation = self.c, self.progress.generation - 1
-        more = evaluator.returns(contenders, generation_seeds(c.seed + 6, generation, c.confirm_rollouts)).mean(1)
+        more = evaluator.returns(contenders, stream_seeds(c, Stream.CONFIRM, generation, c.confirm_rollouts)).mean(1)
         return (scores * c.eval_rollouts + more * c.confirm_rollouts) / (c.eval_rollouts + c.confirm_rollouts)
 
     def watch(self, watcher: Evaluator, writer: SummaryWriter) -> str:
         """Real episodes of the kept controller beside its dream score (controller.real_rollouts), for the logs only."""
         p = self.progress
         assert p.best is not None
-        seeds = generation_seeds(self.c.seed + 3, p.generation - 1, self.c.real_rollouts)
+        seeds = stream_seeds(self.c, Stream.REAL_WATCH, p.generation - 1, self.c.real_rollouts)
         real = watcher.returns(p.best[None], seeds).mean()
         p.real_steps += watcher.steps
         watcher.steps = 0
@@ -299,7 +319,7 @@ class Search:
         for flat in [p.best] + [h["params"] for h in history]:
             if len(contenders) < max(c.select_top, 1) and not any(np.array_equal(flat, k) for k in contenders):
                 contenders.append(flat)
-        seeds = generation_seeds(c.seed + 4, p.generation, c.select_rollouts)
+        seeds = stream_seeds(c, Stream.SELECT, p.generation, c.select_rollouts)
         scores = evaluator.returns(np.stack(contenders), seeds).mean(1)
         p.selected = p.generation
         self.keep(contenders[int(scores.argmax())], float(scores.max()))

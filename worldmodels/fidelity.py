@@ -120,7 +120,7 @@ def dream_and_real_returns(
         checkpoints.load(run.vision, "vision"), memory, pick_device(cfg.device), names=(run.vision, run.memory)
     )
     with evolution.dream_evaluator(cfg, run, model) as dream:
-        dreamt = dream.returns(flat, evolution.generation_seeds(c.seed + 4, 0, c.eval_rollouts))
+        dreamt = dream.returns(flat, evolution.stream_seeds(c, evolution.Stream.FIDELITY, 0, c.eval_rollouts))
     with real_evaluator(cfg, run.vision, run.memory, c.workers) as world:
         real = world.returns(flat, real_seeds)
         real_steps = world.steps

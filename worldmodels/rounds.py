@@ -85,7 +85,8 @@ def confirm(cfg: Config, run: Run, rollouts_root: Path, r: int) -> dict:
     search = evolution.Search(cfg, run, open_world(cfg, run), r - 1)
     c, p = cfg.controller, search.progress
     with search.world.open() as evaluator:
-        scores = evaluator.returns(flats, evolution.generation_seeds(c.seed + 5, r, c.select_rollouts)).mean(1)
+        seeds = evolution.stream_seeds(c, evolution.Stream.ROUND_CONFIRM, r, c.select_rollouts)
+        scores = evaluator.returns(flats, seeds).mean(1)
         best = int(scores.argmax())
         p.best, p.best_score = flats[best], float(scores[best])
         generation = collected[candidates[best]]["generation"]
