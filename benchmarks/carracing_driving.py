@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from worldmodels import checkpoints
+from worldmodels.actions import encode_actions
 from worldmodels.controller import Controller
 from worldmodels.worlds.latent import latent_env
-from worldmodels.worlds.real import encode_actions
 
 
 def backwards(car_racing) -> bool:

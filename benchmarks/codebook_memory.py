@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from worldmodels import config
+from worldmodels.actions import action_dim, encode_actions
 from worldmodels.memory import MDNRNN, MemoryModelConfig, memory_loss
 from worldmodels.nas.search import fit_surrogate, load_architecture_vision, make_codebook_world
 from worldmodels.rollouts import LatentEpisode, SequenceDataset
-from worldmodels.worlds.real import action_dim, encode_actions
 
 
 def episodes(world, n: int, seed: int) -> list[LatentEpisode]:

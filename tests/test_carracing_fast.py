@@ -16,9 +16,10 @@ from worldmodels.agent import WorldModel, load_vision
 from worldmodels.config import EnvConfig
 from worldmodels.controller import Controller
 from worldmodels.errors import WorldModelsError
+from worldmodels.play import play
 from worldmodels.rollouts import frames_to_float
 from worldmodels.worlds.carracing import FastFrames
-from worldmodels.worlds.real import make_world, play
+from worldmodels.worlds.real import make_world
 
 TINY_CARRACING = str(TESTS / "tiny_carracing.toml")
 VIEW = [0.0, 0.875, 0.0, 1.0]  # the CarRacing recipes' crop: the dashboard strip left out

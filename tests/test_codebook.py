@@ -10,9 +10,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
+from worldmodels.actions import action_dim, encode_actions
 from worldmodels.controller import Controller, memory_actions, to_action
 from worldmodels.worlds.codebook import ENV_ID, CodebookEnv, flat_world
-from worldmodels.worlds.real import action_dim, encode_actions
 
 # 4 codes of width 2; with 2 slots the latent is 2 of these rows
 CODEBOOK = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=np.float32)

@@ -11,15 +11,17 @@ from helpers import BOX, DISCRETE, SPACES, TINY, fixed_start, population, small_
 
 from worldmodels import config as config_lib
 from worldmodels import noise, rounds
+from worldmodels.actions import action_dim
 from worldmodels.agent import WorldModel
 from worldmodels.backends import real_evaluator
 from worldmodels.checkpoints import Run, load_controller
 from worldmodels.config import DreamConfig
 from worldmodels.controller import Controller, memory_actions
 from worldmodels.errors import WorldModelsError
+from worldmodels.play import play
 from worldmodels.rollouts import load_episode
 from worldmodels.worlds.dream import Dream, play_dream
-from worldmodels.worlds.real import action_dim, make_world, play
+from worldmodels.worlds.real import make_world
 
 STEPS = 6
 

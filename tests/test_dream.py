@@ -18,6 +18,7 @@ from PIL import Image
 
 from worldmodels import checkpoints, evolution, noise, search_state
 from worldmodels import config as config_lib
+from worldmodels.actions import action_dim
 from worldmodels.agent import WorldModel
 from worldmodels.config import DreamConfig
 from worldmodels.controller import Controller, to_action
@@ -26,7 +27,7 @@ from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, draw
 from worldmodels.rollouts import LatentEpisode, load_episode, load_latents, start_latents
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.dream import Dream, DreamEnv, DreamVectorEnv, play_dream
-from worldmodels.worlds.real import action_dim, action_space
+from worldmodels.worlds.real import action_space
 
 
 def constant_heads(memory: MDNRNN, reward: float, done_logit: float) -> MDNRNN:

@@ -22,7 +22,8 @@ from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
 from worldmodels.checkpoints import load_controller
 from worldmodels.controller import Controller
-from worldmodels.worlds.real import make_world, play
+from worldmodels.play import play
+from worldmodels.worlds.real import make_world
 
 
 def test_latent_observation_sees_what_play_sees(tiny_run):

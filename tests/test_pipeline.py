@@ -17,7 +17,8 @@ from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
 from worldmodels.checkpoints import load_controller
 from worldmodels.controller import Controller
-from worldmodels.worlds.real import make_world, play
+from worldmodels.play import play
+from worldmodels.worlds.real import make_world
 
 RUN_FILES = ("recipe.toml", "vision.pt", "memory.pt", "controller.pt", "cmaes.pt", "report.json")
 

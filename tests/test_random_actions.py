@@ -16,7 +16,8 @@ from worldmodels.checkpoints import Run, load_controller
 from worldmodels.controller import Controller
 from worldmodels.errors import WorldModelsError
 from worldmodels.evaluators import open_world
-from worldmodels.worlds.real import RandomActions, make_world, play
+from worldmodels.play import RandomActions, play
+from worldmodels.worlds.real import make_world
 
 
 def test_random_actions_replace_c_s_with_draws_of_the_episode_seed():

@@ -326,7 +326,7 @@ def test_sequence_dataset_windows_and_mask():
 
 
 def test_encode_actions_of_an_empty_episode_keeps_the_action_width():
-    from worldmodels.worlds.real import encode_actions
+    from worldmodels.actions import encode_actions
 
     box = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
     assert encode_actions(np.zeros((0, 1), np.float32), box).shape == (0, 1)

@@ -1,5 +1,5 @@
-"""The package's shape: no import cycle (lazy imports inside functions included), no function over 60 lines, and
-the world registry open to a task's own world."""
+"""The package's shape: no import cycle (imports inside functions and `if TYPE_CHECKING:` blocks included), no function
+over 60 lines, and the world registry open to a task's own world."""
 
 from __future__ import annotations
 
@@ -27,23 +27,11 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def runtime_nodes(tree: ast.AST):
-    """Every node of the tree, except inside `if TYPE_CHECKING:` blocks (imports for annotations never run)."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            for other in node.orelse:
-                yield other
-                yield from runtime_nodes(other)
-            continue
-        yield node
-        yield from runtime_nodes(node)
-
-
 def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The package's modules that `name` imports anywhere in its file."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):  # type-only and in-function imports count too
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from . import checkpoints
+from .actions import encode_actions
 from .errors import WorldModelsError
 from .memory import MDNRNN, MemoryModelConfig
 from .rollouts import LatentEpisode, frames_to_float
 from .vision import VQVAE, VisionModel, build_vision
-from .worlds.real import encode_actions
 
 
 def vision_from_checkpoint(saved: dict, device: torch.device | str = "cpu") -> VisionModel:

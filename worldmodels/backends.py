@@ -18,11 +18,12 @@ from .agent import WorldModel
 from .config import Config, EnvConfig
 from .controller import Controller
 from .errors import WorldModelsError
+from .play import play, play_vector
 from .pool import worker_pool
 from .progress import bar, say
 from .rollouts import save_episode
 from .training import pick_device
-from .worlds.real import make_world, play, play_vector
+from .worlds.real import make_world
 
 # ---------------------------------------------------------------- what every worker holds
 

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -15,8 +15,12 @@ import torch
 from . import config as config_lib
 from .errors import WorldModelsError
 
-if TYPE_CHECKING:  # annotations only: the world model imports this module
-    from .agent import WorldModel
+
+class ControllerInputs(Protocol):
+    """What C sits on (a `WorldModel`): the size of the input it hands C."""
+
+    @property
+    def controller_input(self) -> int: ...
 
 
 def _umask() -> int:
@@ -206,7 +210,7 @@ def save_controller(path: Path, flat: np.ndarray, input_dim: int, score: float, 
     )
 
 
-def load_controller(path: Path, model: WorldModel) -> dict:
+def load_controller(path: Path, model: ControllerInputs) -> dict:
     """C's checkpoint, checked against the world model it will sit on."""
     saved = load(path, "controller")
     if saved["config"]["input_dim"] != model.controller_input:

@@ -162,6 +162,7 @@ def run_stage(args: argparse.Namespace) -> object:
     overrides += [(key, value) for key, value in flags if value is not None]
     check_arguments(args)
     cfg = config_lib.load(args.recipe, overrides)
+    evaluators.check_world_name(cfg)
     if args.stage == "study" and args.run is None:  # beside the recipe's own run folder, not inside it
         cfg.name = f"{cfg.name}_study"
         config_lib.check_name(cfg.name)

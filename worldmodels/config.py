@@ -20,7 +20,6 @@ else:  # pragma: no cover
 import tomli_w
 
 from .errors import WorldModelsError
-from .evaluators import known_worlds
 
 
 @dataclass
@@ -660,13 +659,9 @@ def _training_checks(cfg: Config) -> list[Check]:
 
 
 def _world_checks(cfg: Config) -> list[Check]:
-    """Where C trains: the world, the codebook world and its actions, NAS sizes."""
+    """Where C trains: the codebook world and its actions, NAS sizes (the world's name is checked against the worlds
+    registered, `evaluators.check_world_name`, which sits above the recipe)."""
     return [
-        (
-            cfg.controller.world in known_worlds(),
-            f"controller.world must be one of {', '.join(known_worlds())} (or a world registered with "
-            f"worldmodels.evaluators.register_world), got '{cfg.controller.world}'",
-        ),
         (
             (cfg.controller.world == "codebook") <= (cfg.vision.model == "vqvae"),
             "the codebook world needs vision.model = 'vqvae'",

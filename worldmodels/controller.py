@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .worlds.real import action_dim
+from .actions import action_dim
 
 
 class Controller:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 from .errors import WorldModelsError
 
-if TYPE_CHECKING:  # annotations only: the recipe parser imports this module, and it must stay light
+if TYPE_CHECKING:  # annotations only: the CLI imports this registry before any stage, and it stays light
     import gymnasium as gym
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
@@ -90,6 +90,15 @@ def register_world(name: str, factory: WorldFactory) -> None:
 def known_worlds() -> list[str]:
     """Every world a recipe may name: the built-in ones, those registered in this process, installed entry points."""
     return sorted({*BUILT_IN, *_WORLDS, *(p.name for p in entry_points(group=ENTRY_POINTS))})
+
+
+def check_world_name(cfg: Config) -> None:
+    """Refuse a recipe whose `controller.world` is no known world, in one line, before any stage starts."""
+    if cfg.controller.world not in known_worlds():
+        raise WorldModelsError(
+            f"controller.world must be one of {', '.join(known_worlds())} (or a world registered with "
+            f"worldmodels.evaluators.register_world), got '{cfg.controller.world}'"
+        )
 
 
 def open_world(cfg: Config, run: Run) -> SearchWorld:

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 
 from . import distributed
+from .actions import action_dim
 from .checkpoints import Run, atomic_write, check_fingerprint, fingerprint, load, save_json
 from .config import CollectConfig, Config, EnvConfig
 from .controller import to_action
 from .errors import WorldModelsError
 from .pool import worker_pool
 from .progress import bar, say
-from .worlds.real import action_dim, action_space, make_world
+from .worlds.real import action_space, make_world
 
 EPISODE_KEYS = ("obs", "action", "reward", "terminated", "truncated", "seed")
 

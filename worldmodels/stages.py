@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
 from . import checkpoints, distributed, evaluators, fidelity, rollouts
+from .actions import action_dim, encode_actions
 from .agent import WorldModel, load_vision, memory_from_checkpoint, vision_from_checkpoint
 from .backends import real_evaluator
 from .checkpoints import Run
@@ -37,7 +38,7 @@ from .rollouts import (
 from .training import Fit, fit, fit_options, main_writer, pick_device
 from .vision import VQVAE, PretrainedV, VisionModel, build_vision, vision_config
 from .vision.encoders import encoder_weights
-from .worlds.real import action_dim, action_space, encode_actions
+from .worlds.real import action_space
 
 
 def episodes_dir(rollouts_root: Path, cfg: Config) -> Path:

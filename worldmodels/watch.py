@@ -15,9 +15,10 @@ from .agent import WorldModel
 from .checkpoints import Run, load_controller
 from .config import Config
 from .controller import Controller
+from .play import play
 from .rollouts import frames_to_float, load_latents, start_latents
 from .worlds.dream import Dream, dream_rollout, filmstrip
-from .worlds.real import make_world, play
+from .worlds.real import make_world
 
 
 def save_gif(path: Path, frames: np.ndarray, scale: int = 2, fps: int = 25) -> None:

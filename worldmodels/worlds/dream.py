@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from .. import noise
+from ..actions import encode_actions
 from ..config import DreamConfig
 from ..controller import Controller, memory_actions
 from ..memory import MDNRNN
 from ..vision import VisionModel
-from .real import encode_actions
 
 STEP_STREAMS = (
     noise.COMPONENT,

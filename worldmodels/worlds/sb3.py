@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv
 
+from ..actions import encode_actions
 from .dream import Dream, observation_space
-from .real import encode_actions
 
 
 class DreamVecEnv(VecEnv):
