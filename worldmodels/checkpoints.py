@@ -103,7 +103,10 @@ def fingerprint(cfg: config_lib.Config) -> dict:
 
 def check_fingerprint(path: Path, saved: dict, cfg: config_lib.Config) -> None:
     """Refuse a file made for another world than the recipe's (a file older than fingerprints is let through)."""
-    check_same_config(path, saved.get("world") or {}, fingerprint(cfg))
+    world = saved.get("world") or {}
+    if not isinstance(world, dict):
+        raise WorldModelsError(f"'{path}' is damaged (its world is not a table); delete it to make it again")
+    check_same_config(path, world, fingerprint(cfg))
 
 
 def read_json(path: Path, kind: type = dict) -> Any:

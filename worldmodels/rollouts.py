@@ -16,7 +16,7 @@ import torch
 
 from . import distributed
 from .actions import action_dim
-from .checkpoints import Run, atomic_write, check_fingerprint, fingerprint, load, save_json
+from .checkpoints import Run, atomic_write, check_fingerprint, fingerprint, load, read_json, save_json
 from .config import CollectConfig, Config, EnvConfig
 from .controller import to_action
 from .errors import WorldModelsError
@@ -106,15 +106,13 @@ class EpisodeLayout:
 
     def check_values(self, name: str, episode: dict) -> None:
         """Actions inside the world's action space, finite rewards."""
-        action, space = episode["action"], self.space
-        if isinstance(space, gym.spaces.Box):
-            slack = 1e-6 * (1 + np.abs(np.nan_to_num(space.low, posinf=0, neginf=0)))  # float32 rounding at a bound
-            inside = (action >= space.low - slack) & (action <= space.high + slack)  # NaN is neither
+        action, space, inside = episode["action"], self.space, True
+        if isinstance(space, gym.spaces.Box):  # a little slack for float32 rounding at a bound; NaN is inside neither
+            low, high = space.low - 1e-6 * (1 + np.abs(space.low)), space.high + 1e-6 * (1 + np.abs(space.high))
+            inside = (action >= low) & (action <= high)
         elif isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
             choices = space.n if isinstance(space, gym.spaces.Discrete) else space.nvec
             inside = (action == np.round(action)) & (action >= space.start) & (action < space.start + choices)
-        else:
-            inside = np.ones(1, bool)
         if not np.all(inside):
             raise CorruptEpisode(f"{name}: actions outside the world's action space {space}")
         if not np.isfinite(episode["reward"]).all():
@@ -214,8 +212,8 @@ class EpisodeStore:
 
     def check_world(self, cfg: Config) -> None:
         """Refuse a folder of episodes collected for another world than the recipe's (one line naming the field)."""
-        if self.manifest_path.is_file():
-            manifest = self.manifest()
+        manifest = read_json(self.manifest_path)  # a damaged manifest is collect's to rebuild, not a world to check
+        if manifest is not None:
             older = {"env.id": manifest.get("env"), "env.frame_size": manifest.get("frame_size")}  # before fingerprints
             world = manifest.get("world") or {k: v for k, v in older.items() if v is not None}
             check_fingerprint(self.manifest_path, {"world": world}, cfg)
