@@ -58,6 +58,9 @@ class CollectConfig:
     keep: list[StateBound] = field(default_factory=list)  # an episode ends when its state leaves these bounds
     workers: int = 2  # worker processes playing them
     seed: int = 0  # the episodes' seeds derive from it
+    driver: str = ""  # a run folder whose V, M and C (a real-world-trained driver) play some episodes; "": none
+    driver_fraction: float = 0.0  # share of the episodes the driver plays (the first ones); the rest, `policy`
+    driver_noise: float = 0.1  # std of Gaussian noise on the driver's outputs, so its episodes spread around its line
 
 
 @dataclass
@@ -462,6 +465,7 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "controller.sigma0": 1e6,
     "controller.noise": 1e6,
     "collect.brownian_sigma": 1e6,
+    "collect.driver_noise": 1e6,
     "vision.lr": 1e3,
     "memory.lr": 1e3,
     "dream.tau": 1e3,
@@ -632,6 +636,10 @@ def _data_checks(cfg: Config) -> list[Check]:
         ),
         (len(cfg.vision.channels) == 4, "vision.channels must list 4 conv widths"),
         (cfg.collect.episodes > 0, "collect.episodes must be positive"),
+        (
+            cfg.collect.driver_fraction <= 1 and (cfg.collect.driver_fraction == 0) == (cfg.collect.driver == ""),
+            "collect.driver_fraction must be in (0, 1] with a collect.driver run folder, and 0 without one",
+        ),
         (cfg.env.action_repeat >= 1, f"env.action_repeat must be at least 1, got {cfg.env.action_repeat}"),
         (
             len(cfg.env.action_low) == len(cfg.env.action_high)

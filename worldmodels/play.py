@@ -40,6 +40,7 @@ class EpisodeRecord:
             "truncated": np.asarray(s["truncated"], dtype=bool),
             "seed": np.asarray(self.seed),
             "frames": np.asarray(self.frames),
+            "policy": np.asarray("controller"),  # played by a controller: a driver's, or a round's
         }
 
 

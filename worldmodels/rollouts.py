@@ -8,7 +8,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -250,10 +250,25 @@ class EpisodeStore:
 
 
 def episode_entry(path: Path, episode: dict, **extra) -> dict:
-    """An episode's line in the manifest: its file, steps, the world's frames behind them and its seed."""
+    """An episode's line in the manifest: its file, steps, the world's frames behind them, its seed and who played
+    it (the collection policy, the driver, a round's controller)."""
     steps = int(len(episode["action"]))
     frames = int(episode["frames"]) if "frames" in episode else steps  # episodes from before action repeats
-    return {"file": path.name, "steps": steps, "frames": frames, "seed": int(episode["seed"]), **extra}
+    played_by = {"policy": str(episode["policy"])} if "policy" in episode else {}
+    return {"file": path.name, "steps": steps, "frames": frames, "seed": int(episode["seed"]), **played_by, **extra}
+
+
+def episode_seed(cfg: CollectConfig, index: int) -> int:
+    """The seed of collected episode `index`, whoever plays it."""
+    return cfg.seed * 1_000_003 + index
+
+
+Drive = Callable[[list[int], list[Path]], None]  # the driver playing episodes: (their seeds, their files)
+
+
+def driven(cfg: CollectConfig) -> int:
+    """How many of the collected episodes (the first ones) the driver plays."""
+    return round(cfg.driver_fraction * cfg.episodes)
 
 
 # ---------------------------------------------------------------- collection
@@ -297,6 +312,7 @@ def collect_episode(env: gym.Env, cfg: CollectConfig, seed: int) -> dict:
         "truncated": np.asarray(truncated, dtype=bool),
         "seed": np.asarray(seed),
         "frames": np.asarray(played),
+        "policy": np.asarray(cfg.policy),  # who played it, for the manifest (a driver's episodes say "controller")
     }
 
 
@@ -309,7 +325,7 @@ class EpisodeCollector:
     def one(self, job: tuple[int, str]) -> tuple[str, int]:
         """Collect and save episode `index` into `root`: (its file name, its steps)."""
         index, root = job
-        episode = collect_episode(self.world, self.collect, self.collect.seed * 1_000_003 + index)
+        episode = collect_episode(self.world, self.collect, episode_seed(self.collect, index))
         save_episode(Path(root) / episode_name(index), episode)
         return episode_name(index), len(episode["action"])
 
@@ -327,12 +343,13 @@ def _collect_in_process(job: tuple[int, str]) -> tuple[str, int]:
     return _process_collector.one(job)
 
 
-def collect(cfg: Config, root: Path) -> dict:
-    """Collect `cfg.collect.episodes` episodes into `root`, skipping those already there (resume)."""
+def collect(cfg: Config, root: Path, drive: Drive | None = None) -> dict:
+    """Collect `cfg.collect.episodes` episodes into `root`, skipping those already there (resume); with `drive`,
+    the first `collect.driver_fraction` of them are the driver's."""
     store = EpisodeStore(root, EpisodeLayout.of(cfg.env))  # a bad env id fails here, fast, in this process
     root.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):  # a corrupt episode is named, deleted and collected again, once
-        _collect_missing(cfg, store, root)
+        _collect_missing(cfg, store, root, drive)
         entries = [
             episode_entry(path, episode)
             for path, episode in store.iter_episodes()
@@ -356,6 +373,7 @@ def collect(cfg: Config, root: Path) -> dict:
     episodes = entries + rounds  # named roundRR_*, never among the ep_* files above
     manifest = {
         "world": fingerprint(cfg),
+        **({"driver": cfg.collect.driver} if drive is not None else {}),
         "episodes": episodes,
         "frames": sum(e["steps"] + 1 for e in episodes),
         "skipped_corrupt": sorted(store.skipped),
@@ -364,10 +382,15 @@ def collect(cfg: Config, root: Path) -> dict:
     return manifest
 
 
-def _collect_missing(cfg: Config, store: EpisodeStore, root: Path) -> None:
-    """Collect the recipe's episodes that have no file yet."""
+def _collect_missing(cfg: Config, store: EpisodeStore, root: Path, drive: Drive | None = None) -> None:
+    """Collect the recipe's episodes that have no file yet: the driver's first, then the collection policy's."""
     have = {p.name for p in store.paths()}
     todo = [i for i in range(cfg.collect.episodes) if episode_name(i) not in have]
+    if drive is not None:
+        mine = [i for i in todo if i < driven(cfg.collect)]
+        if mine:
+            drive([episode_seed(cfg.collect, i) for i in mine], [root / episode_name(i) for i in mine])
+        todo = [i for i in todo if i >= driven(cfg.collect)]
     if todo:
         jobs = [(i, str(root)) for i in todo]
         progress = bar(total=len(todo), desc="collect", unit="ep")

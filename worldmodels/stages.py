@@ -63,9 +63,31 @@ def collect(cfg: Config, rollouts_root: Path) -> dict:
     if store.complete(cfg.collect.episodes):
         say(f"collect: {root} already holds {cfg.collect.episodes} episodes, skipping")
         return store.manifest()
-    manifest = rollouts.collect(cfg, root)
+    manifest = rollouts.collect(cfg, root, driver(cfg) if cfg.collect.driver else None)
     say(f"collect: {len(manifest['episodes'])} episodes, {manifest['frames']} frames in {root}")
     return manifest
+
+
+def driver(cfg: Config) -> rollouts.Drive:
+    """collect.driver: another run folder's V, M and C, checked to fit this recipe's world, playing episodes with
+    noise on C's outputs."""
+    folder = Path(cfg.collect.driver)
+    if not folder.is_dir():
+        raise WorldModelsError(f"collect.driver '{folder}' is not a run folder")
+    run = Run(folder.parent, dataclasses.replace(cfg, name=folder.name))
+    run.check_world()  # its files were made for this recipe's world (env, frames, actions), or one line says which
+    memory = checkpoints.load(run.require(run.memory, "train-memory"), "memory")["config"]
+    frames = checkpoints.load(run.require(run.vision, "train-vision"), "vision")["config"]
+    checkpoints.check_same_config(run.vision, frames, {"frame_size": cfg.env.frame_size}, "env")
+    checkpoints.check_same_config(run.memory, memory, {"action_dim": action_dim(action_space(cfg.env))}, "memory")
+    model = WorldModel.load(run.vision, run.memory)
+    flat = checkpoints.load_controller(run.require(run.controller, "train-controller"), model)["params"].numpy()
+
+    def drive(seeds: list[int], paths: list[Path]) -> None:
+        with real_evaluator(cfg, run.vision, run.memory, cfg.collect.workers) as player:
+            player.collect(np.repeat(flat[None], len(seeds), axis=0), seeds, cfg.collect.driver_noise, paths)
+
+    return drive
 
 
 # ---------------------------------------------------------------- vision
