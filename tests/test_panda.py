@@ -114,10 +114,13 @@ def test_evaluator_keeps_success_flags_per_candidate_and_seed(tiny_run):
         assert evaluator.success is None
 
 
-def test_evaluate_reports_success_rate_only_where_the_env_gives_it(copy_run):
+def test_evaluate_reports_success_rate_only_where_the_env_gives_it(copy_run, tmp_path):
     assert "success_rate" not in json.loads((copy_run["dir"] / "report.json").read_text())  # CartPole
-    assert cli_stage("evaluate", copy_run["checkpoints"], copy_run["rollouts"], "--set", f"env.id={TOY_ID}") == 0
-    report = json.loads((copy_run["dir"] / "report.json").read_text())
+    # a run of the toy world's own (a run folder refuses a recipe for another world): V, M and C trained in it
+    toy = ("--set", f"env.id={TOY_ID}")
+    assert cli_stage("pipeline", tmp_path / "toy", tmp_path / "toy_ro", *toy) == 0
+    assert cli_stage("evaluate", tmp_path / "toy", tmp_path / "toy_ro", *toy) == 0
+    report = json.loads((tmp_path / "toy" / "tiny" / "report.json").read_text())
     assert report["env"] == TOY_ID and report["seeds"] == [10_000, 10_001, 10_002]
     assert report["successes"] == [True, False, True]
     assert report["success_rate"] == pytest.approx(2 / 3)
