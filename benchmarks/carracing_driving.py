@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodels import checkpoints
-from worldmodels.actions import encode_actions
-from worldmodels.controller import Controller
+from worldmodels.controller.linear import Controller
+from worldmodels.core.actions import encode_actions
+from worldmodels.runs import checkpoints
 from worldmodels.worlds.latent import latent_env
 
 

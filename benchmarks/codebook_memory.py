@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from worldmodels import config
-from worldmodels.actions import action_dim, encode_actions
+from worldmodels.core.actions import action_dim, encode_actions
+from worldmodels.data.latents import LatentEpisode, SequenceDataset
 from worldmodels.memory import MDNRNN, MemoryModelConfig, memory_loss
 from worldmodels.nas.search import fit_surrogate, load_architecture_vision, make_codebook_world
-from worldmodels.rollouts import LatentEpisode, SequenceDataset
 
 
 def episodes(world, n: int, seed: int) -> list[LatentEpisode]:

@@ -15,10 +15,11 @@ import os
 import platform
 import time
 
-from worldmodels import cli, config, search_state
-from worldmodels.checkpoints import Run
+from worldmodels import cli, config
+from worldmodels.controller import search_state
 from worldmodels.nas.search import best_of, fit_surrogate, objective, random_search
 from worldmodels.nas.space import Architecture
+from worldmodels.runs.checkpoints import Run
 
 RECIPE = "envs/codebook_nas.toml"
 BUDGETS = (100, 300, 1000, 3000, 10_000)

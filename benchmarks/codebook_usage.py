@@ -22,8 +22,9 @@ import torch
 
 from worldmodels import config, stages
 from worldmodels.agent import load_vision
-from worldmodels.checkpoints import Run
-from worldmodels.rollouts import EpisodeStore, frames_to_float
+from worldmodels.data.episodes import EpisodeStore
+from worldmodels.data.frames import frames_to_float
+from worldmodels.runs.checkpoints import Run
 from worldmodels.vision.quantize import code_statistics
 
 

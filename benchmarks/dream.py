@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels import config, noise
-from worldmodels.controller import Controller
+from worldmodels import config
+from worldmodels.controller.linear import Controller
+from worldmodels.core import noise
 from worldmodels.memory import MDNRNN, MemoryModelConfig
-from worldmodels.stages import memory_config
+from worldmodels.stages.memory import memory_config
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.dream import Dream, play_dream
 from worldmodels.worlds.real import action_space

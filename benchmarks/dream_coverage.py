@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodels import checkpoints, config
+from worldmodels import config
 from worldmodels.agent import load_memory
-from worldmodels.controller import Controller, memory_actions
-from worldmodels.errors import WorldModelsError
-from worldmodels.rollouts import dream_starts
+from worldmodels.controller.linear import Controller, memory_actions
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.data.latents import dream_starts
+from worldmodels.runs import checkpoints
 from worldmodels.worlds.dream import Dream
 from worldmodels.worlds.real import action_space
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from worldmodels import config
-from worldmodels.backends import real_evaluator
+from worldmodels.play.backends import real_evaluator
 
 
 def main() -> None:

@@ -34,12 +34,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from worldmodels import config, rollouts
-from worldmodels.backends import Evaluator, InProcess, LocalPool
-from worldmodels.controller import Controller
+from worldmodels import config
+from worldmodels.controller.linear import Controller
+from worldmodels.data.frames import frames_to_float
 from worldmodels.memory import MDNRNN, MemoryModelConfig
-from worldmodels.rollouts import frames_to_float
-from worldmodels.stages import memory_config
+from worldmodels.play import collect as collection
+from worldmodels.play.backends import Evaluator, InProcess, LocalPool
+from worldmodels.stages.memory import memory_config
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.carracing import FastFrames
 from worldmodels.worlds.real import action_space, make_world
@@ -210,7 +211,7 @@ def collection_frames_per_s(cfg: config.Config, episodes: int, workers: int) -> 
     cfg = dataclasses.replace(cfg, collect=dataclasses.replace(cfg.collect, episodes=episodes, workers=workers))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        manifest = rollouts.collect(cfg, Path(tmp) / "episodes")
+        manifest = collection.collect(cfg, Path(tmp) / "episodes")
         return sum(entry["frames"] for entry in manifest["episodes"]) / (time.perf_counter() - start)
 
 

@@ -21,10 +21,11 @@ import warnings
 import numpy as np
 import torch
 
-from worldmodels import checkpoints, config
+from worldmodels import config
 from worldmodels.agent import load_vision
-from worldmodels.backends import real_evaluator
-from worldmodels.rollouts import frames_to_float
+from worldmodels.data.frames import frames_to_float
+from worldmodels.play.backends import real_evaluator
+from worldmodels.runs import checkpoints
 from worldmodels.worlds.real import make_world
 
 

@@ -23,9 +23,10 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 
-from worldmodels import config, noise
+from worldmodels import config
+from worldmodels.core import noise
 from worldmodels.memory import MDNRNN, MemoryModelConfig
-from worldmodels.stages import memory_config
+from worldmodels.stages.memory import memory_config
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.dream import Dream, DreamEnv
 from worldmodels.worlds.real import action_space

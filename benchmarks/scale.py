@@ -27,17 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodels import config, rollouts
-from worldmodels.backends import (
-    Evaluator,
-    InProcess,
-    LocalPool,
-    RayPool,
-    VectorEvaluator,
-)
-from worldmodels.controller import Controller
+from worldmodels import config
+from worldmodels.controller.linear import Controller
 from worldmodels.memory import MDNRNN, MemoryModelConfig
-from worldmodels.stages import memory_config
+from worldmodels.play import collect as collection
+from worldmodels.play.backends import Evaluator, InProcess, LocalPool, RayPool, VectorEvaluator
+from worldmodels.stages.memory import memory_config
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.real import action_space
 
@@ -150,7 +145,7 @@ def main() -> None:
                 )
         if "vision" not in args.skip:
             cfg.collect.workers = min(2, os.cpu_count() or 1)
-            manifest = rollouts.collect(cfg, tmp / "rollouts" / cfg.name / "episodes")
+            manifest = collection.collect(cfg, tmp / "rollouts" / cfg.name / "episodes")
             frames = manifest["frames"] * args.epochs
             runs = [("1 process", 1, ["--device", "cpu"]), ("2 DDP processes (gloo)", 2, ["--device", "cpu"])]
             if torch.cuda.is_available():

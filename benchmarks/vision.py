@@ -35,11 +35,12 @@ import numpy as np
 import torch
 
 from worldmodels import config, stages
-from worldmodels.errors import WorldModelsError
-from worldmodels.fid import feature_statistics, frechet_distance, load_feature_net
-from worldmodels.rollouts import EpisodeStore, frames_to_float
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.data.episodes import EpisodeStore
+from worldmodels.data.frames import frames_to_float
 from worldmodels.training import apply_gradients, pick_device
 from worldmodels.vision import MODELS, VisionModel, build_vision, vision_config
+from worldmodels.vision.fid import feature_statistics, frechet_distance, load_feature_net
 
 
 def log(message: str) -> None:

@@ -35,7 +35,8 @@ from torch import nn
 
 from worldmodels import config, stages
 from worldmodels.agent import load_vision
-from worldmodels.rollouts import EpisodeStore, frames_to_float
+from worldmodels.data.episodes import EpisodeStore
+from worldmodels.data.frames import frames_to_float
 
 
 class HaVAE(nn.Module):

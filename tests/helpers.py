@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from worldmodels import cli
-from worldmodels.controller import Controller
+from worldmodels.controller.linear import Controller
 from worldmodels.memory import MDNRNN, MemoryModelConfig
 
 TESTS = Path(__file__).resolve().parent

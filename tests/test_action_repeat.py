@@ -10,8 +10,8 @@ import pytest
 
 from worldmodels import config as config_lib
 from worldmodels.config import CollectConfig, EnvConfig
-from worldmodels.errors import WorldModelsError
-from worldmodels.rollouts import collect_episode
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.play.collect import collect_episode
 from worldmodels.worlds import real
 from worldmodels.worlds.real import ActionBounds, ActionRepeat, RenderSize, make_world
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from helpers import RUN_NAME, TINY, cli_stage
 
-from worldmodels import checkpoints
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
-from worldmodels.backends import RayPool, check_reachable, real_evaluator, weights
-from worldmodels.checkpoints import Run
-from worldmodels.controller import Controller
-from worldmodels.errors import WorldModelsError
-from worldmodels.evolution import generation_seeds
-from worldmodels.rollouts import load_episode
+from worldmodels.controller.linear import Controller
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.data.episodes import load_episode
+from worldmodels.play.backends import RayPool, check_reachable, real_evaluator, weights
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run
+from worldmodels.stages.evolution import generation_seeds
 from worldmodels.worlds.real import action_space
 
 

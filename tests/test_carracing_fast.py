@@ -11,13 +11,14 @@ import pytest
 import torch
 from helpers import TESTS, run_cli
 
-from worldmodels import checkpoints, config
+from worldmodels import config
 from worldmodels.agent import WorldModel, load_vision
 from worldmodels.config import EnvConfig
-from worldmodels.controller import Controller
-from worldmodels.errors import WorldModelsError
-from worldmodels.play import play
-from worldmodels.rollouts import frames_to_float
+from worldmodels.controller.linear import Controller
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.data.frames import frames_to_float
+from worldmodels.play.loops import play
+from worldmodels.runs import checkpoints
 from worldmodels.worlds.carracing import FastFrames
 from worldmodels.worlds.real import make_world
 

@@ -6,11 +6,12 @@ import numpy as np
 import torch
 from helpers import TINY, H, Z, cli_stage, copy_tree, one_error_line
 
-from worldmodels import config, search_state
+from worldmodels import config
 from worldmodels.agent import WorldModel
-from worldmodels.checkpoints import Run, load_controller
+from worldmodels.controller import search_state
+from worldmodels.data.latents import load_latents
 from worldmodels.memory import MDNRNN, MemoryModelConfig
-from worldmodels.rollouts import load_latents
+from worldmodels.runs.checkpoints import Run, load_controller
 from worldmodels.worlds.dream import Dream, observation_space
 
 

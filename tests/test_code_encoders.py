@@ -13,9 +13,9 @@ import torch
 from helpers import RUN_NAME, cli_stage
 from torch import nn
 
-from worldmodels import checkpoints
 from worldmodels.agent import load_vision
-from worldmodels.errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.runs import checkpoints
 from worldmodels.vision.encoders import TRUST_VARIABLE
 
 ENCODER_MODULE = """

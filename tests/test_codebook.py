@@ -10,8 +10,8 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from worldmodels.actions import action_dim, encode_actions
-from worldmodels.controller import Controller, memory_actions, to_action
+from worldmodels.controller.linear import Controller, memory_actions, to_action
+from worldmodels.core.actions import action_dim, encode_actions
 from worldmodels.worlds.codebook import ENV_ID, CodebookEnv, flat_world
 
 # 4 codes of width 2; with 2 slots the latent is 2 of these rows

@@ -15,27 +15,18 @@ import pytest
 import torch
 from helpers import TESTS, TINY, run_cli
 
-from worldmodels import checkpoints, search_state
 from worldmodels import config as config_lib
-from worldmodels.checkpoints import Run
-from worldmodels.controller import Controller
-from worldmodels.evolution import train_controller
+from worldmodels.controller import search_state
+from worldmodels.controller.linear import Controller
 from worldmodels.nas import search
 from worldmodels.nas import space as nas_space
 from worldmodels.nas import table as nas_table
-from worldmodels.nas.autoencoder import (
-    ArchitectureVQVAE,
-    ArchitectureVQVAEConfig,
-    encodings,
-)
-from worldmodels.nas.space import (
-    CHOICES,
-    MAX_LAYERS,
-    Architecture,
-    decode_slots,
-    num_params,
-)
+from worldmodels.nas.autoencoder import ArchitectureVQVAE, ArchitectureVQVAEConfig, encodings
+from worldmodels.nas.space import CHOICES, MAX_LAYERS, Architecture, decode_slots, num_params
 from worldmodels.nas.table import DEFAULT_TABLE, load_table
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run
+from worldmodels.stages.evolution import train_controller
 
 RECIPE = TESTS.parent / "envs" / "codebook_nas.toml"
 NAME = "codebook_nas"  # the recipe's name

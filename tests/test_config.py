@@ -11,7 +11,7 @@ from helpers import TINY
 
 from worldmodels import config as config_lib
 from worldmodels.config import Config, StateBound
-from worldmodels.errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 from worldmodels.vision import vision_config
 
 ENVS = Path(__file__).resolve().parent.parent / "envs"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels.actions import action_dim
-from worldmodels.controller import Controller, to_action
+from worldmodels.controller.linear import Controller, to_action
+from worldmodels.core.actions import action_dim
 
 BOX = gym.spaces.Box(low=np.array([-2.0, 0.0], dtype=np.float32), high=np.array([2.0, 1.0], dtype=np.float32))
 

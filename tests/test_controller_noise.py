@@ -10,16 +10,17 @@ import torch
 from helpers import BOX, DISCRETE, SPACES, TINY, fixed_start, population, small_memory
 
 from worldmodels import config as config_lib
-from worldmodels import noise, rounds
-from worldmodels.actions import action_dim
 from worldmodels.agent import WorldModel
-from worldmodels.backends import real_evaluator
-from worldmodels.checkpoints import Run, load_controller
 from worldmodels.config import DreamConfig
-from worldmodels.controller import Controller, memory_actions
-from worldmodels.errors import WorldModelsError
-from worldmodels.play import play
-from worldmodels.rollouts import load_episode
+from worldmodels.controller.linear import Controller, memory_actions
+from worldmodels.core import noise
+from worldmodels.core.actions import action_dim
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.data.episodes import load_episode
+from worldmodels.play.backends import real_evaluator
+from worldmodels.play.loops import play
+from worldmodels.runs.checkpoints import Run, load_controller
+from worldmodels.stages import rounds
 from worldmodels.worlds.dream import Dream, play_dream
 from worldmodels.worlds.real import make_world
 

@@ -14,8 +14,9 @@ import torch.multiprocessing as mp
 from helpers import RUN_NAME, TINY, copy_tree, run_cli
 
 from worldmodels import config as config_lib
-from worldmodels import distributed, stages
-from worldmodels.checkpoints import Run
+from worldmodels import stages
+from worldmodels.core import distributed
+from worldmodels.runs.checkpoints import Run
 from worldmodels.vision.quantize import VectorQuantizer
 
 

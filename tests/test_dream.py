@@ -16,15 +16,19 @@ from gymnasium.wrappers.vector import RecordEpisodeStatistics
 from helpers import BOX, DISCRETE, SPACES, TINY, H, K, Z, cli_stage, fixed_start, population, small_memory
 from PIL import Image
 
-from worldmodels import checkpoints, evolution, noise, search_state
 from worldmodels import config as config_lib
-from worldmodels.actions import action_dim
 from worldmodels.agent import WorldModel
 from worldmodels.config import DreamConfig
-from worldmodels.controller import Controller, to_action
-from worldmodels.evolution import DreamEvaluator, Stream, stream_seeds
+from worldmodels.controller import search_state
+from worldmodels.controller.linear import Controller, to_action
+from worldmodels.core import noise
+from worldmodels.core.actions import action_dim
+from worldmodels.data.episodes import load_episode
+from worldmodels.data.latents import LatentEpisode, load_latents, start_latents
 from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, draw
-from worldmodels.rollouts import LatentEpisode, load_episode, load_latents, start_latents
+from worldmodels.runs import checkpoints
+from worldmodels.stages import evolution
+from worldmodels.stages.evolution import DreamEvaluator, Stream, stream_seeds
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.dream import Dream, DreamEnv, DreamVectorEnv, play_dream
 from worldmodels.worlds.real import action_space

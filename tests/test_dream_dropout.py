@@ -9,8 +9,8 @@ import torch
 
 from worldmodels import config as config_lib
 from worldmodels.config import DreamConfig
-from worldmodels.controller import Controller
-from worldmodels.errors import WorldModelsError
+from worldmodels.controller.linear import Controller
+from worldmodels.core.errors import WorldModelsError
 from worldmodels.memory import MDNRNN, MemoryModelConfig
 from worldmodels.worlds.dream import Dream, play_dream
 

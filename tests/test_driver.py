@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import cli_stage, one_error_line
 
-from worldmodels.rollouts import load_episode
+from worldmodels.data.episodes import load_episode
 
 
 @pytest.fixture

@@ -17,12 +17,13 @@ from gymnasium.utils.env_checker import check_env
 from helpers import TINY, cli_stage, run_cli
 
 import worldmodels  # noqa: F401 - registers worldmodels/Dream-v0 and worldmodels/Latent-v0
-from worldmodels import checkpoints, cli
+from worldmodels import cli
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
-from worldmodels.checkpoints import load_controller
-from worldmodels.controller import Controller
-from worldmodels.play import play
+from worldmodels.controller.linear import Controller
+from worldmodels.play.loops import play
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import load_controller
 from worldmodels.worlds.real import make_world
 
 
@@ -64,7 +65,7 @@ def test_the_dream_from_a_run_folder_passes_gymnasiums_checker(tiny_run):
 def test_a_run_folder_recipe_that_imports_a_module_is_refused(copy_run):
     recipe = copy_run["dir"] / "recipe.toml"
     recipe.write_text(recipe.read_text().replace('id = "CartPole-v1"', 'id = "os:CartPole-v1"'))
-    with pytest.raises(worldmodels.errors.WorldModelsError, match="imports a module"):
+    with pytest.raises(worldmodels.core.errors.WorldModelsError, match="imports a module"):
         gym.make("worldmodels/Dream-v0", run=str(copy_run["dir"]))
 
 

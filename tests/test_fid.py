@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from worldmodels.errors import WorldModelsError
-from worldmodels.fid import fid, frechet_distance, load_feature_net
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.vision.fid import fid, frechet_distance, load_feature_net
 
 
 def random_covariance(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -9,12 +9,14 @@ import pytest
 import torch
 from helpers import TINY, cli_stage
 
-from worldmodels import checkpoints, evolution, fidelity, search_state
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
-from worldmodels.backends import real_evaluator
+from worldmodels.controller import search_state
+from worldmodels.data.latents import LatentEpisode, load_latents, start_latents
 from worldmodels.memory import MDNRNN, MemoryModelConfig
-from worldmodels.rollouts import LatentEpisode, load_latents, start_latents
+from worldmodels.play.backends import real_evaluator
+from worldmodels.runs import checkpoints
+from worldmodels.stages import evolution, fidelity
 from worldmodels.worlds.real import action_space
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worldmodels.errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 from worldmodels.nas.space import (
     CHOICES,
     ENCODING_DIM,

@@ -7,14 +7,15 @@ import pytest
 import torch
 from helpers import DISCRETE, SPACES, TINY, cli_stage, one_error_line
 
-from worldmodels import config, search_state
+from worldmodels import config
 from worldmodels.agent import WorldModel
-from worldmodels.checkpoints import Run
-from worldmodels.controller import Controller, InputScale
-from worldmodels.errors import WorldModelsError
-from worldmodels.evaluators import SearchWorld
-from worldmodels.evolution import Search
-from worldmodels.rollouts import load_latents
+from worldmodels.controller import search_state
+from worldmodels.controller.linear import Controller, InputScale
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.data.latents import load_latents
+from worldmodels.play.evaluators import SearchWorld
+from worldmodels.runs.checkpoints import Run
+from worldmodels.stages.evolution import Search
 
 
 @SPACES

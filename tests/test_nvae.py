@@ -11,7 +11,7 @@ from torch import nn
 
 from worldmodels import config as config_lib
 from worldmodels.agent import load_memory, load_vision
-from worldmodels.errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 from worldmodels.vision import NVAE, NVAEConfig, build_vision, vision_config
 from worldmodels.vision.nvae import SpectralNorms, residual_normal, soft_clamp
 

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from helpers import RUN_NAME, TINY, cli_stage
 
-from worldmodels import checkpoints
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
-from worldmodels.backends import real_evaluator
-from worldmodels.checkpoints import Run
-from worldmodels.controller import Controller
-from worldmodels.errors import WorldModelsError
+from worldmodels.controller.linear import Controller
+from worldmodels.core.errors import WorldModelsError
 from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.play.backends import real_evaluator
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run
 from worldmodels.worlds.real import find_spec, make_world
 
 RECIPE = Path(__file__).resolve().parents[1] / "envs" / "panda_reach.toml"

@@ -12,12 +12,13 @@ import torch
 from helpers import RUN_NAME, TINY, cli_stage
 from PIL import Image
 
-from worldmodels import checkpoints, search_state
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
-from worldmodels.checkpoints import load_controller
-from worldmodels.controller import Controller
-from worldmodels.play import play
+from worldmodels.controller import search_state
+from worldmodels.controller.linear import Controller
+from worldmodels.play.loops import play
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import load_controller
 from worldmodels.worlds.real import make_world
 
 RUN_FILES = ("recipe.toml", "vision.pt", "memory.pt", "controller.pt", "cmaes.pt", "report.json")
@@ -158,7 +159,7 @@ def test_process_pools_give_the_same_results(copy_run):
 
 
 def test_image_grid_pads_a_short_row_with_black():
-    from worldmodels.stages import image_grid, two_rows
+    from worldmodels.stages.vision import image_grid, two_rows
 
     frames = torch.rand(5, 3, 4, 4) * 0.5 + 0.5  # never black
     picture = image_grid(two_rows(frames))  # rows of 3 and 2 frames

@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import RUN_NAME, TINY, cli_stage
 
-from worldmodels import checkpoints
 from worldmodels import config as config_lib
 from worldmodels.agent import load_vision
-from worldmodels.rollouts import load_latents
+from worldmodels.data.latents import load_latents
+from worldmodels.runs import checkpoints
 from worldmodels.vision import PretrainedV, PretrainedVConfig
 from worldmodels.vision.encoders import describe_encoder, encoder_weights
 from worldmodels.vision.pretrained import episode_stacks, stack_context

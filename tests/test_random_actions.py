@@ -9,14 +9,13 @@ import pytest
 from helpers import DISCRETE, TINY, cli_stage, one_error_line
 
 from worldmodels import config as config_lib
-from worldmodels import evolution  # noqa: F401  (registers the real world)
 from worldmodels.agent import WorldModel
-from worldmodels.backends import real_evaluator
-from worldmodels.checkpoints import Run, load_controller
-from worldmodels.controller import Controller
-from worldmodels.errors import WorldModelsError
-from worldmodels.evaluators import open_world
-from worldmodels.play import RandomActions, play
+from worldmodels.controller.linear import Controller
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.play.backends import real_evaluator
+from worldmodels.play.evaluators import open_world
+from worldmodels.play.loops import RandomActions, play
+from worldmodels.runs.checkpoints import Run, load_controller
 from worldmodels.worlds.real import make_world
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from helpers import RUN_NAME, cli_stage
 
-from worldmodels import checkpoints, search_state
-from worldmodels.checkpoints import atomic_write
+from worldmodels.controller import search_state
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import atomic_write
 
 
 def state_dict(path: Path) -> dict:

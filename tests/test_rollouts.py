@@ -13,20 +13,11 @@ from helpers import TINY
 
 from worldmodels import config as config_lib
 from worldmodels.config import CollectConfig, EnvConfig, StateBound
-from worldmodels.errors import WorldModelsError
-from worldmodels.rollouts import (
-    BrownianPolicy,
-    CorruptEpisode,
-    EpisodeStore,
-    FrameStream,
-    LatentEpisode,
-    SequenceDataset,
-    collect,
-    collect_episode,
-    episode_name,
-    load_episode,
-    save_episode,
-)
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.data.episodes import CorruptEpisode, EpisodeStore, episode_name, load_episode, save_episode
+from worldmodels.data.frames import FrameStream
+from worldmodels.data.latents import LatentEpisode, SequenceDataset
+from worldmodels.play.collect import BrownianPolicy, collect, collect_episode
 from worldmodels.worlds.real import make_world
 
 
@@ -326,7 +317,7 @@ def test_sequence_dataset_windows_and_mask():
 
 
 def test_encode_actions_of_an_empty_episode_keeps_the_action_width():
-    from worldmodels.actions import encode_actions
+    from worldmodels.core.actions import encode_actions
 
     box = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
     assert encode_actions(np.zeros((0, 1), np.float32), box).shape == (0, 1)

@@ -14,8 +14,9 @@ import pytest
 import torch
 from helpers import TINY, cli_stage, copy_tree, one_error_line, run_cli
 
-from worldmodels import checkpoints, search_state
-from worldmodels.errors import WorldModelsError
+from worldmodels.controller import search_state
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.runs import checkpoints
 
 
 def start_stage(*argv: str) -> subprocess.Popen:
@@ -174,7 +175,7 @@ def test_a_damaged_latent_file_is_named_and_encoded_again(copy_run, capsys):
 def test_an_episode_of_the_wrong_shape_or_dtype_is_named(copy_rollouts, tmp_path, capsys):
     import numpy as np
 
-    from worldmodels.rollouts import CorruptEpisode, load_episode, save_episode
+    from worldmodels.data.episodes import CorruptEpisode, load_episode, save_episode
 
     path = copy_rollouts / "tiny" / "episodes" / "ep_000002.npz"
     episode = load_episode(path)
@@ -302,7 +303,7 @@ def test_a_full_disk_while_saving_the_search_or_logging_is_one_line(small_disk, 
 
 
 def test_a_checkpoint_that_does_not_fit_is_an_os_error_naming_it(small_disk):
-    from worldmodels import checkpoints
+    from worldmodels.runs import checkpoints
 
     old = small_disk / "memory.pt"
     checkpoints.save(old, {"kind": "memory", "w": torch.zeros(10)})
@@ -365,7 +366,8 @@ BROKEN_EPISODES = {
 @pytest.mark.parametrize("case", list(BROKEN_EPISODES))
 def test_an_episode_that_is_not_of_the_recipes_world_is_named_and_left_out(copy_run, tmp_path, capsys, case):
     from worldmodels import config
-    from worldmodels.rollouts import CorruptEpisode, EpisodeLayout, load_episode, save_episode
+    from worldmodels.data.episodes import CorruptEpisode, load_episode, save_episode
+    from worldmodels.play.collect import episode_layout
 
     ck, ro = copy_run["checkpoints"], copy_tree(copy_run["rollouts"], tmp_path / "ro")
     path = ro / "tiny" / "episodes" / "ep_000003.npz"
@@ -373,7 +375,7 @@ def test_an_episode_that_is_not_of_the_recipes_world_is_named_and_left_out(copy_
     change, reason = BROKEN_EPISODES[case]
     save_episode(path, intact | change(intact))
     with pytest.raises(CorruptEpisode, match=f"ep_000003.npz: .*{re.escape(reason)}"):
-        load_episode(path, EpisodeLayout.of(config.load(TINY).env))
+        load_episode(path, episode_layout(config.load(TINY).env))
     (copy_run["dir"] / "latents" / path.name).unlink()  # encode reads it again
     assert cli_stage("encode", ck, ro) == 0
     assert f"skipping corrupt episode ep_000003.npz: {reason}" in capsys.readouterr().out
@@ -393,7 +395,7 @@ def test_an_episode_that_is_not_of_the_recipes_world_is_named_and_left_out(copy_
     ],
 )
 def test_a_latent_file_that_does_not_fit_is_named_and_encoded_again(copy_run, capsys, case, change, reason):
-    from worldmodels.rollouts import save_episode
+    from worldmodels.data.episodes import save_episode
 
     ck, ro = copy_run["checkpoints"], copy_run["rollouts"]
     victim = sorted((copy_run["dir"] / "latents").glob("*.npz"))[2]

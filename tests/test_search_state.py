@@ -10,8 +10,9 @@ import pytest
 import torch
 from helpers import cli_stage, one_error_line
 
-from worldmodels import checkpoints, search_state
-from worldmodels.search_state import Progress
+from worldmodels.controller import search_state
+from worldmodels.controller.search_state import Progress
+from worldmodels.runs import checkpoints
 
 SEARCH = {"dim": 20, "population": 8, "sigma0": 0.3, "seed": 4}
 

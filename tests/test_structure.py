@@ -1,5 +1,6 @@
-"""The package's shape: no import cycle (imports inside functions and `if TYPE_CHECKING:` blocks included), no function
-over 60 lines, and the world registry open to a task's own world."""
+"""The package's shape: packages by layer, every import going down the layers or staying in its package (imports
+inside functions and `if TYPE_CHECKING:` blocks included), no import cycle, no function over 60 lines, and the world
+registry open to a task's own world."""
 
 from __future__ import annotations
 
@@ -11,11 +12,25 @@ import numpy as np
 import torch
 from helpers import TINY, run_cli
 
-from worldmodels import evaluators
-from worldmodels.controller import Controller
+from worldmodels.controller.linear import Controller
+from worldmodels.play import evaluators
 
 PACKAGE = Path(__file__).resolve().parent.parent / "worldmodels"
 LONGEST = 60
+# bottom to top; a module may import its own package or a lower layer, never a package beside it or above it
+LAYERS = [
+    {"worldmodels", "core"},  # the root only registers gym ids by name
+    {"config"},
+    {"runs"},
+    {"vision", "memory", "controller", "training"},
+    {"data"},
+    {"agent"},
+    {"worlds"},
+    {"play"},
+    {"stages"},
+    {"nas", "cli"},
+    {"__main__"},
+]
 
 
 def modules() -> dict[str, Path]:
@@ -27,11 +42,18 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The package's modules that `name` imports anywhere in its file."""
+def imported(name: str, path: Path, known: dict[str, Path], where: str = "anywhere") -> set[str]:
+    """The package's modules that `name` imports anywhere in its file (or, with where="in functions", inside a
+    function's body only)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    if where == "in functions":
+        functions = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        nodes = [n for f in functions for n in ast.walk(f)]
+    else:
+        nodes = list(ast.walk(tree))  # type-only and in-function imports count too
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):  # type-only and in-function imports count too
+    for node in nodes:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -71,8 +93,53 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_import_cycle_in_the_package():
     known = modules()
     graph = {name: imported(name, path, known) for name, path in known.items()}
-    assert "worldmodels.evolution" in graph["worldmodels.pipeline"]  # the walker sees the package's imports
+    assert "worldmodels.stages.evolution" in graph["worldmodels.stages.pipeline"]  # the walker sees the imports
     assert cycle(graph) is None, " -> ".join(cycle(graph) or [])
+
+
+def package_of(name: str) -> str:
+    """The layer package a dotted module belongs to: `worldmodels.stages.rounds` -> `stages`."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layer_breaks(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up the layers or sideways into another package of the same layer."""
+    layer = {package: i for i, packages in enumerate(LAYERS) for package in packages}
+    return [
+        f"{name} -> {target}"
+        for name, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if package_of(name) != package_of(target) and layer[package_of(target)] >= layer[package_of(name)]
+    ]
+
+
+def test_the_layer_rule_catches_an_import_upwards():
+    graph = {"worldmodels.core.errors": {"worldmodels.stages.rounds"}, "worldmodels.vision.vae": {"worldmodels.memory"}}
+    assert layer_breaks(graph) == [
+        "worldmodels.core.errors -> worldmodels.stages.rounds",
+        "worldmodels.vision.vae -> worldmodels.memory",
+    ]
+    assert layer_breaks({"worldmodels.stages.rounds": {"worldmodels.stages", "worldmodels.core.errors"}}) == []
+
+
+def test_every_import_goes_down_the_layers_or_stays_in_its_package():
+    known = modules()
+    assert {package_of(name) for name in known} <= set().union(*LAYERS)  # a new package must be given a layer
+    graph = {name: imported(name, path, known) for name, path in known.items()}
+    assert not layer_breaks(graph), layer_breaks(graph)
+
+
+def test_only_the_command_line_imports_the_package_inside_functions():
+    """`cli.py` imports the stages when a command runs, so `--help` stays fast; nothing else hides an import."""
+    known = modules()
+    hiding = {
+        name: found
+        for name, path in known.items()
+        if name != "worldmodels.cli" and (found := imported(name, path, known, "in functions"))
+    }
+    assert not hiding, hiding
+    assert imported("worldmodels.cli", known["worldmodels.cli"], known, "in functions")  # the walker sees them
 
 
 def test_the_core_never_imports_the_nas_task():

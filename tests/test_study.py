@@ -12,7 +12,7 @@ from helpers import TINY, run_cli
 from scipy import stats as scipy_stats
 
 from worldmodels import config as config_lib
-from worldmodels.study import seed_config, statistics
+from worldmodels.stages.study import seed_config, statistics
 
 SCORES = [400.0, 480.0, 490.0, 500.0, 470.0]
 
@@ -125,10 +125,10 @@ def test_final_selection_keeps_the_best_of_the_top_rescored(copy_run, capsys):
     import torch
     from helpers import cli_stage
 
-    from worldmodels import search_state
-    from worldmodels.backends import real_evaluator
-    from worldmodels.checkpoints import Run
-    from worldmodels.evolution import Stream, stream_seeds
+    from worldmodels.controller import search_state
+    from worldmodels.play.backends import real_evaluator
+    from worldmodels.runs.checkpoints import Run
+    from worldmodels.stages.evolution import Stream, stream_seeds
 
     ck, ro, run_dir = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
     for name in ("controller.pt", "cmaes.pt"):
@@ -168,10 +168,10 @@ def test_confirmed_contenders_stand_on_their_mean_over_all_episodes(copy_run, ca
     import torch
     from helpers import cli_stage
 
-    from worldmodels import search_state
-    from worldmodels.backends import real_evaluator
-    from worldmodels.checkpoints import Run
-    from worldmodels.evolution import Stream, stream_seeds
+    from worldmodels.controller import search_state
+    from worldmodels.play.backends import real_evaluator
+    from worldmodels.runs.checkpoints import Run
+    from worldmodels.stages.evolution import Stream, stream_seeds
 
     ck, ro, run_dir = copy_run["checkpoints"], copy_run["rollouts"], copy_run["dir"]
     for name in ("controller.pt", "cmaes.pt"):

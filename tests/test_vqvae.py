@@ -10,25 +10,14 @@ import pytest
 import torch
 from helpers import TINY, cli_stage
 
-from worldmodels import checkpoints
 from worldmodels import config as config_lib
 from worldmodels.agent import load_memory, load_vision
 from worldmodels.config import DreamConfig
-from worldmodels.memory import (
-    MDNRNN,
-    MemoryModelConfig,
-    Prediction,
-    draw_codes,
-    memory_loss,
-)
-from worldmodels.rollouts import SequenceDataset, load_latents, start_latents
+from worldmodels.data.latents import SequenceDataset, load_latents, start_latents
+from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, draw_codes, memory_loss
+from worldmodels.runs import checkpoints
 from worldmodels.vision import VQVAE, VQVAEConfig, build_vision
-from worldmodels.vision.quantize import (
-    VectorQuantizer,
-    code_statistics,
-    kmeans,
-    nearest,
-)
+from worldmodels.vision.quantize import VectorQuantizer, code_statistics, kmeans, nearest
 from worldmodels.worlds.dream import Dream
 
 
@@ -660,9 +649,9 @@ def test_bad_vq_recipe_values_exit_2_with_one_line(tmp_path, capsys, override, m
 
 
 def test_memory_with_another_codebook_than_vision_is_refused(vq_run, tmp_path):
-    from worldmodels import checkpoints
     from worldmodels.agent import WorldModel
-    from worldmodels.errors import WorldModelsError
+    from worldmodels.core.errors import WorldModelsError
+    from worldmodels.runs import checkpoints
 
     run = vq_run["dir"]
     saved = checkpoints.load(run / "vision.pt", "vision")

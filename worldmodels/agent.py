@@ -10,12 +10,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from . import checkpoints
-from .actions import encode_actions
-from .errors import WorldModelsError
-from .memory import MDNRNN, MemoryModelConfig
-from .rollouts import LatentEpisode, frames_to_float
-from .vision import VQVAE, VisionModel, build_vision
+from worldmodels.core.actions import encode_actions
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.data.frames import frames_to_float
+from worldmodels.data.latents import LatentEpisode
+from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.runs import checkpoints
+from worldmodels.vision import VQVAE, VisionModel, build_vision
 
 
 def vision_from_checkpoint(saved: dict, device: torch.device | str = "cpu") -> VisionModel:

@@ -15,9 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__, evaluators
-from . import config as config_lib
-from .errors import WorldModelsError
+from worldmodels import __version__
+from worldmodels import config as config_lib
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.play import evaluators
 
 CODEBOOK_STAGES = ["train-vision", "train-controller", "evaluate", "pipeline", "study"]
 WRITING_STAGES = [
@@ -146,8 +147,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_stage(args: argparse.Namespace) -> object:
-    from . import lock
-    from .checkpoints import Run
+    from worldmodels.runs import lock
+    from worldmodels.runs.checkpoints import Run
 
     overrides: list[config_lib.Override] = list(args.overrides)
     flags = [  # the CLI's own flags, as (key, value): never turned into TOML text and parsed again
@@ -200,7 +201,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def refuse_stage(args: argparse.Namespace, cfg: config_lib.Config) -> None:
     """Stages a recipe or a launcher does not have, refused before anything is made."""
-    from . import distributed
+    from worldmodels.core import distributed
 
     codebook = cfg.controller.world == "codebook"
     if distributed.launched() and (args.stage not in DATA_PARALLEL_STAGES or codebook):
@@ -218,9 +219,11 @@ def refuse_stage(args: argparse.Namespace, cfg: config_lib.Config) -> None:
 
 def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_root: Path) -> object:
     """The stage itself, with the run folder's lock held."""
-    from . import distributed, evolution, fidelity, stages, sweep, watch
-    from .pipeline import pipeline
-    from .training import pick_device
+    from worldmodels import stages
+    from worldmodels.core import distributed
+    from worldmodels.stages import evolution, fidelity, sweep, watch
+    from worldmodels.stages.pipeline import pipeline
+    from worldmodels.training import pick_device
 
     if distributed.launched():
         cfg.device = str(distributed.init(pick_device(cfg.device)))  # cuda:LOCAL_RANK, or cpu
@@ -251,7 +254,7 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_r
         report = fidelity.controller_report(cfg, run)
         return result if report is None else result | {"dream_real_spearman": report["spearman"]}
     if args.stage == "evaluate" and args.policy:
-        from .policies import evaluate_policy
+        from worldmodels.play.policies import evaluate_policy
 
         return summary(evaluate_policy(cfg, run, args.policy, args.algo))
     if args.stage == "evaluate":
@@ -261,7 +264,7 @@ def run_locked(args: argparse.Namespace, cfg: config_lib.Config, run, rollouts_r
     if args.stage == "tau-sweep":
         return sweep.tau_sweep(cfg, run, args.tau or [cfg.dream.tau])
     if args.stage == "study":
-        from .study import study
+        from worldmodels.stages.study import study
 
         result = study(cfg, run.dir, rollouts_root / cfg.name, args.seeds, args.start)
         return {k: v for k, v in result.items() if k != "seeds"} | {

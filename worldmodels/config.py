@@ -19,7 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 import tomli_w
 
-from .errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 
 
 @dataclass

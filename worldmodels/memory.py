@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
+from worldmodels.core import distributed
 
 State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (1, B, H)
 

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from . import checkpoints, distributed
-from .errors import WorldModelsError
-from .progress import bar, say
+from worldmodels.core import distributed
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.core.progress import bar, say
+from worldmodels.runs import checkpoints
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..vision.quantize import VectorQuantizer
-from . import space
-from .space import Architecture
+from worldmodels.nas import space
+from worldmodels.nas.space import Architecture
+from worldmodels.vision.quantize import VectorQuantizer
 
 
 @dataclass

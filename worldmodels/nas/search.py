@@ -16,19 +16,21 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .. import checkpoints, evolution, search_state, stages
-from ..checkpoints import Run
-from ..config import Config
-from ..controller import Controller
-from ..errors import WorldModelsError
-from ..evaluators import SearchWorld
-from ..training import Fit, fit
-from ..worlds.codebook import CodebookEnv, flat_world
-from . import space
-from .autoencoder import ArchitectureVQVAE, ArchitectureVQVAEConfig, encodings
-from .space import Architecture
-from .surrogate import Surrogate, from_rows, held_out_spearman
-from .table import DEFAULT_TABLE, Row, load_table, sample_distinct
+from worldmodels.config import Config
+from worldmodels.controller import search_state
+from worldmodels.controller.linear import Controller
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.nas import space
+from worldmodels.nas.autoencoder import ArchitectureVQVAE, ArchitectureVQVAEConfig, encodings
+from worldmodels.nas.space import Architecture
+from worldmodels.nas.surrogate import Surrogate, from_rows, held_out_spearman
+from worldmodels.nas.table import DEFAULT_TABLE, Row, load_table, sample_distinct
+from worldmodels.play.evaluators import SearchWorld, returns_report
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run
+from worldmodels.stages import evolution
+from worldmodels.training import Fit, fit
+from worldmodels.worlds.codebook import CodebookEnv, flat_world
 
 LARGEST = space.num_params(Architecture(((space.WIDTHS[-1], "relu"),) * space.MAX_LAYERS))
 
@@ -296,7 +298,7 @@ def evaluate(cfg: Config, run: Run) -> dict:
     tqdm.write(f"evaluate: training the winners for real ({cfg.nas.final_seeds} seeds each)")
     report = {
         "world": "codebook",
-        **stages.returns_report(returns, seeds, saved["generation"]),
+        **returns_report(returns, seeds, saved["generation"]),
         "surrogate_queries": len(found),  # distinct architectures: what random search gets
         "queries_with_repeats": progress.queries,
         "surrogate_spearman": round(held_out_spearman(rows), 4),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .space import ACTIVATIONS, INPUTS, MAX_LAYERS, Architecture, num_params
-from .table import DEFAULT_TABLE, Row, load_table
+from worldmodels.nas.space import ACTIVATIONS, INPUTS, MAX_LAYERS, Architecture, num_params
+from worldmodels.nas.table import DEFAULT_TABLE, Row, load_table
 
 
 def features(arch: Architecture) -> np.ndarray:

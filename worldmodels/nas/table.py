@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write
-from ..errors import WorldModelsError
-from ..progress import bar
-from .space import Architecture, num_params, sample, train
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.core.progress import bar
+from worldmodels.nas.space import Architecture, num_params, sample, train
+from worldmodels.runs.checkpoints import atomic_write
 
 DEFAULT_TABLE = Path(__file__).parent / "digits_table.csv"
 COLUMNS = ["arch", "depth", "params", "val_acc", "val_acc_std", "test_acc", "seconds"]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..config import Config
-from ..errors import WorldModelsError
-from .base import Latent, VisionModel
-from .encoders import describe_encoder
-from .frames import FRAME_MODELS
-from .nvae import NVAE, NVAEConfig
-from .pretrained import PretrainedV, PretrainedVConfig
-from .vae import ConvVAE, VAEConfig
-from .vqvae import VQVAE, VQVAEConfig
+from worldmodels.config import Config
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.vision.base import Latent, VisionModel
+from worldmodels.vision.encoders import describe_encoder
+from worldmodels.vision.frames import FRAME_MODELS
+from worldmodels.vision.nvae import NVAE, NVAEConfig
+from worldmodels.vision.pretrained import PretrainedV, PretrainedVConfig
+from worldmodels.vision.vae import ConvVAE, VAEConfig
+from worldmodels.vision.vqvae import VQVAE, VQVAEConfig
 
 MODELS = {**FRAME_MODELS, "pretrained": (PretrainedV, PretrainedVConfig)}
 

@@ -9,7 +9,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .. import distributed
+from worldmodels.core import distributed
 
 
 @dataclass

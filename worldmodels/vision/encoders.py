@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import encoder_source_problem
-from ..errors import WorldModelsError
-from .frames import FRAME_MODELS
+from worldmodels.config import encoder_source_problem
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.runs import checkpoints
+from worldmodels.vision.frames import FRAME_MODELS
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
@@ -182,8 +183,6 @@ def _code_module(kind: str, where: str) -> nn.Module:
 
 
 def _run_vision(path: Path) -> dict:
-    from .. import checkpoints
-
     file = path / "vision.pt" if path.is_dir() else path
     if not file.is_file():
         raise WorldModelsError(f"vision.pretrained.encoder: '{file}' does not exist (train that run's V first)")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .nvae import NVAE, NVAEConfig
-from .vae import ConvVAE, VAEConfig
-from .vqvae import VQVAE, VQVAEConfig
+from worldmodels.vision.nvae import NVAE, NVAEConfig
+from worldmodels.vision.vae import ConvVAE, VAEConfig
+from worldmodels.vision.vqvae import VQVAE, VQVAEConfig
 
 FRAME_MODELS = {"vae": (ConvVAE, VAEConfig), "vqvae": (VQVAE, VQVAEConfig), "nvae": (NVAE, NVAEConfig)}

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
-from ..config import nvae_latent_dim
-from .base import Latent, VisionModel
+from worldmodels.config import nvae_latent_dim
+from worldmodels.core import distributed
+from worldmodels.vision.base import Latent, VisionModel
 
 
 @dataclass

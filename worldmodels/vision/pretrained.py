@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WorldModelsError
-from .base import Latent, VisionModel, up_convs
-from .encoders import build_encoder
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.vision.base import Latent, VisionModel, up_convs
+from worldmodels.vision.encoders import build_encoder
 
 
 @dataclass

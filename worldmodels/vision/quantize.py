@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
+from worldmodels.core import distributed
 
 
 def nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .. import distributed
-from .base import Latent, VisionModel, down_convs, up_convs
+from worldmodels.core import distributed
+from worldmodels.vision.base import Latent, VisionModel, down_convs, up_convs
 
 
 @dataclass

@@ -8,8 +8,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from .base import Latent, VisionModel, down_convs, up_convs
-from .quantize import VectorQuantizer
+from worldmodels.vision.base import Latent, VisionModel, down_convs, up_convs
+from worldmodels.vision.quantize import VectorQuantizer
 
 
 @dataclass

@@ -23,7 +23,7 @@ import pygame
 from gymnasium.envs.box2d import car_dynamics, car_racing
 from gymnasium.envs.box2d.car_racing import CarRacing
 
-from ..errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 
 # Drawn at 2x the size, then averaged down by pygame's smoothscale. Gymnasium shrinks its window by smoothscale at a
 # factor of 10.4, whose rounding leaves every pixel about 2 levels darker; at 2x it is exact, so the frame is darkened

@@ -13,12 +13,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .. import noise
-from ..actions import encode_actions
-from ..config import DreamConfig
-from ..controller import Controller, memory_actions
-from ..memory import MDNRNN
-from ..vision import VisionModel
+from worldmodels.config import DreamConfig
+from worldmodels.controller.linear import Controller, memory_actions
+from worldmodels.core import noise
+from worldmodels.core.actions import encode_actions
+from worldmodels.memory import MDNRNN
+from worldmodels.vision import VisionModel
 
 STEP_STREAMS = (
     noise.COMPONENT,

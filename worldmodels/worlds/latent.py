@@ -14,8 +14,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ..errors import WorldModelsError
-from .dream import Dream, DreamEnv, observation_space
+from worldmodels import config as config_lib
+from worldmodels.agent import WorldModel
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.data.latents import dream_starts
+from worldmodels.runs.checkpoints import Run
+from worldmodels.worlds.dream import Dream, DreamEnv, observation_space
+from worldmodels.worlds.real import action_space, make_world
 
 
 class LatentObservation(gym.Wrapper):
@@ -51,9 +56,6 @@ def open_run(run: str | Path, recipe: str | Path | None = None):
     A recorded recipe is read as data; an env id that would import a module ("module:EnvId") is taken only
     from a recipe the caller names, so opening someone else's run folder imports nothing.
     """
-    from .. import config as config_lib
-    from ..checkpoints import Run
-
     folder = Path(run)
     if not folder.is_dir():
         raise WorldModelsError(f"run folder '{folder}' does not exist")
@@ -71,10 +73,6 @@ def dream_env(
     run: str | Path, recipe: str | Path | None = None, device: str = "cpu", render_mode: str | None = None
 ) -> DreamEnv:
     """The dream the run's controller trained in: its M, V, dream settings, starts and action space."""
-    from ..agent import WorldModel
-    from ..rollouts import dream_starts
-    from .real import action_space
-
     cfg, folder = open_run(run, recipe)
     model = WorldModel.load(
         folder.require(folder.vision, "train-vision"), folder.require(folder.memory, "train-memory"), device
@@ -87,9 +85,6 @@ def dream_env(
 
 def latent_env(run: str | Path, recipe: str | Path | None = None, render_mode: str | None = None) -> LatentObservation:
     """The run's real world (its recipe's env, action repeat and bounds) seen through its V and M as [z, h]."""
-    from ..agent import WorldModel
-    from .real import make_world
-
     cfg, folder = open_run(run, recipe)
     model = WorldModel.load(
         folder.require(folder.vision, "train-vision"), folder.require(folder.memory, "train-memory")

@@ -17,9 +17,9 @@ import numpy as np
 from gymnasium.envs.box2d.car_racing import CarRacing
 from PIL import Image
 
-from ..config import EnvConfig
-from ..errors import WorldModelsError
-from .carracing import FastFrames
+from worldmodels.config import EnvConfig
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.worlds.carracing import FastFrames
 
 
 def is_image_space(space: gym.Space) -> bool:

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv
 
-from ..actions import encode_actions
-from .dream import Dream, observation_space
+from worldmodels.core.actions import encode_actions
+from worldmodels.worlds.dream import Dream, observation_space
+from worldmodels.worlds.latent import dream_env
 
 
 class DreamVecEnv(VecEnv):
@@ -80,7 +81,5 @@ def dream_vec_env(
     run: str | Path, num_envs: int, recipe: str | Path | None = None, seed: int | None = None, device: str = "cpu"
 ) -> DreamVecEnv:
     """The run's dream (as `worldmodels/Dream-v0` builds it) as one SB3 VecEnv of `num_envs` batched copies."""
-    from .latent import dream_env
-
     single = dream_env(run, recipe, device)
     return DreamVecEnv(single.dream, single.action_space, num_envs, seed)

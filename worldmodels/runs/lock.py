@@ -10,7 +10,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-from .errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 
 LOCK = ".worldmodels.lock"
 HOLDER = ".worldmodels.pid"  # beside the lock: filelock empties the lock file itself when it tries it

@@ -17,13 +17,15 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import checkpoints, evolution, search_state
-from .agent import WorldModel
-from .backends import real_evaluator
-from .config import Config
-from .memory import MDNRNN
-from .rollouts import LatentEpisode
-from .training import pick_device
+from worldmodels.agent import WorldModel
+from worldmodels.config import Config
+from worldmodels.controller import search_state
+from worldmodels.data.latents import LatentEpisode
+from worldmodels.memory import MDNRNN
+from worldmodels.play.backends import real_evaluator
+from worldmodels.runs import checkpoints
+from worldmodels.stages import evolution
+from worldmodels.training import pick_device
 
 
 def held_out(name: str, fraction: float) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from .errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 
 
 def action_dim(space: gym.Space) -> int:

@@ -3,7 +3,7 @@ and come from rank 0 alone."""
 
 from tqdm import tqdm
 
-from .distributed import is_main
+from worldmodels.core.distributed import is_main
 
 
 def bar(*args, **kwargs) -> tqdm:

@@ -8,10 +8,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import checkpoints
-from .config import Config
-from .errors import WorldModelsError
-from .progress import bar
+from worldmodels.agent import WorldModel
+from worldmodels.config import Config
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.core.progress import bar
+from worldmodels.play.evaluators import returns_report
+from worldmodels.runs import checkpoints
+from worldmodels.worlds.latent import LatentObservation
+from worldmodels.worlds.real import make_world
 
 SB3_ALGORITHMS = ("A2C", "DDPG", "DQN", "PPO", "SAC", "TD3")
 
@@ -51,11 +55,6 @@ def load_policy(spec: str, algo: str | None = None) -> Callable[[np.ndarray], An
 
 def evaluate_policy(cfg: Config, run: checkpoints.Run, spec: str, algo: str | None = None) -> dict:
     """The recipe's evaluation episodes played by an outside policy on [z, h]; written to report_policy.json."""
-    from .agent import WorldModel
-    from .stages import returns_report
-    from .worlds.latent import LatentObservation
-    from .worlds.real import make_world
-
     policy = load_policy(spec, algo)
     model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"))
     env = LatentObservation(make_world(cfg.env), model)

@@ -9,9 +9,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .agent import WorldModel
-from .controller import Controller
-from .errors import WorldModelsError
+from worldmodels.agent import WorldModel
+from worldmodels.controller.linear import Controller
+from worldmodels.core.errors import WorldModelsError
 
 
 class EpisodeRecord:

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoints, stages
-from . import config as config_lib
-from .checkpoints import Run
-from .config import Config
-from .errors import WorldModelsError
+from worldmodels import config as config_lib
+from worldmodels import stages
+from worldmodels.config import Config
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run
+from worldmodels.stages.pipeline import pipeline
 
 SHARED = {  # --from STAGE: the stages every seed shares, and the seed fields each seed still sets
     "collect": ((), ("collect", "vision", "memory", "controller", "nas")),
@@ -177,8 +179,6 @@ def log_study(root: Path, rows: list[dict], stats: dict, fig) -> None:
 
 def run_seed(seed: int, seed_run: Run, rollouts_root: Path, old: dict | None) -> dict:
     """One seed's pipeline, resumed where it stopped: its study row (a finished seed keeps its measured time)."""
-    from .pipeline import pipeline
-
     prepare(seed_run)
     started = time.perf_counter()
     report = pipeline(seed_run.cfg, seed_run, rollouts_root)

@@ -20,8 +20,9 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from . import checkpoints, config
-from .errors import WorldModelsError
+from worldmodels import config
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.runs import checkpoints
 
 with warnings.catch_warnings():  # pycma warns at import when matplotlib (only for its plots) is absent
     warnings.simplefilter("ignore", UserWarning)

@@ -17,7 +17,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 
 T = TypeVar("T")
 

@@ -12,19 +12,20 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import checkpoints, search_state
-from .agent import WorldModel
-from .backends import real_evaluator
-from .config import Config, ControllerConfig, DreamConfig
-from .controller import Controller, InputScale
-from .errors import WorldModelsError
-from .evaluators import Evaluator, SearchWorld, StatefulEvaluator, open_world, register_world
-from .progress import bar
-from .rollouts import dream_starts, load_latents
-from .search_state import Progress
-from .training import pick_device
-from .worlds.dream import Dream, dream_rollout, filmstrip, play_dream
-from .worlds.real import action_space
+from worldmodels.agent import WorldModel
+from worldmodels.config import Config, ControllerConfig, DreamConfig
+from worldmodels.controller import search_state
+from worldmodels.controller.linear import Controller, InputScale
+from worldmodels.controller.search_state import Progress
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.core.progress import bar
+from worldmodels.data.latents import dream_starts, load_latents
+from worldmodels.play.backends import real_evaluator
+from worldmodels.play.evaluators import Evaluator, SearchWorld, StatefulEvaluator, open_world, register_world
+from worldmodels.runs import checkpoints
+from worldmodels.training import pick_device
+from worldmodels.worlds.dream import Dream, dream_rollout, filmstrip, play_dream
+from worldmodels.worlds.real import action_space
 
 # ---------------------------------------------------------------- the dream's evaluator
 

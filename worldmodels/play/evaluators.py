@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
-from .errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 
 if TYPE_CHECKING:  # annotations only: the CLI imports this registry before any stage, and it stays light
     import gymnasium as gym
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
 
-    from .checkpoints import Run
-    from .config import Config
+    from worldmodels.config import Config
+    from worldmodels.runs.checkpoints import Run
 
 ENTRY_POINTS = "worldmodels.worlds"
 TASK_ENTRY_POINTS = "worldmodels.tasks"
@@ -149,3 +149,15 @@ def task_stages(cfg: Config) -> TaskStages | None:
             register_task(name, point.load())
             break
     return _TASKS.get(name)
+
+
+def returns_report(returns: np.ndarray, seeds: list[int], generation: int | None) -> dict:
+    """The part of a report every world shares: the returns of the evaluation episodes and their seeds."""
+    return {
+        "episodes": len(seeds),
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "returns": [float(r) for r in returns],
+        "seeds": seeds,
+        "controller_generation": generation,
+    }

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from .errors import WorldModelsError
+from worldmodels.core.errors import WorldModelsError
 
 FeatureNet = Callable[[torch.Tensor], torch.Tensor]
 

@@ -10,15 +10,16 @@ import torch
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from . import checkpoints
-from .agent import WorldModel
-from .checkpoints import Run, load_controller
-from .config import Config
-from .controller import Controller
-from .play import play
-from .rollouts import frames_to_float, load_latents, start_latents
-from .worlds.dream import Dream, dream_rollout, filmstrip
-from .worlds.real import make_world
+from worldmodels.agent import WorldModel
+from worldmodels.config import Config
+from worldmodels.controller.linear import Controller
+from worldmodels.data.frames import frames_to_float
+from worldmodels.data.latents import load_latents, start_latents
+from worldmodels.play.loops import play
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run, load_controller
+from worldmodels.worlds.dream import Dream, dream_rollout, filmstrip
+from worldmodels.worlds.real import make_world
 
 
 def save_gif(path: Path, frames: np.ndarray, scale: int = 2, fps: int = 25) -> None:

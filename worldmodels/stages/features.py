@@ -13,14 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-from . import distributed
-from .checkpoints import Run
-from .config import Config
-from .progress import bar
-from .rollouts import EpisodeStore, frames_to_float
-from .training import Fit, fit, fit_options, main_writer
-from .vision import PretrainedV
-from .vision.pretrained import episode_stacks
+from worldmodels.config import Config
+from worldmodels.core import distributed
+from worldmodels.core.progress import bar
+from worldmodels.data.episodes import EpisodeStore
+from worldmodels.data.frames import frames_to_float
+from worldmodels.runs.checkpoints import Run
+from worldmodels.training import Fit, fit, fit_options, main_writer
+from worldmodels.vision import PretrainedV
+from worldmodels.vision.pretrained import episode_stacks
 
 HOLDOUT_EVERY = 10  # every 10th episode is held out of the compressor's training
 

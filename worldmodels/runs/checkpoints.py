@@ -12,8 +12,8 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from . import config as config_lib
-from .errors import WorldModelsError
+from worldmodels import config as config_lib
+from worldmodels.core.errors import WorldModelsError
 
 
 class ControllerInputs(Protocol):

@@ -14,13 +14,15 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import checkpoints, evolution, stages
-from .agent import WorldModel
-from .backends import real_evaluator
-from .checkpoints import Run
-from .config import Config
-from .evaluators import open_world
-from .rollouts import episode_entry
+from worldmodels import stages
+from worldmodels.agent import WorldModel
+from worldmodels.config import Config
+from worldmodels.data.episodes import episode_entry
+from worldmodels.play.backends import real_evaluator
+from worldmodels.play.evaluators import open_world
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run
+from worldmodels.stages import evolution
 
 
 def round_episode_name(r: int, index: int) -> str:

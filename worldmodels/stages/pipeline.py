@@ -6,10 +6,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import checkpoints, evaluators, evolution, fidelity, rounds, search_state, stages
-from .checkpoints import Run
-from .config import Config
-from .rollouts import EpisodeStore
+from worldmodels import stages
+from worldmodels.config import Config
+from worldmodels.controller import search_state
+from worldmodels.data.episodes import EpisodeStore
+from worldmodels.play import evaluators
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run
+from worldmodels.stages import evolution, fidelity, rounds
 
 
 def real_steps(cfg: Config, rollouts_root: Path) -> dict:

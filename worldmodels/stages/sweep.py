@@ -9,10 +9,12 @@ import copy
 
 from tqdm import tqdm
 
-from . import checkpoints, evolution, stages
-from . import config as config_lib
-from .checkpoints import Run
-from .config import Config
+from worldmodels import config as config_lib
+from worldmodels import stages
+from worldmodels.config import Config
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run
+from worldmodels.stages import evolution
 
 
 class TauRun(Run):

@@ -13,17 +13,17 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from . import checkpoints
-from .agent import WorldModel
-from .config import Config, EnvConfig
-from .controller import Controller
-from .errors import WorldModelsError
-from .play import play, play_vector
-from .pool import worker_pool
-from .progress import bar, say
-from .rollouts import save_episode
-from .training import pick_device
-from .worlds.real import make_world
+from worldmodels.agent import WorldModel
+from worldmodels.config import Config, EnvConfig
+from worldmodels.controller.linear import Controller
+from worldmodels.core.errors import WorldModelsError
+from worldmodels.core.pool import worker_pool
+from worldmodels.core.progress import bar, say
+from worldmodels.data.episodes import save_episode
+from worldmodels.play.loops import play, play_vector
+from worldmodels.runs import checkpoints
+from worldmodels.training import pick_device
+from worldmodels.worlds.real import make_world
 
 # ---------------------------------------------------------------- what every worker holds
 

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .actions import action_dim
+from worldmodels.core.actions import action_dim
 
 
 class Controller:

@@ -1,0 +1,1 @@
+"""Run folders: their checkpoints (atomic writes, safe loads, fingerprints) and their one-writer lock."""

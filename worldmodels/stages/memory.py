@@ -1,0 +1,128 @@
+"""train-memory: M trained on the encoded episodes, with a held-out split."""
+
+from __future__ import annotations
+
+from typing import Callable, cast
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from worldmodels.agent import load_vision, memory_from_checkpoint
+from worldmodels.config import Config, MemoryConfig
+from worldmodels.core import distributed
+from worldmodels.core.actions import action_dim
+from worldmodels.data.latents import LatentEpisode, SequenceDataset, load_latents
+from worldmodels.memory import MDNRNN, MemoryModelConfig, memory_loss
+from worldmodels.runs import checkpoints
+from worldmodels.runs.checkpoints import Run
+from worldmodels.stages import fidelity
+from worldmodels.training import Fit, fit, fit_options, main_writer, pick_device
+from worldmodels.vision import VQVAE, VisionModel
+from worldmodels.worlds.real import action_space
+
+
+def memory_config(cfg: Config, vision: VisionModel) -> dict:
+    """The model config of the recipe's M on top of V, as stored in its checkpoint."""
+    m = cfg.memory
+    space = action_space(cfg.env)
+    discrete = vision.latent_kind == "discrete"  # a categorical head over V's codes; codes have no posterior spread
+    return vars(
+        MemoryModelConfig(
+            vision.latent_dim,
+            action_dim(space),
+            m.hidden_size,
+            m.num_gaussians,
+            done_weight=m.done_weight,
+            sample_latents=m.sample_latents and not discrete,
+            dropout=m.dropout,
+            reward_from=m.reward_from,
+            cell_to_controller=m.cell_to_controller,
+            positions=cast(VQVAE, vision).positions if discrete else 0,  # the discrete V is a VQ-VAE
+            num_codes=cast(VQVAE, vision).num_embeddings if discrete else 0,
+        )
+    )
+
+
+def holdout_split(
+    everything: list[LatentEpisode], holdout: float
+) -> tuple[list[LatentEpisode], list[LatentEpisode], str]:
+    """M's training episodes, the episodes its fidelity is reported on, and which split those are."""
+    is_held = [fidelity.held_out(e.name, holdout) for e in everything]
+    held = [e for e, h in zip(everything, is_held) if h]
+    episodes = [e for e, h in zip(everything, is_held) if not h]
+    split = "held-out"
+    if not held or not episodes:  # no holdout, or a store too small to split: M trains and reports on everything
+        episodes, held, split = everything, everything, "train"
+    return episodes, held, split
+
+
+def memory_objective(model: MDNRNN, m: MemoryConfig, device: torch.device) -> Callable[[dict], dict]:
+    """M's loss on a batch of sequences, z drawn from the cached mean and std when the model samples latents."""
+
+    def loss(batch: dict) -> dict:
+        b = {k: t.to(device) for k, t in batch.items()}
+        z, next_z = b["mu"], b["next_mu"]
+        if model.cfg.sample_latents:
+            z = z + b["logstd"].exp() * distributed.randn_like(z)
+            next_z = next_z + b["next_logstd"].exp() * distributed.randn_like(next_z)
+        prediction, _ = model(z, b["action"], next_z=next_z)
+        return memory_loss(
+            prediction,
+            next_z,
+            b["reward"],
+            b["done"],
+            b["mask"],
+            m.done_weight,
+            m.reward_weight,
+            m.done_loss_weight,
+            b.get("next_codes"),
+        )
+
+    return loss
+
+
+def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
+    """Train M on latent sequences (z drawn from the cached mean and std, or the mean);
+    `epochs` in all (default: the recipe's)."""
+    m = cfg.memory
+    device = pick_device(cfg.device)
+    episodes, held, split = holdout_split(load_latents(run), m.holdout)
+    vision = load_vision(run.require(run.vision, "train-vision"))
+    model_config = memory_config(cfg, vision)
+    torch.manual_seed(m.seed)
+    model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
+    if model.categorical:  # V is a VQ-VAE
+        model.codebook.copy_(cast(VQVAE, vision).codebook)
+    dataset = SequenceDataset(episodes, m.seq_len, m.random_starts, m.seed)
+    rank, processes = distributed.rank_and_size()
+    # one process draws the same permutation as W would; process r takes its rows r, r + W, ... of each global batch
+    sampler: DistributedSampler[int] = DistributedSampler(dataset, processes, rank, shuffle=True, seed=m.seed)
+    batch_size = distributed.local_batch(m.batch_size, "memory.batch_size")
+    writer = main_writer(run.tensorboard)
+
+    def batches(epoch: int):
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, pin_memory=device.type == "cuda")
+
+    loss = memory_objective(model, m, device)
+    result = fit(
+        Fit(
+            "memory",
+            model,
+            model_config,
+            batches,
+            loss,
+            epochs or m.epochs,
+            m.lr,
+            m.seed,
+            run.memory,
+            writer,
+            **fit_options(cfg, device),
+        )
+    )
+    writer.close()
+    if distributed.is_main():
+        trained = memory_from_checkpoint(checkpoints.load(run.memory, "memory"), device)
+        result["fidelity"] = fidelity.write_memory_report(run, trained, held, split, epochs or m.epochs)
+    return result
