@@ -1,27 +1,20 @@
 """The pipeline's stages, one module each; each reads only what the stage before it wrote and skips itself when
-complete."""
+complete. The stages themselves are named here, so `stages.train_vision(cfg, run, root)` reads as the pipeline does."""
 
-from worldmodels.stages.episodes import collect, driver, episode_store, episodes_dir
+from worldmodels.stages.episodes import collect, episode_store, episodes_dir
 from worldmodels.stages.evaluation import check_run, evaluate, memory_id
-from worldmodels.stages.memory import holdout_split, memory_config, memory_objective, train_memory
-from worldmodels.stages.vision import encode, fixed_frames, image_grid, sample, train_vision, two_rows
+from worldmodels.stages.memory import train_memory
+from worldmodels.stages.vision import encode, sample, train_vision
 
 __all__ = [
     "check_run",
     "collect",
-    "driver",
     "encode",
     "episode_store",
     "episodes_dir",
     "evaluate",
-    "fixed_frames",
-    "holdout_split",
-    "image_grid",
-    "memory_config",
     "memory_id",
-    "memory_objective",
     "sample",
     "train_memory",
     "train_vision",
-    "two_rows",
 ]
