@@ -49,7 +49,7 @@ def features_and_states(run: Path, recipe: str, episodes: int) -> tuple[np.ndarr
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:
                 break
-    return np.array(features), np.array(states), model.memory.cfg.latent_dim
+    return np.array(features), np.array(states), model.memory.latent_dim
 
 
 def r2(prediction: np.ndarray, target: np.ndarray) -> float:

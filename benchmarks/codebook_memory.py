@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from worldmodels import config
+from worldmodels.config import MemoryConfig
 from worldmodels.core.actions import action_dim, encode_actions
 from worldmodels.data.latents import LatentEpisode, SequenceDataset
-from worldmodels.memory import MDNRNN, MemoryModelConfig, memory_loss
+from worldmodels.memory import MDNRNN, memory_loss
 from worldmodels.nas.search import fit_surrogate, load_architecture_vision, make_codebook_world
 
 
@@ -72,15 +73,11 @@ def main() -> None:
     train, held_out = episodes(world, args.episodes, seed=0), episodes(world, args.episodes // 4, seed=1)
     slots, num_codes = vision.cfg.slots, vision.cfg.num_embeddings
     memory = MDNRNN(
-        MemoryModelConfig(
-            slots * vision.cfg.embed_dim,
-            action_dim(world.action_space),
-            args.hidden,
-            sample_latents=False,
-            positions=slots,
-            num_codes=num_codes,
-            done_weight=1.0,
-        )
+        MemoryConfig(hidden_size=args.hidden, sample_latents=False, done_weight=1.0),
+        slots * vision.cfg.embed_dim,
+        action_dim(world.action_space),
+        positions=slots,
+        num_codes=num_codes,
     )
     memory.codebook.copy_(vision.codebook)
     seq_len = cfg.codebook.max_allowed_actions

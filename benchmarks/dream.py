@@ -32,8 +32,8 @@ from torch import nn
 from worldmodels import config
 from worldmodels.controller.linear import Controller
 from worldmodels.core import noise
-from worldmodels.memory import MDNRNN, MemoryModelConfig
-from worldmodels.stages.memory import memory_config
+from worldmodels.memory import MDNRNN
+from worldmodels.stages.memory import memory_sizes
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.dream import Dream, play_dream
 from worldmodels.worlds.real import action_space
@@ -55,9 +55,9 @@ class ReferenceCell(nn.Module):
     def __init__(self, memory: MDNRNN):
         super().__init__()
         m = memory.cfg
-        self.z, self.k = m.latent_dim, m.num_gaussians
-        self.rnn = nn.LSTMCell(m.latent_dim + m.action_dim, m.hidden_size)
-        self.head = nn.Linear(m.hidden_size, 3 * m.latent_dim * m.num_gaussians + 2)
+        self.z, self.k = memory.latent_dim, m.num_gaussians
+        self.rnn = nn.LSTMCell(memory.latent_dim + memory.action_dim, m.hidden_size)
+        self.head = nn.Linear(m.hidden_size, 3 * memory.latent_dim * m.num_gaussians + 2)
         with torch.no_grad():  # M's own weights, so both dreams compute the same functions
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(self.rnn, name).copy_(getattr(memory.lstm, f"{name}_l0"))
@@ -93,7 +93,7 @@ def bound(memory: MDNRNN, batch: int, steps: int) -> None:
     """The dream's matmuls alone: the batched LSTM cell and M's head, no sampling, no controller."""
     m = memory.cfg
     weights = memory.lstm.all_weights[0]  # w_ih, w_hh, b_ih, b_hh, as MDNRNN.step passes them
-    x = torch.randn(batch, m.latent_dim + m.action_dim)
+    x = torch.randn(batch, memory.latent_dim + memory.action_dim)
     h, c = torch.zeros(batch, m.hidden_size), torch.zeros(batch, m.hidden_size)
     for _ in range(steps):
         h, c = torch.lstm_cell(x, (h, c), *weights)
@@ -145,7 +145,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = config.load(args.recipe, [("dream.max_steps", args.steps), ("dream.done", "never")])
     torch.manual_seed(0)
-    memory = MDNRNN(MemoryModelConfig(**memory_config(cfg, build_vision(vision_config(cfg))))).eval()
+    memory = MDNRNN(cfg.memory, **memory_sizes(cfg, build_vision(vision_config(cfg)))).eval()
     space = action_space(cfg.env)
     input_dim = cfg.vision.latent_dim + cfg.memory.hidden_size
     rng = np.random.default_rng(0)

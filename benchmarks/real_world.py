@@ -37,10 +37,10 @@ import torch
 from worldmodels import config
 from worldmodels.controller.linear import Controller
 from worldmodels.data.frames import frames_to_float
-from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.memory import MDNRNN
 from worldmodels.play import collect as collection
 from worldmodels.play.backends import Evaluator, InProcess, LocalPool
-from worldmodels.stages.memory import memory_config
+from worldmodels.stages.memory import memory_sizes
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.carracing import FastFrames
 from worldmodels.worlds.real import action_space, make_world
@@ -155,11 +155,10 @@ def untrained_models(cfg: config.Config) -> tuple[dict, dict]:
     torch.manual_seed(0)
     vision_cfg = vision_config(cfg)
     vision = build_vision(vision_cfg)
-    memory_cfg = memory_config(cfg, vision)
-    memory = MDNRNN(MemoryModelConfig(**memory_cfg))
+    memory = MDNRNN(cfg.memory, **memory_sizes(cfg, vision))
     return (
         {"kind": "vision", "config": vision_cfg, "state_dict": vision.state_dict()},
-        {"kind": "memory", "config": memory_cfg, "state_dict": memory.state_dict()},
+        {"kind": "memory", "config": memory.stored_config(), "state_dict": memory.state_dict()},
     )
 
 

@@ -25,8 +25,8 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from worldmodels import config
 from worldmodels.core import noise
-from worldmodels.memory import MDNRNN, MemoryModelConfig
-from worldmodels.stages.memory import memory_config
+from worldmodels.memory import MDNRNN
+from worldmodels.stages.memory import memory_sizes
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.dream import Dream, DreamEnv
 from worldmodels.worlds.real import action_space
@@ -92,7 +92,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = config.load(args.recipe, ['dream.done="never"', "dream.max_steps=1000"])
     torch.manual_seed(0)
-    memory = MDNRNN(MemoryModelConfig(**memory_config(cfg, build_vision(vision_config(cfg))))).eval()
+    memory = MDNRNN(cfg.memory, **memory_sizes(cfg, build_vision(vision_config(cfg)))).eval()
     starts = torch.randn(100, 2, cfg.vision.latent_dim)
     space = action_space(cfg.env)
 
@@ -110,7 +110,7 @@ def main() -> None:
     single.reset(seed=0)
     action = space.sample()
     env_step = per_step_us(lambda: single.step(action))
-    z, a, state = torch.zeros(1, cfg.vision.latent_dim), torch.zeros(1, memory.cfg.action_dim), memory.initial_state(1)
+    z, a, state = torch.zeros(1, cfg.vision.latent_dim), torch.zeros(1, memory.action_dim), memory.initial_state(1)
     with torch.inference_mode():
         m_step = per_step_us(lambda: memory.step(z, a, state))
         # M's step alone at the adapter's batch: no adapter can step its envs faster than this

@@ -29,10 +29,10 @@ import torch
 
 from worldmodels import config
 from worldmodels.controller.linear import Controller
-from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.memory import MDNRNN
 from worldmodels.play import collect as collection
 from worldmodels.play.backends import Evaluator, InProcess, LocalPool, RayPool, VectorEvaluator
-from worldmodels.stages.memory import memory_config
+from worldmodels.stages.memory import memory_sizes
 from worldmodels.vision import build_vision, vision_config
 from worldmodels.worlds.real import action_space
 
@@ -109,14 +109,10 @@ def main() -> None:
             torch.manual_seed(0)  # untrained V and M, as the workers receive them
             vision_cfg = vision_config(cfg)
             vision = build_vision(vision_cfg)
-            memory_cfg = memory_config(cfg, vision)
+            memory = MDNRNN(cfg.memory, **memory_sizes(cfg, vision))
             saved = (
                 {"kind": "vision", "config": vision_cfg, "state_dict": vision.state_dict()},
-                {
-                    "kind": "memory",
-                    "config": memory_cfg,
-                    "state_dict": MDNRNN(MemoryModelConfig(**memory_cfg)).state_dict(),
-                },
+                {"kind": "memory", "config": memory.stored_config(), "state_dict": memory.state_dict()},
             )
             init_args = (cfg, *saved, args.max_steps)
             dim = Controller(cfg.vision.latent_dim + cfg.memory.hidden_size, action_space(cfg.env)).num_params

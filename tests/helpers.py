@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from worldmodels import cli
+from worldmodels.config import MemoryConfig
 from worldmodels.controller.linear import Controller
-from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.memory import MDNRNN
 
 TESTS = Path(__file__).resolve().parent
 TINY = str(TESTS / "tiny.toml")
@@ -56,7 +57,7 @@ SPACES = pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["discrete", "box
 def small_memory(seed: int = 0, action_dim: int = 2, done_weight: float = 10.0) -> MDNRNN:
     """A randomly initialised M of the small sizes above."""
     torch.manual_seed(seed)
-    return MDNRNN(MemoryModelConfig(Z, action_dim, H, K, done_weight=done_weight)).eval()
+    return MDNRNN(MemoryConfig(hidden_size=H, num_gaussians=K, done_weight=done_weight), Z, action_dim).eval()
 
 
 def fixed_start(mean: torch.Tensor) -> torch.Tensor:

@@ -8,16 +8,17 @@ from helpers import TINY, H, Z, cli_stage, copy_tree, one_error_line
 
 from worldmodels import config
 from worldmodels.agent import WorldModel
+from worldmodels.config import MemoryConfig
 from worldmodels.controller import search_state
 from worldmodels.data.latents import load_latents
-from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.memory import MDNRNN
 from worldmodels.runs.checkpoints import Run, load_controller
 from worldmodels.worlds.dream import Dream, observation_space
 
 
 def cell_memory(seed: int = 0) -> MDNRNN:
     torch.manual_seed(seed)
-    return MDNRNN(MemoryModelConfig(Z, 2, H, 3, cell_to_controller=True)).eval()
+    return MDNRNN(MemoryConfig(hidden_size=H, num_gaussians=3, cell_to_controller=True), Z, 2).eval()
 
 
 def test_c_reads_h_then_c_and_the_spaces_say_so():

@@ -18,14 +18,14 @@ from PIL import Image
 
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
-from worldmodels.config import DreamConfig
+from worldmodels.config import DreamConfig, MemoryConfig
 from worldmodels.controller import search_state
 from worldmodels.controller.linear import Controller, to_action
 from worldmodels.core import noise
 from worldmodels.core.actions import action_dim
 from worldmodels.data.episodes import load_episode
 from worldmodels.data.latents import LatentEpisode, load_latents, start_latents
-from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, draw
+from worldmodels.memory import MDNRNN, Prediction, draw
 from worldmodels.runs import checkpoints
 from worldmodels.stages import evolution
 from worldmodels.stages.evolution import DreamEvaluator, Stream, stream_seeds
@@ -310,7 +310,7 @@ def test_never_done():
 def test_a_dream_reads_its_reward_from_the_latent_it_drew():
     """reward_from = "next": each step's reward and done are M's outcome head on [h_{t+1}, the z_{t+1} just drawn]."""
     torch.manual_seed(2)
-    memory = MDNRNN(MemoryModelConfig(Z, 2, H, K, reward_from="next")).eval()
+    memory = MDNRNN(MemoryConfig(hidden_size=H, num_gaussians=K, reward_from="next"), Z, 2).eval()
     dream = Dream(memory, DreamConfig(max_steps=5, done="threshold", done_threshold=0.5), fixed_start(torch.zeros(Z)))
     dream.reset(torch.arange(16))
     for _ in range(5):

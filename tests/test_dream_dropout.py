@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from worldmodels import config as config_lib
-from worldmodels.config import DreamConfig
+from worldmodels.config import DreamConfig, MemoryConfig
 from worldmodels.controller.linear import Controller
 from worldmodels.core.errors import WorldModelsError
-from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.memory import MDNRNN
 from worldmodels.worlds.dream import Dream, play_dream
 
 Z, H, K = 3, 6, 2
@@ -21,7 +21,7 @@ STARTS = torch.tensor([[[0.0, 1.0, -1.0], [-1.0, -1.0, -1.0]], [[2.0, 0.0, 0.0],
 
 def memory(dropout: float) -> MDNRNN:
     torch.manual_seed(3)
-    return MDNRNN(MemoryModelConfig(Z, 2, H, K, dropout=dropout)).eval()
+    return MDNRNN(MemoryConfig(hidden_size=H, num_gaussians=K, dropout=dropout), Z, 2).eval()
 
 
 def returns(m: MDNRNN, dropout: bool, seeds: list[int], batch: int = 0) -> np.ndarray:

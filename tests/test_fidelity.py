@@ -11,9 +11,10 @@ from helpers import TINY, cli_stage
 
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
+from worldmodels.config import MemoryConfig
 from worldmodels.controller import search_state
 from worldmodels.data.latents import LatentEpisode, load_latents, start_latents
-from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.memory import MDNRNN
 from worldmodels.play.backends import real_evaluator
 from worldmodels.runs import checkpoints
 from worldmodels.stages import evolution, fidelity
@@ -64,7 +65,7 @@ def _episode(rewards: np.ndarray, done_at: int | None, z_dim: int = 3) -> Latent
 
 def test_memory_report_against_brute_force():
     torch.manual_seed(0)
-    memory = MDNRNN(MemoryModelConfig(latent_dim=3, action_dim=2, hidden_size=5, num_gaussians=2)).eval()
+    memory = MDNRNN(MemoryConfig(hidden_size=5, num_gaussians=2), latent_dim=3, action_dim=2).eval()
     episodes = [_episode(np.arange(6.0), 2), _episode(np.ones(4), None), _episode(np.linspace(-1, 1, 5), 4)]
     report = fidelity.memory_report(memory, episodes, "held-out")
     predicted, p_done = zip(*(fidelity.predicted_rewards(memory, e) for e in episodes))
@@ -90,7 +91,7 @@ def test_memory_report_against_brute_force():
 
 
 def test_memory_report_without_dones_has_no_auc():
-    memory = MDNRNN(MemoryModelConfig(latent_dim=3, action_dim=2, hidden_size=4, num_gaussians=1)).eval()
+    memory = MDNRNN(MemoryConfig(hidden_size=4, num_gaussians=1), latent_dim=3, action_dim=2).eval()
     report = fidelity.memory_report(memory, [_episode(np.arange(4.0), None)], "train")
     assert report["done_auc"] is None and report["done_positives"] == 0
 

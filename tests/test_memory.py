@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, memory_loss, mixture_log_prob, sample
+from worldmodels.config import MemoryConfig
+from worldmodels.memory import MDNRNN, SIGMA_MIN, Prediction, memory_loss, mixture_log_prob, sample
 
 
 def random_prediction(shape: tuple[int, ...], z: int, k: int, seed: int = 0) -> Prediction:
@@ -176,7 +177,7 @@ def test_sample_is_reproducible_with_a_generator():
 
 def make_model(seed: int = 0, z: int = 4, a: int = 2, h: int = 16, k: int = 3) -> MDNRNN:
     torch.manual_seed(seed)
-    return MDNRNN(MemoryModelConfig(latent_dim=z, action_dim=a, hidden_size=h, num_gaussians=k))
+    return MDNRNN(MemoryConfig(hidden_size=h, num_gaussians=k), latent_dim=z, action_dim=a)
 
 
 def test_forward_shapes():
@@ -186,7 +187,7 @@ def test_forward_shapes():
     assert pred.logit_pi.shape == pred.mu.shape == pred.sigma.shape == (B, T, 4, 3)
     assert pred.reward.shape == pred.done_logit.shape == (B, T)
     assert h.shape == c.shape == (1, B, 16)
-    assert (pred.sigma >= model.cfg.sigma_min).all()
+    assert (pred.sigma >= SIGMA_MIN).all()
     assert MDNRNN.hidden((h, c)).shape == (B, 16)
 
 
@@ -243,7 +244,7 @@ def test_training_lowers_the_loss():
 def test_reward_from_next_reads_the_next_latent_given():
     """reward_from = "next": reward and done are the outcome MLP on [h_{t+1}, z_{t+1}]; the mixture ignores z_{t+1}."""
     torch.manual_seed(3)
-    model = MDNRNN(MemoryModelConfig(latent_dim=4, action_dim=2, hidden_size=16, num_gaussians=3, reward_from="next"))
+    model = MDNRNN(MemoryConfig(hidden_size=16, num_gaussians=3, reward_from="next"), latent_dim=4, action_dim=2)
     z, a, nxt = torch.randn(2, 5, 4), torch.randn(2, 5, 2), torch.randn(2, 5, 4)
     with torch.no_grad():
         bare, _ = model(z, a)
@@ -268,8 +269,7 @@ def test_a_reward_of_the_next_frame_is_learnt_only_from_it(reward_from, at_least
     reward, done, mask = z[:, 1:, 0].abs(), torch.zeros(B, T), torch.ones(B, T)
     held = torch.randn(B, T + 1, Z, generator=g)
     torch.manual_seed(0)
-    sizes = {"latent_dim": Z, "action_dim": 2, "hidden_size": 16, "num_gaussians": 2}
-    model = MDNRNN(MemoryModelConfig(**sizes, reward_from=reward_from))
+    model = MDNRNN(MemoryConfig(hidden_size=16, num_gaussians=2, reward_from=reward_from), latent_dim=Z, action_dim=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):
         pred, _ = model(z[:, :-1], a, next_z=z[:, 1:])

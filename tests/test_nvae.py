@@ -246,7 +246,7 @@ def test_an_nvae_run_goes_through_every_stage_of_the_cli(tmp_path, capsys):
     assert cli_stage("evaluate", checkpoints_root, rollouts_root, *NV, "--world", "dream") == 0
     run = checkpoints_root / "tinynvae"
     vision, memory = load_vision(run / "vision.pt"), load_memory(run / "memory.pt")
-    assert isinstance(vision, NVAE) and vision.latent_dim == 4 and memory.cfg.latent_dim == 4
+    assert isinstance(vision, NVAE) and vision.latent_dim == 4 and memory.latent_dim == 4
     assert (run / "samples" / "prior.png").is_file() and (run / "report.json").is_file()
     # the stored config rebuilds the same model
     rebuilt = build_vision({"model": "nvae", **vars(vision.cfg)})

@@ -18,7 +18,7 @@ from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
 from worldmodels.controller.linear import Controller
 from worldmodels.core.errors import WorldModelsError
-from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.memory import MDNRNN
 from worldmodels.play.backends import real_evaluator
 from worldmodels.runs import checkpoints
 from worldmodels.runs.checkpoints import Run
@@ -181,7 +181,7 @@ def test_panda_evaluator_returns_success_flags(panda, tiny_run, tmp_path):
     run = Run(tiny_run["checkpoints"], cfg)
     saved = checkpoints.load(run.memory, "memory")
     saved["config"] = {**saved["config"], "action_dim": 3}
-    saved["state_dict"] = MDNRNN(MemoryModelConfig(**saved["config"])).state_dict()
+    saved["state_dict"] = MDNRNN.from_stored(saved["config"]).state_dict()
     checkpoints.save(tmp_path / "memory.pt", saved)
     model = WorldModel.load(run.vision, tmp_path / "memory.pt")
     space = make_world(cfg.env).action_space

@@ -12,9 +12,9 @@ from helpers import TINY, cli_stage
 
 from worldmodels import config as config_lib
 from worldmodels.agent import load_memory, load_vision
-from worldmodels.config import DreamConfig
+from worldmodels.config import DreamConfig, MemoryConfig
 from worldmodels.data.latents import SequenceDataset, load_latents, start_latents
-from worldmodels.memory import MDNRNN, MemoryModelConfig, Prediction, draw_codes, memory_loss
+from worldmodels.memory import MDNRNN, Prediction, draw_codes, memory_loss
 from worldmodels.runs import checkpoints
 from worldmodels.vision import VQVAE, VQVAEConfig, build_vision
 from worldmodels.vision.quantize import VectorQuantizer, code_statistics, kmeans, nearest
@@ -485,9 +485,7 @@ def test_draw_codes_frequencies_and_temperature():
 
 def categorical_memory(seed: int = 0) -> MDNRNN:
     torch.manual_seed(seed)
-    memory = MDNRNN(
-        MemoryModelConfig(latent_dim=6, action_dim=2, hidden_size=8, num_gaussians=3, positions=3, num_codes=5)
-    )
+    memory = MDNRNN(MemoryConfig(hidden_size=8, num_gaussians=3), latent_dim=6, action_dim=2, positions=3, num_codes=5)
     memory.codebook.copy_(torch.randn(5, 2))
     return memory.eval()
 
@@ -571,7 +569,7 @@ def test_vq_run_latents_hold_codes_and_m_holds_the_codebook(vq_run):
     run = vq_run["dir"]
     vision, memory = load_vision(run / "vision.pt"), load_memory(run / "memory.pt")
     assert isinstance(vision, VQVAE) and vision.positions == 4 and vision.latent_dim == 8
-    assert memory.categorical and (memory.cfg.positions, memory.cfg.num_codes, memory.cfg.latent_dim) == (4, 8, 8)
+    assert memory.categorical and (memory.positions, memory.num_codes, memory.latent_dim) == (4, 8, 8)
     assert memory.cfg.sample_latents is False  # codes have no posterior spread
     torch.testing.assert_close(memory.codebook, vision.codebook, rtol=0, atol=0)
     assert checkpoints.load(run / "vision.pt", "vision")["config"]["model"] == "vqvae"

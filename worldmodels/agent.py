@@ -14,7 +14,7 @@ from worldmodels.core.actions import encode_actions
 from worldmodels.core.errors import WorldModelsError
 from worldmodels.data.frames import frames_to_float
 from worldmodels.data.latents import LatentEpisode
-from worldmodels.memory import MDNRNN, MemoryModelConfig
+from worldmodels.memory import MDNRNN
 from worldmodels.runs import checkpoints
 from worldmodels.vision import VQVAE, VisionModel, build_vision
 
@@ -38,7 +38,7 @@ def load_memory(path: Path, device: torch.device | str = "cpu") -> MDNRNN:
 
 def memory_from_checkpoint(saved: dict, device: torch.device | str = "cpu") -> MDNRNN:
     """M from a loaded memory checkpoint, in eval mode."""
-    model = MDNRNN(MemoryModelConfig(**saved["config"]))
+    model = MDNRNN.from_stored(saved["config"])
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()
 
@@ -66,9 +66,9 @@ class WorldModel:
         """V and M from their loaded checkpoints (what remote workers receive), checked against each other."""
         vision_path, memory_path = names
         world_model = cls(vision_from_checkpoint(vision, device), memory_from_checkpoint(memory, device))
-        if world_model.memory.cfg.latent_dim != world_model.vision.latent_dim:
+        if world_model.memory.latent_dim != world_model.vision.latent_dim:
             raise WorldModelsError(
-                f"'{memory_path}' expects latents of size {world_model.memory.cfg.latent_dim} "
+                f"'{memory_path}' expects latents of size {world_model.memory.latent_dim} "
                 f"but '{vision_path}' makes {world_model.vision.latent_dim}; retrain memory"
             )
         memory_model = world_model.memory

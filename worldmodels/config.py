@@ -126,7 +126,7 @@ class VisionConfig:
 
 @dataclass
 class MemoryConfig:
-    """M: the MDN-RNN."""
+    """M, the MDN-RNN: built from this section (the fields in `memory.SHAPING` are stored with it) and trained by it."""
 
     hidden_size: int = 256  # LSTM width: h, what C reads besides z
     cell_to_controller: bool = False  # C also reads M's cell state c: [z, h, c] (the reference code's MODE_ZCH)

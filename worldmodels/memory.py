@@ -6,6 +6,7 @@ the codebook per grid position for a discrete V (VQ-VAE).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -14,28 +15,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodels.config import MemoryConfig
 from worldmodels.core import distributed
+from worldmodels.core.errors import WorldModelsError
 
 State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (1, B, H)
 
 
-@dataclass
-class MemoryModelConfig:
-    """Sizes of M; stored in its checkpoint so it loads without the recipe."""
-
-    latent_dim: int = 32
-    action_dim: int = 3
-    hidden_size: int = 256
-    num_gaussians: int = 5
-    sigma_min: float = 1e-3  # keeps every sigma away from zero so the likelihood stays finite
-    done_weight: float = 10.0  # the done head's positive weight in training, undone by `done_probability`
-    sample_latents: bool = True  # trained on z drawn from V's posterior (else on its mean): dreams start the same way
-    positions: int = 0  # discrete V: a categorical head over num_codes codes at each of these positions; 0: mixture
-    num_codes: int = 0
-    dropout: float = 0.0  # dropout on the LSTM's output before the head while training (and while dreaming, if asked)
-    reward_from: str = "hidden"  # "hidden": reward and done read from h_{t+1}; "next": from [h_{t+1}, z_{t+1}]
-    outcome_hidden: int = 64  # width of the small MLP that reads [h_{t+1}, z_{t+1}] when reward_from = "next"
-    cell_to_controller: bool = False  # C reads M's cell state c besides h: [z, h, c] (the reference code's MODE_ZCH)
+SIGMA_MIN = 1e-3  # keeps every sigma away from zero so the likelihood stays finite
+OUTCOME_HIDDEN = 64  # width of the small MLP that reads [h_{t+1}, z_{t+1}] when reward_from = "next"
+# the fields of the recipe's [memory] that shape M, stored with it; the others (epochs, lr, ...) only train it
+SHAPING = (
+    "hidden_size",
+    "num_gaussians",
+    "done_weight",
+    "sample_latents",
+    "dropout",
+    "reward_from",
+    "cell_to_controller",
+)
+SIZES = ("latent_dim", "action_dim", "positions", "num_codes")  # what M takes from V and the world, not the recipe
 
 
 @dataclass
@@ -55,33 +54,63 @@ class Prediction:
         return Prediction(*values)
 
 
+def _as_used(cfg: MemoryConfig, positions: int) -> MemoryConfig:
+    """The [memory] section as M uses it: a discrete V's codes (positions > 0) have no posterior spread to sample."""
+    return dataclasses.replace(cfg, sample_latents=cfg.sample_latents and not positions)
+
+
+def stored_config(cfg: MemoryConfig, latent_dim: int, action_dim: int, positions: int = 0, num_codes: int = 0) -> dict:
+    """What the checkpoint of M built from `cfg` and these sizes stores: the sizes and the [memory] fields that shape
+    M (`SHAPING`); a stored config is checked against the recipe's by every stage that reads M."""
+    used = _as_used(cfg, positions)
+    sizes = {"latent_dim": latent_dim, "action_dim": action_dim, "positions": positions, "num_codes": num_codes}
+    shaping = {k: getattr(used, k) for k in SHAPING}
+    return {**sizes, **shaping, "sigma_min": SIGMA_MIN, "outcome_hidden": OUTCOME_HIDDEN}
+
+
 class MDNRNN(nn.Module):
     """Mixture-density LSTM; `forward` runs whole sequences, `step` one time step."""
 
     codebook: torch.Tensor  # buffer (num_codes, code size), registered only for a categorical head
 
-    def __init__(self, cfg: MemoryModelConfig):
+    def __init__(self, cfg: MemoryConfig, latent_dim: int, action_dim: int, positions: int = 0, num_codes: int = 0):
+        """M as the recipe's [memory] says, on V's z (`latent_dim`; a discrete V: `positions` x `num_codes` codes)
+        and the world's actions (`action_dim`)."""
         super().__init__()
-        self.cfg = cfg
-        z, k = cfg.latent_dim, cfg.num_gaussians
-        self.categorical = cfg.positions > 0
-        self.lstm = nn.LSTM(z + cfg.action_dim, cfg.hidden_size, batch_first=True)
-        outputs = cfg.positions * cfg.num_codes if self.categorical else 3 * z * k
+        self.categorical = positions > 0
+        self.cfg = _as_used(cfg, positions)
+        self.latent_dim, self.action_dim, self.positions, self.num_codes = latent_dim, action_dim, positions, num_codes
+        z, k = latent_dim, cfg.num_gaussians
+        self.lstm = nn.LSTM(z + action_dim, cfg.hidden_size, batch_first=True)
+        outputs = positions * num_codes if self.categorical else 3 * z * k
         self.from_next = cfg.reward_from == "next"
         self.head = nn.Linear(cfg.hidden_size, outputs + (0 if self.from_next else 2))
         if self.from_next:  # reward and done of the z_{t+1} actually drawn, so a dream's reward agrees with its frame
             self.outcome = nn.Sequential(
-                nn.Linear(cfg.hidden_size + z, cfg.outcome_hidden), nn.ELU(), nn.Linear(cfg.outcome_hidden, 2)
+                nn.Linear(cfg.hidden_size + z, OUTCOME_HIDDEN), nn.ELU(), nn.Linear(OUTCOME_HIDDEN, 2)
             )
         if self.categorical:  # V's codebook, copied when M is trained: M then dreams z without V
-            self.register_buffer("codebook", torch.zeros(cfg.num_codes, z // cfg.positions))
+            self.register_buffer("codebook", torch.zeros(num_codes, z // positions))
+
+    def stored_config(self) -> dict:
+        """What M's checkpoint stores to rebuild it without the recipe (`from_stored`)."""
+        return stored_config(self.cfg, self.latent_dim, self.action_dim, self.positions, self.num_codes)
+
+    @classmethod
+    def from_stored(cls, stored: dict, name: object = "M's checkpoint") -> MDNRNN:
+        """M rebuilt from `stored_config()` (a field the checkpoint predates takes the recipe's default)."""
+        unknown = set(stored) - {*SHAPING, *SIZES, "sigma_min", "outcome_hidden"}
+        if unknown:
+            raise WorldModelsError(f"'{name}' is not a checkpoint of M (fields {sorted(unknown)}); retrain memory")
+        cfg = MemoryConfig(**{k: stored[k] for k in SHAPING if k in stored})
+        return cls(cfg, **{k: stored[k] for k in SIZES if k in stored})
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         zeros = torch.zeros(1, batch, self.cfg.hidden_size, device=device)
         return zeros, zeros.clone()
 
     def _predict(self, out: torch.Tensor, keep: torch.Tensor | None = None) -> Prediction:
-        z, k = self.cfg.latent_dim, self.cfg.num_gaussians
+        z, k = self.latent_dim, self.cfg.num_gaussians
         if keep is not None:  # a given dropout mask (the dream's, drawn from its counter-based noise)
             out = out * keep / (1 - self.cfg.dropout)
         elif self.training and self.cfg.dropout:
@@ -93,10 +122,10 @@ class MDNRNN(nn.Module):
         else:
             mixture, reward, done = params[..., :-2], params[..., -2], params[..., -1]
         if self.categorical:
-            logits = mixture.reshape(*out.shape[:-1], self.cfg.positions, self.cfg.num_codes)
+            logits = mixture.reshape(*out.shape[:-1], self.positions, self.num_codes)
             return Prediction(None, None, None, reward, done, logits)
         logit_pi, mu, raw_sigma = mixture.reshape(*out.shape[:-1], z, 3 * k).split(k, dim=-1)
-        sigma = F.softplus(raw_sigma.contiguous()) + self.cfg.sigma_min  # contiguous: 10x faster, the same values
+        sigma = F.softplus(raw_sigma.contiguous()) + SIGMA_MIN  # contiguous: 10x faster, the same values
         return Prediction(logit_pi, mu, sigma, reward, done)
 
     def forward(
@@ -157,7 +186,7 @@ class MDNRNN(nn.Module):
         """z_{t+1} at temperature tau from (..., Z) uniforms and normals: `draw`, or `draw_codes` then the codebook."""
         if self.categorical:
             assert prediction.code_logits is not None
-            return self.embed(draw_codes(prediction.code_logits, tau, uniform[..., : self.cfg.positions]))
+            return self.embed(draw_codes(prediction.code_logits, tau, uniform[..., : self.positions]))
         return draw(prediction, tau, uniform, normal)
 
     def done_probability(self, prediction: Prediction) -> torch.Tensor:

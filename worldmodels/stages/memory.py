@@ -12,7 +12,7 @@ from worldmodels.config import Config, MemoryConfig
 from worldmodels.core import distributed
 from worldmodels.core.actions import action_dim
 from worldmodels.data.latents import LatentEpisode, SequenceDataset, load_latents
-from worldmodels.memory import MDNRNN, MemoryModelConfig, memory_loss
+from worldmodels.memory import MDNRNN, memory_loss, stored_config
 from worldmodels.runs import checkpoints
 from worldmodels.runs.checkpoints import Run
 from worldmodels.stages import fidelity
@@ -21,26 +21,20 @@ from worldmodels.vision import VQVAE, VisionModel
 from worldmodels.worlds.real import action_space
 
 
+def memory_sizes(cfg: Config, vision: VisionModel) -> dict:
+    """What M takes from V and the world rather than the recipe: z's width, the action's, a discrete V's codes."""
+    discrete = vision.latent_kind == "discrete"  # a categorical head over V's codes (the discrete V is a VQ-VAE)
+    return {
+        "latent_dim": vision.latent_dim,
+        "action_dim": action_dim(action_space(cfg.env)),
+        "positions": cast(VQVAE, vision).positions if discrete else 0,
+        "num_codes": cast(VQVAE, vision).num_embeddings if discrete else 0,
+    }
+
+
 def memory_config(cfg: Config, vision: VisionModel) -> dict:
-    """The model config of the recipe's M on top of V, as stored in its checkpoint."""
-    m = cfg.memory
-    space = action_space(cfg.env)
-    discrete = vision.latent_kind == "discrete"  # a categorical head over V's codes; codes have no posterior spread
-    return vars(
-        MemoryModelConfig(
-            vision.latent_dim,
-            action_dim(space),
-            m.hidden_size,
-            m.num_gaussians,
-            done_weight=m.done_weight,
-            sample_latents=m.sample_latents and not discrete,
-            dropout=m.dropout,
-            reward_from=m.reward_from,
-            cell_to_controller=m.cell_to_controller,
-            positions=cast(VQVAE, vision).positions if discrete else 0,  # the discrete V is a VQ-VAE
-            num_codes=cast(VQVAE, vision).num_embeddings if discrete else 0,
-        )
-    )
+    """The config the recipe's M on top of V is stored with."""
+    return stored_config(cfg.memory, **memory_sizes(cfg, vision))
 
 
 def holdout_split(
@@ -88,9 +82,8 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
     device = pick_device(cfg.device)
     episodes, held, split = holdout_split(load_latents(run), m.holdout)
     vision = load_vision(run.require(run.vision, "train-vision"))
-    model_config = memory_config(cfg, vision)
     torch.manual_seed(m.seed)
-    model = MDNRNN(MemoryModelConfig(**model_config)).to(device)
+    model = MDNRNN(m, **memory_sizes(cfg, vision)).to(device)
     if model.categorical:  # V is a VQ-VAE
         model.codebook.copy_(cast(VQVAE, vision).codebook)
     dataset = SequenceDataset(episodes, m.seq_len, m.random_starts, m.seed)
@@ -110,7 +103,7 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
         Fit(
             "memory",
             model,
-            model_config,
+            model.stored_config(),
             batches,
             loss,
             epochs or m.epochs,

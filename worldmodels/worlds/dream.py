@@ -42,7 +42,7 @@ class Dream:
         self.device = next(memory.parameters()).device
         # (N, 2, Z): mean and log-std of real frames to start from; None starts from V's prior N(0, I)
         self.starts = None if starts is None or cfg.start == "prior" else starts.to(self.device, torch.float32)
-        self.latent_dim = memory.cfg.latent_dim
+        self.latent_dim = memory.latent_dim
         self.streams = STEP_STREAMS if cfg.done == "sample" else STEP_STREAMS[:3]
         self.block_steps = 32  # small batches hash this many steps of noise at once; 0: every step on its own
         self.reset(torch.zeros(0, dtype=torch.long))
@@ -55,7 +55,7 @@ class Dream:
         before = torch.full_like(seeds, -1)  # step -1: draws that no later step repeats
         eps = noise.normal(seeds, before, self.latent_dim)
         if self.starts is None and self.memory.categorical:  # a discrete V's prior: uniform codes
-            m = self.memory.cfg
+            m = self.memory
             codes = (
                 (noise.uniform(seeds, before, noise.START, m.positions) * m.num_codes).long().clamp(max=m.num_codes - 1)
             )
