@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import torch
@@ -11,15 +13,29 @@ from torch import nn
 
 from worldmodels import config as config_lib
 from worldmodels.agent import load_memory, load_vision
+from worldmodels.config import VisionConfig
 from worldmodels.core.errors import WorldModelsError
-from worldmodels.vision import NVAE, NVAEConfig, build_vision, vision_config
+from worldmodels.runs import checkpoints
+from worldmodels.vision import NVAE, build_vision, vision_config
+from worldmodels.vision.base import stored_config
 from worldmodels.vision.nvae import SpectralNorms, residual_normal, soft_clamp
 
+
+def nvae_config(**fields) -> SimpleNamespace:
+    """An NVAE's config as its checkpoint stores it (flat), the recipe's defaults where not given."""
+    return SimpleNamespace(**(stored_config(VisionConfig(model="nvae"), 64, NVAE.SHAPING) | fields))
+
+
+def built(stored: SimpleNamespace) -> NVAE:
+    """The NVAE a stored config describes, built from the [vision] section it was made from."""
+    return cast(NVAE, build_vision(vars(stored)))
+
+
 # Two recipe sizes: the default layout (two scales, two groups each) and a deeper, narrower one.
-SMALL = NVAEConfig(
+SMALL = nvae_config(
     frame_size=16, latent_dim=8, base_channels=4, scales=[2, 4], groups_per_scale=2, latent_channels=2, top_groups=1
 )
-DEEP = NVAEConfig(
+DEEP = nvae_config(
     frame_size=32,
     latent_dim=8,
     base_channels=2,
@@ -78,18 +94,18 @@ def test_spectral_norm_estimate_matches_the_largest_singular_value_of_a_small_co
     torch.testing.assert_close(conv.weight.grad.flatten(1), expected, rtol=1e-3, atol=1e-3)
 
 
-def carracing_nvae() -> NVAEConfig:
+def carracing_nvae() -> SimpleNamespace:
     """The NVAE of envs/carracing_small.toml with vision.model = "nvae", as the CLI resolves it."""
     cfg = config_lib.load(str(TESTS.parent / "envs" / "carracing_small.toml"), ['vision.model="nvae"'])
     config = vision_config(cfg)
-    assert config.pop("model") == "nvae"
-    return NVAEConfig(**config)
+    assert config["model"] == "nvae"
+    return nvae_config(**config)
 
 
 @pytest.mark.parametrize("cfg", [SMALL, DEEP, carracing_nvae()], ids=["small", "deep", "carracing_small"])
 def test_encode_decode_sample_shapes_at_two_recipe_sizes(cfg):
     torch.manual_seed(0)
-    model = NVAE(cfg).eval()
+    model = built(cfg).eval()
     x = torch.rand(3, 3, cfg.frame_size, cfg.frame_size)
     latent = model.encode(x)
     assert model.latent_dim == cfg.latent_dim
@@ -103,7 +119,7 @@ def test_encode_decode_sample_shapes_at_two_recipe_sizes(cfg):
 
 def test_z_is_the_top_groups_posterior_and_decode_fills_the_rest_from_the_prior():
     torch.manual_seed(0)
-    model = NVAE(DEEP).eval()
+    model = built(DEEP).eval()
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         z = model.encode(x).mean
@@ -122,7 +138,7 @@ def test_z_is_the_top_groups_posterior_and_decode_fills_the_rest_from_the_prior(
 
 def test_one_training_step_leaves_every_parameter_and_buffer_finite_and_lowers_the_loss_on_repeat():
     torch.manual_seed(0)
-    model = NVAE(SMALL)
+    model = built(SMALL)
     x = nn.functional.interpolate(torch.rand(8, 3, 4, 4), scale_factor=4)  # blocky frames: structure to learn
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.progress = 0.0  # the start of training: KL warm-up
@@ -141,7 +157,7 @@ def test_one_training_step_leaves_every_parameter_and_buffer_finite_and_lowers_t
 
 def test_loss_is_recon_plus_beta_kl_plus_lambda_times_regularisation_once_warmed_up():
     torch.manual_seed(0)
-    model = NVAE(NVAEConfig(**{**vars(SMALL), "kl_weight": 0.3, "spectral_lambda": 0.2}))
+    model = built(nvae_config(**{**vars(SMALL), "kl_weight": 0.3, "spectral_lambda": 0.2}))
     x = torch.rand(4, 3, 16, 16)
     terms = model.loss(x)  # progress defaults to 1: warmed up, so the KL is the plain sum
     expected = terms["recon"] + 0.3 * terms["kl"] + 0.2 * (terms["spectral"] + terms["batch_norm"])
@@ -156,7 +172,7 @@ def test_loss_is_recon_plus_beta_kl_plus_lambda_times_regularisation_once_warmed
 
 
 def test_kl_warm_up_rises_linearly_over_the_first_fraction_of_training():
-    model = NVAE(SMALL)  # kl_warmup = 0.3
+    model = built(SMALL)  # kl_warmup = 0.3
     for progress, coefficient in [(0.0, 1e-4), (0.15, 0.5), (0.3, 1.0), (0.9, 1.0)]:
         model.progress = progress
         assert model.kl_coefficient() == pytest.approx(coefficient)
@@ -167,7 +183,7 @@ def test_kl_warm_up_rises_linearly_over_the_first_fraction_of_training():
 
 
 def test_kl_balancing_weights_by_share_over_alpha_and_is_the_plain_sum_after_warm_up():
-    model = NVAE(SMALL)
+    model = built(SMALL)
     kl = torch.tensor([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0]])
     torch.testing.assert_close(model.balanced_kl(kl, 1.0), kl.sum(1))
     # brute force NVAE's kl_balancer: coefficient_i ∝ (mean |KL_i| + 0.01) / alpha_i, normalised to mean 1
@@ -182,16 +198,16 @@ def test_kl_balancing_weights_by_share_over_alpha_and_is_the_plain_sum_after_war
 
 def test_sizes_that_do_not_fit_are_one_clear_error():
     with pytest.raises(WorldModelsError, match="latent_dim is 32 but"):
-        NVAE(NVAEConfig(latent_dim=32, latent_channels=4))
+        built(nvae_config(latent_dim=32, latent_channels=4))
     with pytest.raises(WorldModelsError, match="must start at 2 or more and double"):
-        NVAE(NVAEConfig(scales=[4, 16]))
+        built(nvae_config(scales=[4, 16]))
     for scales in ([0], [1, 2], [-4, -8], []):
         with pytest.raises(WorldModelsError, match="vision.nvae.scales"):
-            NVAE(NVAEConfig(scales=scales))
+            built(nvae_config(scales=scales))
     with pytest.raises(WorldModelsError, match="top_groups"):
-        NVAE(NVAEConfig(top_groups=3, latent_dim=96))
+        built(nvae_config(top_groups=3, latent_dim=96))
     with pytest.raises(WorldModelsError, match="frame_size 48"):
-        NVAE(NVAEConfig(frame_size=48))
+        built(nvae_config(frame_size=48))
     with pytest.raises(WorldModelsError, match="latent_dim is 4 but"):  # the recipe is checked when it loads
         config_lib.load(TINY, ['vision.model="nvae"'])
 
@@ -249,7 +265,7 @@ def test_an_nvae_run_goes_through_every_stage_of_the_cli(tmp_path, capsys):
     assert isinstance(vision, NVAE) and vision.latent_dim == 4 and memory.latent_dim == 4
     assert (run / "samples" / "prior.png").is_file() and (run / "report.json").is_file()
     # the stored config rebuilds the same model
-    rebuilt = build_vision({"model": "nvae", **vars(vision.cfg)})
+    rebuilt = build_vision(checkpoints.load(run / "vision.pt", "vision")["config"])
     assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in vision.parameters())
     # a recipe whose NVAE sizes changed is refused against the trained V, in one line
     capsys.readouterr()

@@ -11,9 +11,10 @@ from helpers import RUN_NAME, TINY, cli_stage
 
 from worldmodels import config as config_lib
 from worldmodels.agent import load_vision
+from worldmodels.config import PretrainedConfig, VisionConfig
 from worldmodels.data.latents import load_latents
 from worldmodels.runs import checkpoints
-from worldmodels.vision import PretrainedV, PretrainedVConfig
+from worldmodels.vision import PretrainedV
 from worldmodels.vision.encoders import describe_encoder, encoder_weights
 from worldmodels.vision.pretrained import episode_stacks, stack_context
 
@@ -104,7 +105,10 @@ def test_context_stacks_consecutive_frames_of_one_episode():
 def test_the_run_encoder_gives_the_sizes_it_should(tiny_run):
     description = describe_encoder(f"run:{tiny_run['dir']}")
     for compressor, concat, latent in (("autoencoder", False, 5), ("linear", False, 5), ("linear", True, 5 + 4)):
-        model = PretrainedV(PretrainedVConfig(16, 5, description, compressor, 7, 2, concat))
+        section = VisionConfig(
+            latent_dim=5, pretrained=PretrainedConfig(compressor=compressor, hidden=7, context=2, concat=concat)
+        )
+        model = PretrainedV(section, 16, description)
         x = torch.rand(3, 3, 16, 16)
         assert model.encode(x).mean.shape == (3, latent) and model.latent_dim == latent
         assert model.compress[0].in_features == 2 * 4  # context 2 x the conv V's z of 4

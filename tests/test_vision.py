@@ -7,12 +7,13 @@ import torch
 from helpers import TINY
 
 from worldmodels import config as config_lib
-from worldmodels.vision import ConvVAE, Latent, VAEConfig, build_vision, vision_config
+from worldmodels.config import VisionConfig
+from worldmodels.vision import ConvVAE, Latent, build_vision, vision_config
 
 
 def make_vae(frame_size: int = 16, latent_dim: int = 4, seed: int = 0, **kwargs) -> ConvVAE:
     torch.manual_seed(seed)
-    return ConvVAE(VAEConfig(frame_size=frame_size, latent_dim=latent_dim, channels=[4, 8, 8, 8], **kwargs))
+    return ConvVAE(VisionConfig(latent_dim=latent_dim, channels=[4, 8, 8, 8], **kwargs), frame_size)
 
 
 @pytest.mark.parametrize("size", [16, 64])
@@ -32,7 +33,7 @@ def test_encode_decode_shapes(size):
 
 def test_default_channels_at_64():
     torch.manual_seed(0)
-    vae = ConvVAE(VAEConfig())
+    vae = ConvVAE(VisionConfig())
     assert vae.decode(vae.encode(torch.rand(1, 3, 64, 64)).mean).shape == (1, 3, 64, 64)
 
 

@@ -4,6 +4,7 @@ code draws, and the tiny recipe end to end with vision.model = "vqvae"."""
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from worldmodels.config import DreamConfig, MemoryConfig
 from worldmodels.data.latents import SequenceDataset, load_latents, start_latents
 from worldmodels.memory import MDNRNN, Prediction, draw_codes, memory_loss
 from worldmodels.runs import checkpoints
-from worldmodels.vision import VQVAE, VQVAEConfig, build_vision
+from worldmodels.vision import VQVAE, build_vision
 from worldmodels.vision.quantize import VectorQuantizer, code_statistics, kmeans, nearest
 from worldmodels.worlds.dream import Dream
 
@@ -263,11 +264,8 @@ def test_kmeans_init_on_first_training_batch():
 
 def small_vqvae(frame_size: int, seed: int = 0, **overrides) -> VQVAE:
     torch.manual_seed(seed)
-    return VQVAE(
-        VQVAEConfig(
-            **({"frame_size": frame_size, "channels": [4, 8, 8, 8], "embed_dim": 3, "num_embeddings": 8} | overrides)
-        )
-    )
+    stored = {"model": "vqvae", "frame_size": frame_size, "channels": [4, 8, 8, 8], "embed_dim": 3, "num_embeddings": 8}
+    return cast(VQVAE, build_vision(stored | overrides))
 
 
 def frames(n: int, size: int, seed: int = 0) -> torch.Tensor:

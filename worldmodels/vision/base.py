@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
+from worldmodels.config import VisionConfig
 from worldmodels.core import distributed
+from worldmodels.core.errors import WorldModelsError
+
+SUB_TABLES = ("vqvae", "nvae", "pretrained")  # the models whose own settings sit in [vision.MODEL]
 
 
 @dataclass
@@ -32,6 +37,8 @@ class VisionModel(nn.Module):
 
     latent_dim: int
     latent_kind: str  # "continuous" | "discrete"
+    # the fields of the recipe's [vision] and of the model's own [vision.MODEL] that shape it, stored with it (flat)
+    SHAPING: ClassVar[tuple[str, ...]] = ()
     progress: float = 1.0  # fraction of training done, set by trainers that warm up NVAE's KL; 1: warmed up
     draws: bool = True  # decode() makes frames (a pretrained V only with its optional pixel decoder)
     has_prior: bool = True  # z ~ N(0, I) is a frame V could see (not so for an autoencoder's code)
@@ -94,3 +101,32 @@ def up_convs(c: list[int]) -> list[nn.Module]:
     for cin, cout in zip(c[3:0:-1], c[2::-1]):
         layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.ReLU()]
     return layers + [nn.ConvTranspose2d(c[0], 3, 4, 2, 1)]
+
+
+def stored_config(section: VisionConfig, frame_size: int, shaping: tuple[str, ...], **given: Any) -> dict:
+    """What the checkpoint of V built from the recipe's [vision] stores to rebuild it without the recipe: the model,
+    the frame size and its `shaping` fields, flat (`given`: what it was handed besides, e.g. an encoder)."""
+    flat = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    if section.model in SUB_TABLES:
+        flat |= dataclasses.asdict(getattr(section, section.model))
+    flat |= given
+    return {"model": section.model, "frame_size": frame_size, **{k: flat[k] for k in shaping}}
+
+
+def section_from_stored(stored: dict, given: tuple[str, ...] = ()) -> tuple[VisionConfig, int, dict]:
+    """The [vision] section, frame size and given arguments a stored config was made from (`stored_config`'s
+    inverse; a field the checkpoint predates takes the recipe's default)."""
+    flat = dict(stored)
+    name, frame_size = flat.pop("model"), flat.pop("frame_size", 64)
+    handed = {k: flat.pop(k) for k in given if k in flat}
+    nested = {}
+    if name in SUB_TABLES:
+        options = type(getattr(VisionConfig(), name))
+        own = {f.name for f in dataclasses.fields(options)}
+        nested[name] = options(**{k: flat.pop(k) for k in list(flat) if k in own})
+    try:
+        return VisionConfig(model=name, **flat, **nested), frame_size, handed
+    except TypeError:
+        raise WorldModelsError(
+            f"a stored {name} V has fields no [vision] has ({sorted(flat)}); retrain vision"
+        ) from None

@@ -22,7 +22,7 @@ from torch import nn
 from worldmodels.config import encoder_source_problem
 from worldmodels.core.errors import WorldModelsError
 from worldmodels.runs import checkpoints
-from worldmodels.vision.frames import FRAME_MODELS
+from worldmodels.vision.frames import build_frame_model
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
@@ -271,9 +271,7 @@ def build_encoder(description: dict, frame_size: int) -> FrozenEncoder:
             raise WorldModelsError(f"'{where}' changed since this V was trained on it (another sha256)")
         return CodeEncoder(_code_module(kind, where), frame_size, exported=kind == "export")
     if description["kind"] == "run":
-        config = dict(description["config"])
-        model_cls, config_cls = FRAME_MODELS[config.pop("model")]
-        return VisionEncoder(model_cls(config_cls(**config)))
+        return VisionEncoder(build_frame_model(description["config"]))
     transformers = _transformers()
     config = dict(description["config"])
     tower_config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from worldmodels.vision.nvae import NVAE, NVAEConfig
-from worldmodels.vision.vae import ConvVAE, VAEConfig
-from worldmodels.vision.vqvae import VQVAE, VQVAEConfig
+from worldmodels.vision.base import VisionModel, section_from_stored
+from worldmodels.vision.nvae import NVAE
+from worldmodels.vision.vae import ConvVAE
+from worldmodels.vision.vqvae import VQVAE
 
-FRAME_MODELS = {"vae": (ConvVAE, VAEConfig), "vqvae": (VQVAE, VQVAEConfig), "nvae": (NVAE, NVAEConfig)}
+FRAME_MODELS: dict[str, type[VisionModel]] = {"vae": ConvVAE, "vqvae": VQVAE, "nvae": NVAE}
+
+
+def build_frame_model(stored: dict) -> VisionModel:
+    """A V of frames rebuilt from the config its checkpoint stores."""
+    section, frame_size, _ = section_from_stored(stored)
+    return FRAME_MODELS[section.model](section, frame_size)

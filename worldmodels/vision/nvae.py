@@ -8,35 +8,15 @@ flat posterior of the top `top_groups` groups; `decode(z)` fills the groups belo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.config import nvae_latent_dim
+from worldmodels.config import VisionConfig, nvae_latent_dim
 from worldmodels.core import distributed
 from worldmodels.vision.base import Latent, VisionModel
-
-
-@dataclass
-class NVAEConfig:
-    """Sizes and training knobs of NVAE; stored in its checkpoint so it loads without the recipe."""
-
-    frame_size: int = 64
-    latent_dim: int = 32  # must equal top_groups x latent_channels x scales[0]^2: the z M sees
-    base_channels: int = 16  # at full resolution, doubled at every halving (seed 004: 20)
-    scales: list[int] = field(default_factory=lambda: [4, 8])  # side of each scale's latent grid, top first
-    groups_per_scale: int = 2
-    latent_channels: int = 2  # channels of one latent group
-    top_groups: int = 1  # groups of the top scale that make z
-    cells_per_group: int = 1  # residual cells per group, in the encoder and in the decoder
-    kl_weight: float = 1.0  # beta: weight of the KL once warmed up
-    kl_warmup: float = 0.3  # the KL weight rises linearly from 1e-4 to 1 over this fraction of training
-    spectral_lambda: float = 0.1  # weight of the spectral and batch-norm regularisation (seed 004: 0.1)
-    lower_temperature: float = 0.0  # prior temperature of the groups below z when decoding z; 0: their means
-
 
 BN_MOMENTUM = 0.05  # NVAE's batch-norm momentum (PyTorch's convention: running statistics move 5% a step)
 
@@ -173,20 +153,35 @@ class NVAE(VisionModel):
     latent_kind = "continuous"
     kl_alpha: torch.Tensor  # buffer: the KL-balancing weights, registered in __init__
 
-    def __init__(self, cfg: NVAEConfig):
+    SHAPING = (
+        "latent_dim",
+        "base_channels",
+        "scales",
+        "groups_per_scale",
+        "latent_channels",
+        "top_groups",
+        "cells_per_group",
+        "kl_weight",
+        "kl_warmup",
+        "spectral_lambda",
+        "lower_temperature",
+    )
+
+    def __init__(self, cfg: VisionConfig, frame_size: int = 64):
         super().__init__()
-        self.cfg = cfg
-        scales, groups, size = list(cfg.scales), cfg.groups_per_scale, cfg.frame_size
-        flat = nvae_latent_dim(size, scales, groups, cfg.top_groups, cfg.latent_channels, cfg.latent_dim)
+        self.cfg, self.frame_size, self.options = cfg, frame_size, cfg.nvae
+        n = cfg.nvae
+        scales, groups, size = list(n.scales), n.groups_per_scale, frame_size
+        flat = nvae_latent_dim(size, scales, groups, n.top_groups, n.latent_channels, cfg.latent_dim)
         self.latent_dim = flat
         self.top = scales[0]
         self.group_sizes = [s for s in scales for _ in range(groups)]  # top-down order
 
         def channels(side: int) -> int:
-            return cfg.base_channels * (size // side)  # doubles as the grid halves
+            return n.base_channels * (size // side)  # doubles as the grid halves
 
-        latent = cfg.latent_channels
-        cells = cfg.cells_per_group
+        latent = n.latent_channels
+        cells = n.cells_per_group
 
         # bottom-up: a stem, strided cells down to the finest scale, then the groups' cells from the bottom up
         self.stem = nn.Conv2d(3, channels(size), 3, 1, 1)
@@ -236,7 +231,7 @@ class NVAE(VisionModel):
     def _balance_weights(self) -> torch.Tensor:
         """NVAE's 'square' KL-balancing weights: a group's share grows with its grid's area,
         split among its scale's groups."""
-        alpha = torch.tensor([s**2 / self.cfg.groups_per_scale for s in self.group_sizes], dtype=torch.float32)
+        alpha = torch.tensor([s**2 / self.options.groups_per_scale for s in self.group_sizes], dtype=torch.float32)
         return alpha / alpha.min()
 
     # ------------------------------------------------------------ the two towers
@@ -244,7 +239,7 @@ class NVAE(VisionModel):
     def _bottom_up(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features for each group, in top-down order (the first feeds the top group)."""
         h = self.preprocess(self.stem(x.contiguous(memory_format=torch.channels_last)))
-        features, per_scale = [], self.cfg.groups_per_scale
+        features, per_scale = [], self.options.groups_per_scale
         for i, cells in enumerate(self.encoder_groups):
             h = cells(h)
             features.append(h)
@@ -271,15 +266,15 @@ class NVAE(VisionModel):
         state = self.top_state.expand(batch, -1, -1, -1)
         posteriors = []
         for k in range(groups or len(self.group_sizes)):
-            side, scale = self.group_sizes[k], k // self.cfg.groups_per_scale
-            if k > 0 and k % self.cfg.groups_per_scale == 0:  # the first group of a finer scale
+            side, scale = self.group_sizes[k], k // self.options.groups_per_scale
+            if k > 0 and k % self.options.groups_per_scale == 0:  # the first group of a finer scale
                 state = self.decoder_up[scale - 1](state)
             if k == 0:  # the top group's prior is N(0, I)
-                prior_mean = prior_logstd = state.new_zeros(batch, self.cfg.latent_channels, side, side)
+                prior_mean = prior_logstd = state.new_zeros(batch, self.options.latent_channels, side, side)
             else:
                 state = self.decoder_groups[k - 1](state)
                 prior_mean, prior_logstd = soft_clamp(self.prior_heads[k - 1](state)).chunk(2, dim=1)
-            if top is not None and k < self.cfg.top_groups:
+            if top is not None and k < self.options.top_groups:
                 z = top[:, k]
             elif features is not None:
                 h = features[k] if k == 0 else features[k] + self.encoder_combiners[k - 1](state)
@@ -300,15 +295,17 @@ class NVAE(VisionModel):
 
     def encode(self, x: torch.Tensor) -> Latent:
         """z = the top groups' posterior, flattened; groups after the first see the means of those above."""
-        _, posteriors = self._top_down(len(x), self._bottom_up(x), sample_posterior=False, groups=self.cfg.top_groups)
+        _, posteriors = self._top_down(
+            len(x), self._bottom_up(x), sample_posterior=False, groups=self.options.top_groups
+        )
         mean = torch.cat([m.flatten(1) for m, _, _ in posteriors], dim=1)
         logstd = torch.cat([s.flatten(1) for _, s, _ in posteriors], dim=1)
         return Latent(mean, logstd)
 
     def decode(self, z: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Frames from z; the lower groups come from their prior at `temperature` (default: the recipe's)."""
-        t = self.cfg.lower_temperature if temperature is None else temperature
-        top = z.reshape(len(z), self.cfg.top_groups, self.cfg.latent_channels, self.top, self.top)
+        t = self.options.lower_temperature if temperature is None else temperature
+        top = z.reshape(len(z), self.options.top_groups, self.options.latent_channels, self.top, self.top)
         state, _ = self._top_down(len(z), top=top, temperature=t)
         return self._pixels(state).clamp(0, 1)
 
@@ -325,9 +322,9 @@ class NVAE(VisionModel):
 
     def kl_coefficient(self) -> float:
         """KL warm-up: the KL's weight rises linearly with the fraction of training done, from 1e-4 to 1."""
-        if self.cfg.kl_warmup <= 0:
+        if self.options.kl_warmup <= 0:
             return 1.0
-        return min(max(self.progress / self.cfg.kl_warmup, 1e-4), 1.0)
+        return min(max(self.progress / self.options.kl_warmup, 1e-4), 1.0)
 
     def balanced_kl(self, kl: torch.Tensor, coefficient: float) -> torch.Tensor:
         """(B, groups) -> (B,): during warm-up each group's KL is weighted by its share of the total over its alpha.
@@ -356,10 +353,10 @@ class NVAE(VisionModel):
         kl = torch.stack([group_kl for _, _, group_kl in posteriors], dim=1)  # (B, groups)
         coefficient = self.kl_coefficient()
         spectral, batch_norm = (
-            self.regularisation() if self.cfg.spectral_lambda > 0 else (mse.new_zeros(()), mse.new_zeros(()))
+            self.regularisation() if self.options.spectral_lambda > 0 else (mse.new_zeros(()), mse.new_zeros(()))
         )
         kl_term = self.cfg.kl_weight * coefficient * self.balanced_kl(kl, coefficient).mean()
-        loss = mse + kl_term + self.cfg.spectral_lambda * (spectral + batch_norm)
+        loss = mse + kl_term + self.options.spectral_lambda * (spectral + batch_norm)
         terms = {
             "loss": loss,
             "recon": mse,

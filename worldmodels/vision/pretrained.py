@@ -10,28 +10,15 @@ pictures; without it those stages say so.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodels.config import VisionConfig
 from worldmodels.core.errors import WorldModelsError
 from worldmodels.vision.base import Latent, VisionModel, up_convs
 from worldmodels.vision.encoders import build_encoder
-
-
-@dataclass
-class PretrainedVConfig:
-    frame_size: int = 64
-    latent_dim: int = 32  # the compressor's code size
-    encoder: dict = field(default_factory=dict)  # the frozen encoder's description (encoders.open_encoder)
-    compressor: str = "autoencoder"  # autoencoder | linear
-    hidden: int = 256  # autoencoder: width of its hidden layers
-    context: int = 1  # consecutive frames compressed together
-    concat: bool = False  # z = [the frozen V's z, the code] (a run: encoder only)
-    decoder: bool = False  # a conv decoder from z to frames, for the stages that draw
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # the decoder's widths, as the VAE's
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -47,22 +34,26 @@ class PretrainedV(VisionModel):
     latent_kind = "continuous"
     has_prior = False
 
-    def __init__(self, cfg: PretrainedVConfig):
+    SHAPING = ("latent_dim", "encoder", "compressor", "hidden", "context", "concat", "decoder", "channels")
+
+    def __init__(self, cfg: VisionConfig, frame_size: int = 64, encoder: dict | None = None):
+        """V as the recipe's [vision] says, on the frozen encoder `encoder` describes (`encoders.describe_encoder`)."""
         super().__init__()
-        if cfg.concat and cfg.encoder.get("kind") != "run":
+        p, encoder = cfg.pretrained, encoder or {}
+        if p.concat and encoder.get("kind") != "run":
             raise WorldModelsError("vision.pretrained.concat needs a 'run:' encoder: it is that V's z beside the code")
-        self.cfg = cfg
-        self.encoder = build_encoder(cfg.encoder, cfg.frame_size)
+        self.cfg, self.frame_size, self.options, self.described = cfg, frame_size, p, encoder
+        self.encoder = build_encoder(encoder, frame_size)
         self.feature_dim = self.encoder.feature_dim
-        wide = self.feature_dim * cfg.context
-        shape = [wide, cfg.hidden, cfg.latent_dim] if cfg.compressor == "autoencoder" else [wide, cfg.latent_dim]
+        wide = self.feature_dim * p.context
+        shape = [wide, p.hidden, cfg.latent_dim] if p.compressor == "autoencoder" else [wide, cfg.latent_dim]
         self.compress, self.expand = _mlp(shape), _mlp(shape[::-1])
-        self.latent_dim = cfg.latent_dim + (self.feature_dim if cfg.concat else 0)
+        self.latent_dim = cfg.latent_dim + (self.feature_dim if p.concat else 0)
         self.pixels: nn.Module | None = None
-        self.draws = cfg.decoder
-        if cfg.decoder:
+        self.draws = p.decoder
+        if p.decoder:
             c = cfg.channels
-            side = cfg.frame_size // 16
+            side = frame_size // 16
             self.pixels = nn.Sequential(
                 nn.Linear(self.latent_dim, c[3] * side * side), nn.Unflatten(1, (c[3], side, side)), *up_convs(c)
             )
@@ -78,7 +69,7 @@ class PretrainedV(VisionModel):
 
     def _beside(self, stacked: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """z from the code: the code alone, or with `concat` the frozen V's z of the newest frame beside it."""
-        return torch.cat([stacked[:, -self.feature_dim :], code], dim=-1) if self.cfg.concat else code
+        return torch.cat([stacked[:, -self.feature_dim :], code], dim=-1) if self.options.concat else code
 
     def encode(self, x: torch.Tensor) -> Latent:
         """Frames, each the first of its episode (it stands in for the frames before it) -> z."""
@@ -87,12 +78,12 @@ class PretrainedV(VisionModel):
     def observe(self, x: torch.Tensor, history: torch.Tensor | None) -> tuple[Latent, torch.Tensor | None]:
         """One step of B episodes; `history` (B, context - 1, F) the features of their previous frames, a row of
         NaN (or None for all) where an episode starts."""
-        stacked, history = stack_context(self.features(x), history, self.cfg.context)
+        stacked, history = stack_context(self.features(x), history, self.options.context)
         return Latent(self.code(stacked)), history
 
     def encode_episode(self, chunks: Iterable[torch.Tensor]) -> Latent:
         features = torch.cat([self.features(chunk) for chunk in chunks])
-        return Latent(self.code(episode_stacks(features, self.cfg.context)))
+        return Latent(self.code(episode_stacks(features, self.options.context)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.pixels is None:
@@ -104,7 +95,7 @@ class PretrainedV(VisionModel):
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss on frames, each taken as the first of its episode (train-vision trains on cached features)."""
         return self.compressor_loss(
-            {"features": stack_context(self.features(x), None, self.cfg.context)[0], "frames": x}
+            {"features": stack_context(self.features(x), None, self.options.context)[0], "frames": x}
         )
 
     def compressor_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
+from worldmodels.config import VisionConfig
 from worldmodels.core import distributed
 from worldmodels.vision.base import Latent, VisionModel, down_convs, up_convs
-
-
-@dataclass
-class VAEConfig:
-    """Sizes of the conv VAE; stored in its checkpoint so it loads without the recipe."""
-
-    frame_size: int = 64
-    latent_dim: int = 32
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    free_bits: float = 0.5
-    kl_weight: float = 1.0
 
 
 class ConvVAE(VisionModel):
     """Ha's layout (32-64-128-256 convs, ReLU, sigmoid output), padded so any frame size divisible by 16 works."""
 
     latent_kind = "continuous"
+    SHAPING = ("latent_dim", "channels", "free_bits", "kl_weight")
 
-    def __init__(self, cfg: VAEConfig):
+    def __init__(self, cfg: VisionConfig, frame_size: int = 64):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.frame_size = cfg, frame_size
         self.latent_dim = cfg.latent_dim
         c = cfg.channels
-        self.bottom = cfg.frame_size // 16  # spatial size after 4 stride-2 convs
+        self.bottom = frame_size // 16  # spatial size after 4 stride-2 convs
         flat = c[3] * self.bottom**2
         self.encoder = nn.Sequential(*down_convs(c), nn.Flatten())
         self.to_mean = nn.Linear(flat, cfg.latent_dim)

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import cast
 
 import torch
 from torch import nn
 
+from worldmodels.config import VisionConfig
 from worldmodels.vision.base import Latent, VisionModel, down_convs, up_convs
 from worldmodels.vision.quantize import VectorQuantizer
-
-
-@dataclass
-class VQVAEConfig:
-    """Sizes of the VQ-VAE; stored in its checkpoint so it loads without the recipe."""
-
-    frame_size: int = 64
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    embed_dim: int = 8
-    num_embeddings: int = 64
-    commitment: float = 0.25
-    ema_decay: float = 0.99
-    dead_after: int = 20  # restart a code unused for this many training steps; 0: never
-    codebook_init: str = "kmeans"  # kmeans (centres of the first batch) | random
 
 
 class VQVAE(VisionModel):
@@ -35,20 +21,23 @@ class VQVAE(VisionModel):
 
     latent_kind = "discrete"
 
-    def __init__(self, cfg: VQVAEConfig):
+    SHAPING = ("channels", "embed_dim", "num_embeddings", "commitment", "ema_decay", "dead_after", "codebook_init")
+
+    def __init__(self, cfg: VisionConfig, frame_size: int = 64):
         super().__init__()
-        self.cfg = cfg
-        c = cfg.channels
-        self.grid = cfg.frame_size // 16
+        self.cfg, self.frame_size = cfg, frame_size
+        c, q = cfg.channels, cfg.vqvae
+        self.embed_dim = q.embed_dim
+        self.grid = frame_size // 16
         self.positions = self.grid**2
-        self.num_embeddings = cfg.num_embeddings
-        self.latent_dim = self.positions * cfg.embed_dim
-        self.encoder = nn.Sequential(*down_convs(c), nn.Conv2d(c[3], cfg.embed_dim, 1))
+        self.num_embeddings = q.num_embeddings
+        self.latent_dim = self.positions * q.embed_dim
+        self.encoder = nn.Sequential(*down_convs(c), nn.Conv2d(c[3], q.embed_dim, 1))
         self.quantizer = VectorQuantizer(
-            cfg.num_embeddings, cfg.embed_dim, cfg.commitment, cfg.ema_decay, cfg.dead_after, cfg.codebook_init
+            q.num_embeddings, q.embed_dim, q.commitment, q.ema_decay, q.dead_after, q.codebook_init
         )
         # the last layer is linear, as van den Oord et al.: a sigmoid there saturated early on
-        self.decoder = nn.Sequential(nn.Conv2d(cfg.embed_dim, c[3], 1), *up_convs(c))
+        self.decoder = nn.Sequential(nn.Conv2d(q.embed_dim, c[3], 1), *up_convs(c))
         nn.init.constant_(cast(torch.Tensor, self.decoder[-1].bias), 0.5)  # start mid-grey, where a sigmoid would
 
     @property
@@ -58,7 +47,7 @@ class VQVAE(VisionModel):
 
     def _quantise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         h = self.encoder(x)  # (B, D, g, g)
-        vectors = h.permute(0, 2, 3, 1).reshape(len(x), -1, self.cfg.embed_dim)  # a frame's grid positions
+        vectors = h.permute(0, 2, 3, 1).reshape(len(x), -1, self.embed_dim)  # a frame's grid positions
         quantised, codes, stats = self.quantizer(vectors)
         return quantised.reshape(len(x), self.latent_dim), codes.reshape(len(x), self.positions), stats
 
@@ -72,7 +61,7 @@ class VQVAE(VisionModel):
 
     def _pixels(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's raw output: trained against the frame unclamped, so no gradient is ever cut."""
-        return self.decoder(z.reshape(-1, self.grid, self.grid, self.cfg.embed_dim).permute(0, 3, 1, 2))
+        return self.decoder(z.reshape(-1, self.grid, self.grid, self.embed_dim).permute(0, 3, 1, 2))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self._pixels(z).clamp(0, 1)
