@@ -55,9 +55,8 @@ def cache_features(model: PretrainedV, store: EpisodeStore, device: torch.device
         f = torch.cat([model.features(frames_to_float(chunk, device)).cpu() for chunk in obs.split(256)])
         seconds += time.perf_counter() - start
         index = torch.arange(len(f))
-        windows.append(
-            seen + episode_stacks(index[:, None], model.options.context).long()
-        )  # rows, never another episode's
+        rows = episode_stacks(index[:, None], model.options.context).long()  # never another episode's
+        windows.append(seen + rows)
         features.append(f)
         heldout.append(torch.full((len(f),), (len(paths) - 1 - i) % HOLDOUT_EVERY == 0))  # the last, and back
         if keep_frames:
