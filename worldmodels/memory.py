@@ -68,6 +68,14 @@ def stored_config(cfg: MemoryConfig, latent_dim: int, action_dim: int, positions
     return {**sizes, **shaping, "sigma_min": SIGMA_MIN, "outcome_hidden": OUTCOME_HIDDEN}
 
 
+def read_stored(stored: dict, name: object = "M's checkpoint") -> tuple[MemoryConfig, dict]:
+    """The [memory] section and the sizes a stored config was made from (a field it predates: the default)."""
+    unknown = set(stored) - {*SHAPING, *SIZES, "sigma_min", "outcome_hidden"}
+    if unknown:
+        raise WorldModelsError(f"'{name}' is not a checkpoint of M (fields {sorted(unknown)}); retrain memory")
+    return MemoryConfig(**{k: stored[k] for k in SHAPING if k in stored}), {k: stored[k] for k in SIZES if k in stored}
+
+
 class MDNRNN(nn.Module):
     """Mixture-density LSTM; `forward` runs whole sequences, `step` one time step."""
 
@@ -99,11 +107,8 @@ class MDNRNN(nn.Module):
     @classmethod
     def from_stored(cls, stored: dict, name: object = "M's checkpoint") -> MDNRNN:
         """M rebuilt from `stored_config()` (a field the checkpoint predates takes the recipe's default)."""
-        unknown = set(stored) - {*SHAPING, *SIZES, "sigma_min", "outcome_hidden"}
-        if unknown:
-            raise WorldModelsError(f"'{name}' is not a checkpoint of M (fields {sorted(unknown)}); retrain memory")
-        cfg = MemoryConfig(**{k: stored[k] for k in SHAPING if k in stored})
-        return cls(cfg, **{k: stored[k] for k in SIZES if k in stored})
+        cfg, sizes = read_stored(stored, name)
+        return cls(cfg, **sizes)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         zeros = torch.zeros(1, batch, self.cfg.hidden_size, device=device)

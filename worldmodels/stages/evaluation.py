@@ -8,7 +8,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from worldmodels.agent import WorldModel
 from worldmodels.config import Config
-from worldmodels.memory import MDNRNN
+from worldmodels.memory import read_stored, stored_config
 from worldmodels.play import evaluators
 from worldmodels.play.backends import real_evaluator
 from worldmodels.play.evaluators import Evaluator, returns_report
@@ -33,8 +33,8 @@ def check_run(cfg: Config, run: Run) -> None:
         if run.memory.is_file():
             wanted = memory_config(cfg, build_vision(saved))
             # as it loads: a field the checkpoint predates takes its default (an old M reads its reward from h)
-            saved_memory = checkpoints.load(run.memory, "memory")["config"]
-            saved_memory = MDNRNN.from_stored(saved_memory, run.memory).stored_config()
+            section, sizes = read_stored(checkpoints.load(run.memory, "memory")["config"], run.memory)
+            saved_memory = stored_config(section, **sizes)  # read, not built: no weights drawn from torch's RNG
             checkpoints.check_same_config(run.memory, saved_memory, wanted, "memory")
 
 
