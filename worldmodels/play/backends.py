@@ -20,7 +20,7 @@ from worldmodels.core.errors import WorldModelsError
 from worldmodels.core.pool import worker_pool
 from worldmodels.core.progress import bar, say
 from worldmodels.data.episodes import save_episode
-from worldmodels.play.loops import play, play_vector
+from worldmodels.play.loops import Played, VectorCopies, WorldList, lockstep
 from worldmodels.runs import checkpoints
 from worldmodels.training import pick_device
 from worldmodels.worlds.real import make_world
@@ -42,14 +42,13 @@ class Worker:
             self.worlds.append(make_world(self.env, self.max_steps))
         return self.worlds[:n]
 
-    def play(self, job: tuple[np.ndarray, list[int], float, float]) -> list[tuple[float, int, bool | None]]:
+    def play(self, job: tuple[np.ndarray, list[int], float, float]) -> list[Played]:
         """Play one episode per (candidate row, seed) with C's own noise and the search's random actions, batched:
         [(return, steps, the last step's is_success or None)]."""
         flats, seeds, noise, random_actions = job
         worlds = self._worlds(len(seeds))
         controller = Controller.from_flat(flats, self.model.controller_input, worlds[0].action_space)
-        results = play(worlds, self.model, controller, seeds, noise, random_actions=random_actions)
-        return [(ret, steps, world.success) for (ret, steps), world in zip(results, worlds)]
+        return lockstep(WorldList(worlds), self.model, controller, seeds, noise, None, random_actions)
 
     def collect(self, job: tuple[np.ndarray, list[int], float]) -> list[tuple[float, int, dict]]:
         """Play one episode per (controller row, seed) plus exploration noise: [(return, steps, episode)]."""
@@ -57,8 +56,8 @@ class Worker:
         worlds = self._worlds(len(seeds))
         controller = Controller.from_flat(flats, self.model.controller_input, worlds[0].action_space)
         episodes: list[dict] = []
-        results = play(worlds, self.model, controller, seeds, exploration, record=episodes)
-        return [(ret, steps, episode) for (ret, steps), episode in zip(results, episodes)]
+        played = lockstep(WorldList(worlds), self.model, controller, seeds, exploration, record=episodes)
+        return [(p.ret, p.frames, episode) for p, episode in zip(played, episodes)]
 
 
 Task = Callable[[Worker, tuple], list]  # Worker.play or Worker.collect: what a job asks of a worker
@@ -255,7 +254,7 @@ class Evaluator:
         counter.close()
         return self._tally(results, len(candidates), len(seeds))
 
-    def _tally(self, results: list[tuple[float, int, bool | None]], candidates: int, seeds: int) -> np.ndarray:
+    def _tally(self, results: list[Played], candidates: int, seeds: int) -> np.ndarray:
         self.steps += sum(steps for _, steps, _ in results)
         flags = [success for _, _, success in results]
         self.success = None if None in flags else np.array(flags, dtype=bool).reshape(candidates, seeds)
@@ -299,7 +298,7 @@ class VectorEvaluator(Evaluator):
         super().__init__(None, copies, noise=cfg.controller.noise, random_actions=random_actions)
         self.model = WorldModel.from_checkpoints(vision, memory, pick_device(cfg.device))  # a GPU serves every copy
         make = functools.partial(make_world, cfg.env, max_steps)
-        # spawned, not forked: this process has started torch's thread pools; autoreset off: play_vector resets
+        # spawned, not forked: this process has started torch's thread pools; autoreset off: lockstep resets
         self.envs = gym.vector.AsyncVectorEnv(
             [make] * copies, context="spawn", autoreset_mode=gym.vector.AutoresetMode.DISABLED
         )
@@ -311,11 +310,9 @@ class VectorEvaluator(Evaluator):
         exploration: float = 0.0,
         record: list | None = None,
         random_actions: float = 0.0,
-    ) -> list[tuple[float, int, bool | None]]:
+    ) -> list[Played]:
         """[(return, frames, the last step's is_success or None)], as the pool's workers report them."""
-        successes: list[bool | None] = []
-        played = play_vector(self.envs, self.model, controller, seeds, exploration, record, successes, random_actions)
-        return [(ret, frames, success) for (ret, frames), success in zip(played, successes)]
+        return lockstep(VectorCopies(self.envs), self.model, controller, seeds, exploration, record, random_actions)
 
     def returns(self, candidates: np.ndarray, seeds: list[int], progress: str | None = None) -> np.ndarray:
         """As Evaluator.returns; every episode is one lock-step loop here, so there is no bar to show."""

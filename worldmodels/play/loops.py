@@ -3,7 +3,7 @@ vector env."""
 
 from __future__ import annotations
 
-from typing import SupportsFloat
+from typing import NamedTuple, Protocol, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -78,7 +78,216 @@ def random_action(space: gym.Space, rng: np.random.Generator):
     raise WorldModelsError("controller.random_actions needs a Discrete, MultiDiscrete or bounded Box action space")
 
 
+class Outcome(NamedTuple):
+    """One lock-step step of the copies in play."""
+
+    obs: np.ndarray  # (copies, ...) uint8 frames
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    frames: np.ndarray  # the world's frames each copy's step played: more than one under an action repeat
+    success: list[bool | None]  # the step's is_success, None where the world reports none
+
+
+class Played(NamedTuple):
+    """One episode's outcome."""
+
+    ret: float
+    frames: int
+    success: bool | None  # its last reported is_success; None if the world reports none
+
+
+class Copies(Protocol):
+    """Copies of a real world that the agent plays episodes on in lock-step (`lockstep`)."""
+
+    single_action_space: gym.Space
+    drops_finished: bool  # a finished copy leaves the batch (a list of worlds), or is stepped on idle (a vector env)
+
+    @property
+    def num_envs(self) -> int: ...
+
+    def reset(self, seeds: list[int | None], mask: np.ndarray) -> np.ndarray:
+        """Reset the copies in `mask`, copy i with seeds[i]: their first frames, (mask.sum(), ...)."""
+        ...
+
+    def step(self, actions: list) -> Outcome: ...
+
+    def keep(self, rows: np.ndarray) -> None:
+        """From now on only these copies play, in this order (drops_finished copies only)."""
+        ...
+
+
+class WorldList:
+    """Worlds stepped one by one in this process: a finished episode's world leaves the batch, so late steps pay only
+    for the episodes still going (a worker's cheap worlds)."""
+
+    drops_finished = True
+
+    def __init__(self, worlds: list[gym.Env]):
+        self.worlds = list(worlds)
+        self.single_action_space = worlds[0].action_space
+
+    @property
+    def num_envs(self) -> int:
+        return len(self.worlds)
+
+    def reset(self, seeds: list[int | None], mask: np.ndarray) -> np.ndarray:
+        return np.stack([self.worlds[i].reset(seed=seeds[i])[0] for i in np.flatnonzero(mask)])
+
+    def step(self, actions: list) -> Outcome:
+        obs, reward, terminated, truncated, infos = zip(*(w.step(a) for w, a in zip(self.worlds, actions)))
+        return Outcome(
+            np.stack(obs),
+            np.asarray(reward),
+            np.asarray(terminated),
+            np.asarray(truncated),
+            np.asarray([info.get("frames", 1) for info in infos]),
+            [bool(info["is_success"]) if "is_success" in info else None for info in infos],
+        )
+
+    def keep(self, rows: np.ndarray) -> None:
+        self.worlds = [self.worlds[i] for i in rows]
+
+
+class VectorCopies:
+    """A gymnasium vector env (autoreset off), e.g. an AsyncVectorEnv with a subprocess per copy: it steps every
+    copy, so a copy with no episode left to play is stepped on idle."""
+
+    drops_finished = False
+
+    def __init__(self, envs: gym.vector.VectorEnv):
+        self.envs, self.num_envs, self.single_action_space = envs, envs.num_envs, envs.single_action_space
+
+    def reset(self, seeds: list[int | None], mask: np.ndarray) -> np.ndarray:
+        # gymnasium's vector envs take one seed per copy; VectorEnv.reset's annotation says a single int
+        fresh, _ = self.envs.reset(seed=seeds, options={"reset_mask": mask})  # type: ignore[arg-type]
+        return fresh[mask]
+
+    def step(self, actions: list) -> Outcome:
+        obs, reward, terminated, truncated, info = self.envs.step(np.asarray(actions))
+        reported = info["_is_success"] if "is_success" in info else np.zeros(self.num_envs, dtype=bool)
+        return Outcome(
+            obs,
+            reward,
+            terminated,
+            truncated,
+            info["frames"].astype(int) if "frames" in info else np.ones(self.num_envs, dtype=int),
+            [bool(info["is_success"][i]) if reported[i] else None for i in range(self.num_envs)],
+        )
+
+    def keep(self, rows: np.ndarray) -> None:
+        raise NotImplementedError("a vector env steps all its copies")
+
+
+class Episodes:
+    """The episodes of one `lockstep` call: which copy plays which, their noise and perturbations, their tallies."""
+
+    def __init__(self, seeds: list[int], copies: int, exploration: float, perturb: RandomActions, record: bool):
+        self.seeds, self.exploration, self.perturb, self.record = seeds, exploration, perturb, record
+        self.queue = list(range(len(seeds)))[::-1]  # episodes not started yet, next last
+        self.playing = [-1] * copies  # the episode each copy plays; -1: idle, stepped because a vector env steps all
+        self.rngs: dict[int, np.random.Generator] = {}
+        self.records: dict[int, EpisodeRecord] = {}
+        self.totals, self.frames = [0.0] * len(seeds), [0] * len(seeds)
+        self.success: list[bool | None] = [None] * len(seeds)
+
+    def going(self) -> bool:
+        return any(k >= 0 for k in self.playing)
+
+    def assign(self, mask: np.ndarray) -> list[int | None]:
+        """Give the copies in `mask` the next episodes (none once all are started): each copy's reset seed."""
+        for i in np.flatnonzero(mask):
+            self.playing[i] = self.queue.pop() if self.queue else -1
+        return [self.seeds[k] if k >= 0 else None for k in self.playing]
+
+    def started(self, mask: np.ndarray, obs: np.ndarray) -> None:
+        """The episodes just assigned to `mask` begin, at these first frames."""
+        for i in np.flatnonzero(mask):
+            if (k := self.playing[i]) >= 0:
+                self.rngs[k] = np.random.default_rng(self.seeds[k])
+                self.perturb.start(k, self.seeds[k])
+                if self.record:
+                    self.records[k] = EpisodeRecord(obs[i].copy(), self.seeds[k])
+
+    def noise(self, size: int) -> np.ndarray | None:
+        """Each copy's exploration noise from its episode's generator (zeros for an idle copy); None without it."""
+        if not self.exploration:
+            return None
+        rngs, std = self.rngs, self.exploration
+        return np.stack([std * rngs[k].standard_normal(size) if k >= 0 else np.zeros(size) for k in self.playing])
+
+    def tally(self, outcome: Outcome, actions: list) -> None:
+        """Add one step to the returns, frame counts, successes and records of the episodes in play."""
+        for i, k in enumerate(self.playing):
+            if k < 0:
+                continue
+            frames = int(outcome.frames[i])
+            self.totals[k] += float(outcome.reward[i])
+            self.frames[k] += frames
+            if self.record:
+                step = (outcome.reward[i], outcome.terminated[i], outcome.truncated[i], frames)
+                self.records[k].add(outcome.obs[i].copy(), actions[i], *step)
+            if outcome.success[i] is not None:
+                self.success[k] = outcome.success[i]
+
+    def keep(self, rows: np.ndarray) -> None:
+        self.playing = [self.playing[i] for i in rows]
+
+    def played(self) -> list[Played]:
+        return [Played(*episode) for episode in zip(self.totals, self.frames, self.success)]
+
+
 @torch.inference_mode()
+def lockstep(
+    copies: Copies,
+    model: WorldModel,
+    controller: Controller,
+    seeds: list[int],
+    exploration: float = 0.0,
+    record: list[dict] | None = None,
+    random_actions: float = 0.0,
+) -> list[Played]:
+    """Real episodes on `copies`, episode k with controller row k and seeds[k]; V, M and C batched across the copies
+    in play, a copy whose episode ends reset with the next episode's seed: one Played per episode.
+
+    This is what makes a worker fast on a CPU. `exploration` adds Gaussian noise of that std to C's outputs (drawn
+    from the episode's seed); with a `record` list, each episode is appended to it in the episode store's format;
+    `random_actions` as in `RandomActions`.
+    """
+    space, everyone = copies.single_action_space, np.ones(copies.num_envs, dtype=bool)
+    episodes = Episodes(seeds, copies.num_envs, exploration, RandomActions(random_actions, space), record is not None)
+    obs = copies.reset(episodes.assign(everyone), everyone)
+    episodes.started(everyone, obs)
+    state = model.memory.initial_state(copies.num_envs, model.device)
+    history: torch.Tensor | None = None  # V's memory of past frames, for a V that reads several
+    while episodes.going():
+        z, history = model.see(obs, history)
+        rows = [max(k, 0) for k in episodes.playing]  # idle copies act with any controller; their steps are dropped
+        outputs = controller.act(z.cpu(), model.memory.readout(state).cpu(), rows, episodes.noise(controller.out))
+        actions = episodes.perturb.apply(episodes.playing, outputs)
+        outcome = copies.step(actions)
+        obs, state = outcome.obs, model.remember(z, actions, space, state)
+        episodes.tally(outcome, actions)
+        done = outcome.terminated | outcome.truncated
+        if copies.drops_finished and not episodes.queue:  # finished episodes leave the batch: V, M and C skip them
+            on = np.flatnonzero(~done)
+            copies.keep(on)
+            episodes.keep(on)
+            keep = torch.from_numpy(on).to(model.device)
+            obs, state = obs[on], (state[0][:, keep], state[1][:, keep])
+            history = None if history is None else history[keep]
+        elif done.any():
+            mask = torch.from_numpy(done).to(model.device)
+            if history is not None:  # these copies' next frame starts anew
+                history[mask] = float("nan")
+            obs[done] = copies.reset(episodes.assign(done), done)
+            state[0][:, mask], state[1][:, mask] = 0, 0  # M starts each episode from its initial (zero) state
+            episodes.started(done, obs)
+    if record is not None:
+        record.extend(episodes.records[k].arrays() for k in range(len(seeds)))
+    return episodes.played()
+
+
 def play(
     worlds: list[gym.Env],
     model: WorldModel,
@@ -88,144 +297,6 @@ def play(
     record: list[dict] | None = None,
     random_actions: float = 0.0,
 ) -> list[tuple[float, int]]:
-    """Real episodes in lock-step, episode k in worlds[k] with controller k and seeds[k]: [(return, frames)].
-
-    Frames are the world's steps: more than C's decisions under an action repeat.
-    V, M and C run batched over the episodes still going, which is what makes a worker fast on a CPU.
-    `exploration` adds Gaussian noise of that std to C's outputs (seeded by the episode's seed); with a
-    `record` list, each episode is appended to it in the episode store's format; `random_actions` as in
-    `RandomActions`.
-    """
-    n = len(seeds)
-    obs = [world.reset(seed=seed)[0] for world, seed in zip(worlds, seeds)]
-    rngs = [np.random.default_rng(seed) for seed in seeds]
-    episodes = [EpisodeRecord(o, seed) for o, seed in zip(obs, seeds)] if record is not None else None
-    state = model.memory.initial_state(n, model.device)
-    totals, steps = [0.0] * n, [0] * n
-    alive = list(range(n))
-    space = worlds[0].action_space
-    perturb = RandomActions(random_actions, space)
-    for k, seed in enumerate(seeds):
-        perturb.start(k, seed)
-    history = None
-    while alive:
-        z, history = model.see(np.stack([obs[k] for k in alive]), history)  # (B, Z)
-        noise = (
-            exploration * np.stack([rngs[k].standard_normal(controller.out) for k in alive]) if exploration else None
-        )
-        actions = perturb.apply(alive, controller.act(z.cpu(), model.memory.readout(state).cpu(), alive, noise))
-        still = []
-        for row, (k, action) in enumerate(zip(alive, actions)):
-            obs[k], reward, terminated, truncated, info = worlds[k].step(action)
-            totals[k] += float(reward)
-            steps[k] += info.get("frames", 1)
-            if episodes:
-                episodes[k].add(obs[k], action, reward, terminated, truncated, info.get("frames", 1))
-            if not (terminated or truncated):  # step caps are the worlds' own TimeLimit
-                still.append(row)
-        state = model.remember(z, actions, space, state)
-        keep = torch.tensor(still, dtype=torch.long, device=model.device)
-        state = (state[0][:, keep], state[1][:, keep])
-        history = None if history is None else history[keep]
-        alive = [alive[row] for row in still]
-    if record is not None:
-        assert episodes is not None
-        record.extend(episode.arrays() for episode in episodes)
-    return list(zip(totals, steps))
-
-
-def _exploration_noise(
-    playing: list[int], rngs: dict[int, np.random.Generator], exploration: float, size: int
-) -> np.ndarray | None:
-    """Each copy's exploration noise from its episode's generator (zeros for an idle copy); None without exploration."""
-    if not exploration:
-        return None
-    return np.stack([exploration * rngs[k].standard_normal(size) if k >= 0 else np.zeros(size) for k in playing])
-
-
-def _tally_step(
-    playing: list[int],
-    obs: np.ndarray,
-    actions: list,
-    outcome: tuple[np.ndarray, np.ndarray, np.ndarray, dict],
-    totals: list[float],
-    steps: list[int],
-    success: list[bool | None],
-    episodes: dict[int, EpisodeRecord],
-) -> None:
-    """Add one vector step to the returns, frame counts, successes (and records, for the episodes recorded) of the
-    episodes being played."""
-    reward, terminated, truncated, info = outcome
-    for i, k in enumerate(playing):
-        if k < 0:
-            continue
-        frames = int(info["frames"][i]) if "frames" in info else 1
-        totals[k] += float(reward[i])
-        steps[k] += frames
-        if k in episodes:
-            episodes[k].add(obs[i].copy(), actions[i], reward[i], terminated[i], truncated[i], frames)
-        if "is_success" in info and info["_is_success"][i]:
-            success[k] = bool(info["is_success"][i])
-
-
-@torch.inference_mode()
-def play_vector(
-    envs: gym.vector.VectorEnv,
-    model: WorldModel,
-    controller: Controller,
-    seeds: list[int],
-    exploration: float = 0.0,
-    record: list[dict] | None = None,
-    successes: list[bool | None] | None = None,
-    random_actions: float = 0.0,
-) -> list[tuple[float, int]]:
-    """Real episodes on a vector env's copies (autoreset off), episode k with controller k and seeds[k]; V, M and C
-    batched across the copies, a finished copy reset with the next episode's seed. [(return, frames)]; `exploration`,
-    `record`, `random_actions` as in `play`; `successes` gets each episode's last is_success (None if not reported)."""
-    copies, space = envs.num_envs, envs.single_action_space
-    perturb = RandomActions(random_actions, space)
-    queue = list(range(len(seeds)))[::-1]  # episodes not started yet, next last
-    playing = [-1] * copies  # the episode each copy plays; -1: idle, stepped only because a vector env steps all
-    obs = np.zeros((copies, *(envs.single_observation_space.shape or ())), dtype=np.uint8)
-    state = model.memory.initial_state(copies, model.device)
-    rngs: dict[int, np.random.Generator] = {}
-    episodes: dict[int, EpisodeRecord] = {}
-    totals, steps = [0.0] * len(seeds), [0] * len(seeds)
-    success: list[bool | None] = [None] * len(seeds)
-    history: torch.Tensor | None = None  # V's memory of past frames, for a V that reads several
-
-    def start(mask: np.ndarray) -> None:
-        """Reset the copies in `mask`, each with the next episode's seed (idle once none is left)."""
-        if history is not None:
-            history[torch.from_numpy(mask).to(history.device)] = float("nan")  # these copies' next frame starts anew
-        for i in np.flatnonzero(mask):
-            playing[i] = queue.pop() if queue else -1
-        seed = [seeds[playing[i]] if mask[i] and playing[i] >= 0 else None for i in range(copies)]
-        # gymnasium's vector envs take one seed per copy; VectorEnv.reset's annotation says a single int
-        fresh, _ = envs.reset(seed=seed, options={"reset_mask": mask})  # type: ignore[arg-type]
-        obs[mask] = fresh[mask]
-        for i in np.flatnonzero(mask):
-            state[0][:, i] = state[1][:, i] = 0  # M starts each episode from its initial (zero) state
-            if (k := playing[i]) >= 0:
-                rngs[k] = np.random.default_rng(seeds[k])
-                perturb.start(k, seeds[k])
-                if record is not None:
-                    episodes[k] = EpisodeRecord(obs[i].copy(), seeds[k])
-
-    start(np.ones(copies, dtype=bool))
-    while any(k >= 0 for k in playing):
-        z, history = model.see(obs, history)
-        rows = [max(k, 0) for k in playing]  # idle copies act with any controller; their steps are dropped
-        noise = _exploration_noise(playing, rngs, exploration, controller.out)
-        actions = perturb.apply(playing, controller.act(z.cpu(), model.memory.readout(state).cpu(), rows, noise))
-        obs[:], reward, terminated, truncated, info = envs.step(np.asarray(actions))
-        state = model.remember(z, actions, space, state)
-        _tally_step(playing, obs, actions, (reward, terminated, truncated, info), totals, steps, success, episodes)
-        done = terminated | truncated
-        if done.any():
-            start(done)
-    if record is not None:
-        record.extend(episodes[k].arrays() for k in range(len(seeds)))
-    if successes is not None:
-        successes.extend(success)
-    return list(zip(totals, steps))
+    """`lockstep` on a list of worlds, one per episode: [(return, frames)]."""
+    played = lockstep(WorldList(worlds), model, controller, seeds, exploration, record, random_actions)
+    return [(p.ret, p.frames) for p in played]
