@@ -62,3 +62,13 @@ def test_a_driver_needs_a_run_folder_and_a_fraction(tmp_path, capsys):
     ]
     assert cli_stage("collect", tmp_path / "ck", tmp_path / "ro", *missing) == 2
     assert "is not a run folder" in one_error_line(capsys, "collect")
+
+
+def test_a_driver_named_by_its_run_is_found_under_the_same_checkpoints(tmp_path, copy_run):
+    """`collect.driver = "NAME"` (no folder) is the run NAME beside the collecting run, wherever --checkpoints is."""
+    settings = ['collect.driver="tiny"', "collect.driver_fraction=0.5", "collect.driver_noise=0"]
+    args = [x for s in settings for x in ("--set", s)] + ["--run", "driven"]
+    assert cli_stage("collect", copy_run["checkpoints"], tmp_path / "ro", *args) == 0
+    manifest = json.loads((tmp_path / "ro" / "driven" / "episodes" / "manifest.json").read_text())
+    assert manifest["driver"] == str(copy_run["dir"])
+    assert [e["policy"] for e in manifest["episodes"]] == ["controller"] * 3 + ["random"] * 3

@@ -164,6 +164,9 @@ def run_stage(args: argparse.Namespace) -> object:
     check_arguments(args)
     cfg = config_lib.load(args.recipe, overrides)
     evaluators.check_world_name(cfg)
+    if cfg.collect.driver and Path(cfg.collect.driver).name == cfg.collect.driver:  # a run's name, not a path:
+        # that run folder under the same --checkpoints, so a driver and its dream recipe move together
+        cfg.collect.driver = str(Path(args.checkpoints) / cfg.collect.driver)
     if args.stage == "study" and args.run is None:  # beside the recipe's own run folder, not inside it
         cfg.name = f"{cfg.name}_study"
         config_lib.check_name(cfg.name)

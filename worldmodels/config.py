@@ -58,7 +58,7 @@ class CollectConfig:
     keep: list[StateBound] = field(default_factory=list)  # an episode ends when its state leaves these bounds
     workers: int = 2  # worker processes playing them
     seed: int = 0  # the episodes' seeds derive from it
-    driver: str = ""  # a run folder whose V, M and C (a real-world-trained driver) play some episodes; "": none
+    driver: str = ""  # a run (its name under --checkpoints, or a folder) whose V, M and C play some episodes
     driver_fraction: float = 0.0  # share of the episodes the driver plays (the first ones); the rest, `policy`
     driver_noise: float = 0.1  # std of Gaussian noise on the driver's outputs, so its episodes spread around its line
 
