@@ -1,13 +1,13 @@
 """Would this M's dream score a controller as the real world does? One JSON line.
 
-    python benchmarks/dream_coverage.py checkpoints/A --dynamics checkpoints/A checkpoints/B [--tau 1.0]
+    python benchmarks/dream_coverage.py checkpoints/A --dynamics checkpoints/A checkpoints/B [--tau 1.0] [--set ...]
 
 Dreams run A's controller with each listed run's M as the world: that M draws the next latent and pays the
 reward, while C reads the h of A's own M (the one it was searched on) fed the same dreamed latents and actions.
 So an M trained on other data can be asked about a controller it has never seen, e.g. a controller searched in
 the real world, or an M whose data includes that controller's own episodes. A dream that scores a good driver
 low, where the real world and M's teacher-forced reward score it high, has not seen that driving. C plays
-noise-free (the recipe's `controller.noise` is not applied).
+noise-free (the recipe's `controller.noise` is not applied). The dream's settings are A's recipe's, changed by --set.
 """
 
 from __future__ import annotations
@@ -59,9 +59,12 @@ def main() -> None:
     parser.add_argument("--tau", type=float, help="the dream's temperature (default: the run's recipe)")
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--seed", type=int, default=777)
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="dream.max_steps=250"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    overrides: list[config.Override] = [("name", args.run.name)] + (
+    overrides: list[config.Override] = [("name", args.run.name), *args.overrides] + (
         [("dream.tau", args.tau)] if args.tau is not None else []
     )
     cfg = config.load(args.run / "recipe.toml", overrides)

@@ -36,6 +36,14 @@ def load_memory(path: Path, device: torch.device | str = "cpu") -> MDNRNN:
     return memory_from_checkpoint(checkpoints.load(path, "memory"), device)
 
 
+def load_ensemble(run: checkpoints.Run, device: torch.device | str = "cpu") -> list[MDNRNN]:
+    """The other M's of memory.ensemble when the recipe's dream charges for their disagreement (dream.disagreement)."""
+    cfg = run.cfg
+    if not cfg.dream.disagreement:
+        return []
+    return [load_memory(run.require(run.member(k), "train-memory"), device) for k in range(1, cfg.memory.ensemble)]
+
+
 def memory_from_checkpoint(saved: dict, device: torch.device | str = "cpu") -> MDNRNN:
     """M from a loaded memory checkpoint, in eval mode."""
     model = MDNRNN.from_stored(saved["config"])

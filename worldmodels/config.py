@@ -144,6 +144,8 @@ class MemoryConfig:
     reward_from: str = "hidden"  # reward and done read from h_{t+1} | "next": from [h_{t+1}, the z_{t+1} drawn]
     holdout: float = 0.0  # fraction of episodes kept out of M's training for its fidelity report; 0: training data
     seed: int = 0  # initial weights and the order of windows
+    ensemble: int = 1  # M's trained on the same data from seeds seed, seed + 1, ...: the first is M, the others only
+    #                    measure where M is unsure (dream.disagreement)
 
 
 @dataclass
@@ -191,6 +193,9 @@ class DreamConfig:
     done_threshold: float = 0.5  # done = "threshold": an episode ends once M's done probability passes it
     start: str = "data"  # data: first frames of real episodes | along: any frame of them | prior: V's N(0, I)
     dropout: bool = False  # M's dropout (memory.dropout) kept on in the dream, a new mask a step (Dropout's Dream Land)
+    disagreement: float = 0.0  # the dream pays reward minus this x the ensemble's spread of predicted next z (the std
+    #                            over memory.ensemble M's of their mixtures' means, averaged over z): where M's trained
+    #                            alike disagree the dream is made up, and a search that goes there pays for it
     batch: int = 0  # episodes dreamt at once; 0: the whole population x rollouts
 
 
@@ -384,6 +389,7 @@ POSITIVE = {  # 0 would mean an empty model, an empty batch or a search that can
     "memory.hidden_size",
     "memory.num_gaussians",
     "memory.seq_len",
+    "memory.ensemble",
     "memory.epochs",
     "memory.batch_size",
     "memory.lr",
@@ -421,6 +427,7 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "vision.vqvae.embed_dim": 4096,
     "vision.nvae.base_channels": 4096,
     "memory.hidden_size": 16_384,
+    "memory.ensemble": 64,
     "memory.num_gaussians": 1024,
     "memory.seq_len": 100_000,
     "memory.batch_size": 65_536,
@@ -469,6 +476,7 @@ MAXIMUM = {  # far past any recipe that finishes, short of sizes that exhaust me
     "vision.lr": 1e3,
     "memory.lr": 1e3,
     "dream.tau": 1e3,
+    "dream.disagreement": 1e6,
     "rounds.sigma": 1e6,
     "rounds.exploration": 1e6,
     "rounds.exploration_params": 1e6,
@@ -702,6 +710,11 @@ def _dream_checks(cfg: Config) -> list[Check]:
         (cfg.dream.max_steps >= 1, "dream.max_steps must be at least 1"),
         (cfg.dream.batch >= 0, "dream.batch must not be negative"),
         (cfg.rounds.count >= 0, "rounds.count must not be negative"),
+        (
+            cfg.dream.disagreement == 0 or (cfg.memory.ensemble >= 2 and cfg.vision.model != "vqvae"),
+            "dream.disagreement needs memory.ensemble of 2 or more M's over a continuous V (not vqvae), got "
+            f"memory.ensemble = {cfg.memory.ensemble} with vision.model = '{cfg.vision.model}'",
+        ),
     ]
 
 

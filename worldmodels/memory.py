@@ -199,6 +199,12 @@ class MDNRNN(nn.Module):
         return torch.sigmoid(prediction.done_logit - math.log(self.cfg.done_weight))
 
 
+def mixture_mean(prediction: Prediction) -> torch.Tensor:
+    """The expected next z of a continuous M's mixtures: (..., Z)."""
+    assert prediction.logit_pi is not None and prediction.mu is not None  # a continuous V's M
+    return (prediction.logit_pi.softmax(-1) * prediction.mu).sum(-1)
+
+
 def mixture_log_prob(prediction: Prediction, target: torch.Tensor) -> torch.Tensor:
     """log p(target) under the per-dimension mixtures, summed over dimensions: (..., Z) -> (...)."""
     assert prediction.logit_pi is not None and prediction.mu is not None and prediction.sigma is not None

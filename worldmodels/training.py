@@ -108,6 +108,12 @@ class Fit:
     compile: bool = False  # torch.compile the model and its loss
     batches_per_epoch: int | None = None  # for the progress bar's total and ETA where `batches` has no length
     world: dict = field(default_factory=dict)  # the recipe's world the model is made for (checkpoints.fingerprint)
+    label: str = ""  # the logs' and TensorBoard's name for it when not `name` (an ensemble's other M's)
+
+    @property
+    def title(self) -> str:
+        """Its name in the logs and TensorBoard."""
+        return self.label or self.name
 
 
 def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> bool:
@@ -161,7 +167,7 @@ def train_epoch(
     count = skipped = 0
     for batch in bar(
         job.batches(epoch),
-        desc=f"{job.name} epoch {epoch + 1}/{job.epochs}",
+        desc=f"{job.title} epoch {epoch + 1}/{job.epochs}",
         leave=False,
         total=job.batches_per_epoch,
     ):
@@ -169,13 +175,13 @@ def train_epoch(
             losses = net(batch)
         if not apply_gradients(job.model, optimizer, losses["loss"], job.grad_clip):
             skipped += 1
-            job.writer.add_scalar(f"{job.name}/skipped_steps", skipped, step)
+            job.writer.add_scalar(f"{job.title}/skipped_steps", skipped, step)
             continue
         step += 1
         count += 1
         for key, value in losses.items():
             totals[key] = totals.get(key, 0.0) + value.item()
-            job.writer.add_scalar(f"{job.name}/{key}", value.item(), step)
+            job.writer.add_scalar(f"{job.title}/{key}", value.item(), step)
     return totals, count, skipped, step
 
 
@@ -186,16 +192,16 @@ def fit(job: Fit) -> dict:
     for all of them and alone writes checkpoints and logs.
     """
     optimizer = torch.optim.Adam(job.model.parameters(), lr=job.lr)
-    start, step = 0, 0
+    start, step, label = 0, 0, job.title
     saved = distributed.from_main(lambda: resume_state(job))
     if saved is not None:
         job.model.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
         start, step = saved["epoch"], saved["step"]
         if start >= job.epochs:
-            say(f"{job.name}: already trained for {start} epochs, skipping")
+            say(f"{label}: already trained for {start} epochs, skipping")
             return saved
-        say(f"{job.name}: resuming after epoch {start}")
+        say(f"{label}: resuming after epoch {start}")
     net = trainable(job)
     job.model.train()
     for epoch in range(start, job.epochs):
@@ -203,12 +209,12 @@ def fit(job: Fit) -> dict:
         totals, count, skipped, step = train_epoch(job, net, optimizer, epoch, step)
         means = global_means(totals, count, job.device)
         say(
-            f"{job.name} epoch {epoch + 1}/{job.epochs}: "
+            f"{label} epoch {epoch + 1}/{job.epochs}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
             + (f" ({skipped} steps skipped: non-finite gradient)" if skipped else "")
         )
         for key, value in means.items():
-            job.writer.add_scalar(f"{job.name}/epoch_{key}", value, epoch + 1)
+            job.writer.add_scalar(f"{label}/epoch_{key}", value, epoch + 1)
         payload = {
             "kind": job.name,
             "config": job.model_config,

@@ -148,6 +148,10 @@ class Run:
     def memory(self) -> Path:
         return self.dir / "memory.pt"
 
+    def member(self, k: int) -> Path:
+        """M's file for member k of memory.ensemble: 0 is M itself."""
+        return self.memory if k == 0 else self.dir / f"memory_{k}.pt"
+
     @property
     def controller(self) -> Path:
         return self.dir / "controller.pt"

@@ -12,7 +12,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from worldmodels.agent import WorldModel
+from worldmodels.agent import WorldModel, load_ensemble
 from worldmodels.config import Config, ControllerConfig, DreamConfig
 from worldmodels.controller import search_state
 from worldmodels.controller.linear import Controller, InputScale
@@ -20,6 +20,7 @@ from worldmodels.controller.search_state import Progress
 from worldmodels.core.errors import WorldModelsError
 from worldmodels.core.progress import bar
 from worldmodels.data.latents import dream_starts, load_latents
+from worldmodels.memory import MDNRNN
 from worldmodels.play.backends import real_evaluator
 from worldmodels.play.evaluators import Evaluator, SearchWorld, StatefulEvaluator, open_world, register_world
 from worldmodels.runs import checkpoints
@@ -34,9 +35,15 @@ class DreamEvaluator:
     """Scores controllers in M's dream: every candidate x rollout in one batch, one M step for all per time step."""
 
     def __init__(
-        self, model: WorldModel, cfg: DreamConfig, starts: torch.Tensor | None, space: gym.Space, noise: float = 0.0
+        self,
+        model: WorldModel,
+        cfg: DreamConfig,
+        starts: torch.Tensor | None,
+        space: gym.Space,
+        noise: float = 0.0,
+        others: list[MDNRNN] | None = None,
     ):
-        self.dream = Dream(model.memory, cfg, starts, model.vision)
+        self.dream = Dream(model.memory, cfg, starts, model.vision, others)
         self.input_dim, self.space, self.batch = model.controller_input, space, cfg.batch
         self.noise = noise  # controller.noise: C's outputs are noisy in the dream as everywhere it acts
         self.steps = 0  # dream steps spent, for the logs
@@ -65,7 +72,8 @@ class DreamEvaluator:
 def dream_evaluator(cfg: Config, run: checkpoints.Run, model: WorldModel) -> DreamEvaluator:
     """The recipe's dream on `model`: started where dream.start says, C's outputs with controller.noise."""
     starts = dream_starts(run, cfg.dream.start)
-    return DreamEvaluator(model, cfg.dream, starts, action_space(cfg.env), cfg.controller.noise)
+    others = load_ensemble(run, model.device)
+    return DreamEvaluator(model, cfg.dream, starts, action_space(cfg.env), cfg.controller.noise, others)
 
 
 # ---------------------------------------------------------------- the CMA-ES loop

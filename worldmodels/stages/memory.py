@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, cast
 
 import torch
@@ -76,12 +77,26 @@ def memory_objective(model: MDNRNN, m: MemoryConfig, device: torch.device) -> Ca
 
 
 def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
-    """Train M on latent sequences (z drawn from the cached mean and std, or the mean);
-    `epochs` in all (default: the recipe's)."""
-    m = cfg.memory
-    device = pick_device(cfg.device)
-    episodes, held, split = holdout_split(load_latents(run), m.holdout)
+    """Train M on latent sequences (z drawn from the cached mean and std, or the mean), and the other M's of
+    memory.ensemble; `epochs` in all (default: the recipe's). M's figures and fidelity report."""
+    episodes, held, split = holdout_split(load_latents(run), cfg.memory.holdout)
     vision = load_vision(run.require(run.vision, "train-vision"))
+    epochs = epochs or cfg.memory.epochs
+    result, *_ = [  # the same data from other seeds: where the M's disagree, the data did not say
+        train_member(cfg, dataclasses.replace(cfg.memory, seed=cfg.memory.seed + k), run, k, vision, episodes, epochs)
+        for k in range(cfg.memory.ensemble)
+    ]
+    if distributed.is_main():
+        trained = memory_from_checkpoint(checkpoints.load(run.memory, "memory"), pick_device(cfg.device))
+        result["fidelity"] = fidelity.write_memory_report(run, trained, held, split, epochs)
+    return result
+
+
+def train_member(
+    cfg: Config, m: MemoryConfig, run: Run, k: int, vision: VisionModel, episodes: list[LatentEpisode], epochs: int
+) -> dict:
+    """M number `k` of memory.ensemble (0: M itself), trained from `m.seed` into `run.member(k)`."""
+    device = pick_device(cfg.device)
     torch.manual_seed(m.seed)
     model = MDNRNN(m, **memory_sizes(cfg, vision)).to(device)
     if model.categorical:  # V is a VQ-VAE
@@ -106,16 +121,14 @@ def train_memory(cfg: Config, run: Run, epochs: int | None = None) -> dict:
             model.stored_config(),
             batches,
             loss,
-            epochs or m.epochs,
+            epochs,
             m.lr,
             m.seed,
-            run.memory,
+            run.member(k),
             writer,
             **fit_options(cfg, device),
+            label=f"memory_{k}" if k else "",
         )
     )
     writer.close()
-    if distributed.is_main():
-        trained = memory_from_checkpoint(checkpoints.load(run.memory, "memory"), device)
-        result["fidelity"] = fidelity.write_memory_report(run, trained, held, split, epochs or m.epochs)
     return result

@@ -92,7 +92,8 @@ def share_into(
         link(shared_run.vision, seed_run.vision)
         link_tree(shared_run.latents, seed_run.latents)
     if "train-memory" in shared:
-        link(shared_run.memory, seed_run.memory)
+        for k in range(shared_run.cfg.memory.ensemble):
+            link(shared_run.member(k), seed_run.member(k))
 
 
 def statistics(scores: list[float], reps: int = 50_000, seed: int = 0) -> dict:

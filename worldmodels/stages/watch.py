@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from worldmodels.agent import WorldModel
+from worldmodels.agent import WorldModel, load_ensemble
 from worldmodels.config import Config
 from worldmodels.controller.linear import Controller
 from worldmodels.data.frames import frames_to_float
@@ -54,7 +54,7 @@ def dream_gifs(cfg: Config, run: Run, seed: int = 0, scale: int = 2) -> dict:
     [(real_return, _)] = play([world], model, controller, [seed], cfg.controller.noise, record=real)
     world.close()
     real_frames = real[0]["obs"]
-    dream = Dream(model.memory, cfg.dream, start_latents(load_latents(run)), model.vision)
+    dream = Dream(model.memory, cfg.dream, start_latents(load_latents(run)), model.vision, load_ensemble(run))
     with torch.no_grad():  # the dream starts where the real episode starts: V's reading of its first frame
         start = model.vision.encode(frames_to_float(torch.from_numpy(real_frames[:1]), "cpu")).mean[0]
     dream_frames, dream_return = dream_rollout(dream, controller, seed, start, cfg.controller.noise)

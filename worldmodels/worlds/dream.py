@@ -17,7 +17,7 @@ from worldmodels.config import DreamConfig
 from worldmodels.controller.linear import Controller, memory_actions
 from worldmodels.core import noise
 from worldmodels.core.actions import encode_actions
-from worldmodels.memory import MDNRNN
+from worldmodels.memory import MDNRNN, Prediction, State, mixture_mean
 from worldmodels.vision import VisionModel
 
 STEP_STREAMS = (
@@ -36,9 +36,16 @@ class Dream:
     """
 
     def __init__(
-        self, memory: MDNRNN, cfg: DreamConfig, starts: torch.Tensor | None = None, vision: VisionModel | None = None
+        self,
+        memory: MDNRNN,
+        cfg: DreamConfig,
+        starts: torch.Tensor | None = None,
+        vision: VisionModel | None = None,
+        others: list[MDNRNN] | None = None,
     ):
         self.memory, self.cfg, self.vision = memory, cfg, vision
+        # the ensemble's other M's (memory.ensemble), fed what M dreams, only to measure dream.disagreement
+        self.others = (others or []) if cfg.disagreement else []
         self.device = next(memory.parameters()).device
         # (N, 2, Z): mean and log-std of real frames to start from; None starts from V's prior N(0, I)
         self.starts = None if starts is None or cfg.start == "prior" else starts.to(self.device, torch.float32)
@@ -77,6 +84,7 @@ class Dream:
         self.t = torch.zeros_like(self.seeds)
         self.z = self._start_latents(self.seeds)
         self.state = self.memory.initial_state(len(self.seeds), self.device)
+        self.other_states: list[State] = [m.initial_state(len(self.seeds), self.device) for m in self.others]
         self._block: tuple[torch.Tensor, torch.Tensor] | None = None
         return self.observation()
 
@@ -87,7 +95,7 @@ class Dream:
         self.seeds[rows] = seeds.to(self.device, torch.long)
         self.t[rows] = 0
         self.z[rows] = self._start_latents(self.seeds[rows])
-        for part in self.state:
+        for part in [*self.state, *(part for state in self.other_states for part in state)]:
             part[:, rows] = 0
         if self._block is not None and rows.any():  # the restarted rows' noise from their step 0; the others' stays
             self._block[0][rows] = 0
@@ -106,7 +114,9 @@ class Dream:
             keep = (
                 noise.uniform(self.seeds, self.t, noise.DROPOUT, self.memory.cfg.hidden_size) >= self.memory.cfg.dropout
             ).float()
-        prediction, self.state = self.memory.step(self.z, action.to(self.device, torch.float32), self.state, keep)
+        action = action.to(self.device, torch.float32)
+        prediction, self.state = self.memory.step(self.z, action, self.state, keep)
+        penalty = self._disagreement(prediction, action) if self.others else 0.0
         u = self._step_noise()
         self.z = self.memory.draw(prediction, self.cfg.tau, u[:, 0], noise.box_muller(u[:, 1], u[:, 2]))
         prediction = self.memory.complete(prediction, MDNRNN.hidden(self.state), self.z)
@@ -118,7 +128,16 @@ class Dream:
             terminated = torch.zeros(len(self.t), dtype=torch.bool, device=self.device)
         self.t = self.t + 1
         truncated = (self.t >= self.cfg.max_steps) & ~terminated
-        return prediction.reward, terminated, truncated
+        return prediction.reward - penalty, terminated, truncated
+
+    def _disagreement(self, prediction: Prediction, action: torch.Tensor) -> torch.Tensor:
+        """dream.disagreement x the spread of the ensemble's expected next z, (B,); the other M's step on the z M
+        dreamt last, so they judge the dream, not their own."""
+        means = [mixture_mean(prediction)]
+        for k, other in enumerate(self.others):
+            theirs, self.other_states[k] = other.step(self.z, action, self.other_states[k])
+            means.append(mixture_mean(theirs))
+        return self.cfg.disagreement * torch.stack(means).std(0).mean(-1)
 
     def _step_noise(self) -> torch.Tensor:
         """(B, S, Z) uniforms of this step's streams (`self.streams`), hashed from each episode's seed and step.
@@ -152,6 +171,7 @@ class Dream:
         rows = rows.to(self.device)
         self.seeds, self.t, self.z = self.seeds[rows], self.t[rows], self.z[rows]
         self.state = (self.state[0][:, rows], self.state[1][:, rows])
+        self.other_states = [(h[:, rows], c[:, rows]) for h, c in self.other_states]
         if self._block is not None:
             self._block = (self._block[0][rows], self._block[1][rows])
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from worldmodels import config as config_lib
-from worldmodels.agent import WorldModel
+from worldmodels.agent import WorldModel, load_ensemble
 from worldmodels.core.errors import WorldModelsError
 from worldmodels.data.latents import dream_starts
 from worldmodels.runs.checkpoints import Run
@@ -79,7 +79,9 @@ def dream_env(
     )
     starts = dream_starts(folder, cfg.dream.start)
     return DreamEnv(
-        Dream(model.memory, cfg.dream, starts, model.vision), action_space(cfg.env), render_mode=render_mode
+        Dream(model.memory, cfg.dream, starts, model.vision, load_ensemble(folder, device)),
+        action_space(cfg.env),
+        render_mode=render_mode,
     )
 
 
