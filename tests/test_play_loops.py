@@ -11,8 +11,9 @@ from helpers import DISCRETE, TINY
 from worldmodels import config as config_lib
 from worldmodels.agent import WorldModel
 from worldmodels.controller.linear import Controller
-from worldmodels.play.loops import VectorCopies, WorldList, lockstep, play
+from worldmodels.play.loops import lockstep, play
 from worldmodels.runs.checkpoints import Run
+from worldmodels.worlds.loop import VectorCopies, WorldList
 from worldmodels.worlds.real import make_world
 
 SEEDS = [3, 11, 12, 40, 41]

@@ -14,8 +14,9 @@ from worldmodels.controller.linear import Controller
 from worldmodels.core.errors import WorldModelsError
 from worldmodels.play.backends import real_evaluator
 from worldmodels.play.evaluators import open_world
-from worldmodels.play.loops import RandomActions, play
+from worldmodels.play.loops import play
 from worldmodels.runs.checkpoints import Run, load_controller
+from worldmodels.worlds.loop import RandomActions
 from worldmodels.worlds.real import make_world
 
 

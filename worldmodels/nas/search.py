@@ -31,6 +31,7 @@ from worldmodels.runs.checkpoints import Run
 from worldmodels.stages import evolution
 from worldmodels.training import Fit, fit
 from worldmodels.worlds.codebook import CodebookEnv, flat_world
+from worldmodels.worlds.loop import PolicyActor, WorldList, run_episodes
 
 LARGEST = space.num_params(Architecture(((space.WIDTHS[-1], "relu"),) * space.MAX_LAYERS))
 
@@ -192,15 +193,13 @@ class CodebookEvaluator:
         out = np.zeros((len(candidates), len(seeds)))
         no_memory = torch.zeros(1, 0)  # C sees the world's observation alone: no M here
         for p in range(len(candidates)):
-            for j, seed in enumerate(seeds):
-                obs, _ = self.world.reset(seed=seed)
-                done = False
-                while not done:
-                    action = controller.act(torch.from_numpy(obs)[None], no_memory, rows=[p])[0]
-                    obs, reward, terminated, truncated, _ = self.world.step(action)
-                    out[p, j] += reward
-                    self.steps += 1
-                    done = terminated or truncated
+
+            def act(obs: np.ndarray, p: int = p) -> np.ndarray:
+                return controller.act(torch.from_numpy(obs)[None], no_memory, rows=[p])[0]
+
+            played = run_episodes(WorldList([self.world]), PolicyActor(act), seeds)  # one world, episode after episode
+            out[p] = [episode.ret for episode in played]
+            self.steps += sum(episode.frames for episode in played)
         return out
 
     def archive(self) -> dict[str, float]:

@@ -20,9 +20,10 @@ from worldmodels.core.errors import WorldModelsError
 from worldmodels.core.pool import worker_pool
 from worldmodels.core.progress import bar, say
 from worldmodels.data.episodes import save_episode
-from worldmodels.play.loops import Played, VectorCopies, WorldList, lockstep
+from worldmodels.play.loops import lockstep
 from worldmodels.runs import checkpoints
 from worldmodels.training import pick_device
+from worldmodels.worlds.loop import Played, VectorCopies, WorldList
 from worldmodels.worlds.real import make_world
 
 # ---------------------------------------------------------------- what every worker holds

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -15,6 +15,7 @@ from worldmodels.core.pool import worker_pool
 from worldmodels.core.progress import bar, say
 from worldmodels.data.episodes import EpisodeLayout, EpisodeStore, episode_entry, episode_name, save_episode
 from worldmodels.runs.checkpoints import fingerprint, save_json
+from worldmodels.worlds.loop import Outcome, PolicyActor, WorldList, run_episodes
 from worldmodels.worlds.real import action_space, make_world
 
 
@@ -74,40 +75,43 @@ def _inside(state: np.ndarray | None, cfg: CollectConfig) -> bool:
     return all(b.low <= float(state[b.index]) <= b.high for b in cfg.keep)
 
 
+class Filtered(WorldList):
+    """One world whose episode ends where the recipe's collection cuts it: at `cfg.max_steps` steps, or at the step
+    whose state leaves `cfg.keep` (`cut`: that step is then not kept)."""
+
+    def __init__(self, world: gym.Env, cfg: CollectConfig):
+        super().__init__([world])
+        self.cfg, self.steps, self.cut = cfg, 0, False
+
+    def step(self, actions: list) -> Outcome:
+        obs, reward, terminated, truncated, info = self.worlds[0].step(actions[0])
+        self.steps += 1
+        self.cut = not terminated and not _inside(info.get("state"), self.cfg)
+        capped = bool(self.cfg.max_steps) and self.steps >= self.cfg.max_steps
+        return Outcome(
+            obs[None],
+            np.asarray([reward]),
+            np.asarray([terminated]),
+            np.asarray([truncated or capped or self.cut]),
+            np.asarray([info.get("frames", 1)]),
+            None,
+        )
+
+
 def collect_episode(env: gym.Env, cfg: CollectConfig, seed: int) -> dict:
     """Play one episode with the collection policy; stop early when the state leaves `cfg.keep`."""
+    world = Filtered(env, cfg)
+    record: list[dict] = []
     policy = make_policy(cfg, env.action_space, seed)
-    obs, info = env.reset(seed=seed)
-    actions: list[Any]  # the action space's elements: ints, arrays
-    frames, actions, rewards, terminated, truncated = [obs], [], [], [], []
-    played = 0  # frames of the world, more than steps under an action repeat
-    while True:
-        action = policy()
-        obs, reward, term, trunc, info = env.step(action)
-        played += info.get("frames", 1)
-        out_of_bounds = not _inside(info.get("state"), cfg)
-        capped = cfg.max_steps and len(actions) + 1 >= cfg.max_steps
-        if out_of_bounds and not term:
-            break  # the frame fails the filter: end the episode before it, so every frame after the reset passes
-        frames.append(obs)
-        actions.append(action)
-        rewards.append(reward)
-        terminated.append(term)
-        truncated.append(trunc or bool(capped))
-        if term or trunc or capped:
-            break
-    if actions and not (terminated[-1] or truncated[-1]):
-        truncated[-1] = True
-    return {
-        "obs": np.stack(frames).astype(np.uint8),
-        "action": np.asarray(actions),
-        "reward": np.asarray(rewards, dtype=np.float32),
-        "terminated": np.asarray(terminated, dtype=bool),
-        "truncated": np.asarray(truncated, dtype=bool),
-        "seed": np.asarray(seed),
-        "frames": np.asarray(played),
-        "policy": np.asarray(cfg.policy),  # who played it, for the manifest (a driver's episodes say "controller")
-    }
+    run_episodes(world, PolicyActor(lambda _: policy()), [seed], record=record)  # it reads nothing of the world
+    episode = record[0]
+    if world.cut:  # the frame fails the filter: the episode ends before it, so every frame after the reset passes
+        for key in ("obs", "action", "reward", "terminated", "truncated"):
+            episode[key] = episode[key][:-1]
+        if len(episode["action"]):
+            episode["truncated"][-1] = True
+    episode["policy"] = np.asarray(cfg.policy)  # who played it, for the manifest (a driver's episodes: "controller")
+    return episode
 
 
 class EpisodeCollector:

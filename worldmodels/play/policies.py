@@ -15,6 +15,7 @@ from worldmodels.core.progress import bar
 from worldmodels.play.evaluators import returns_report
 from worldmodels.runs import checkpoints
 from worldmodels.worlds.latent import LatentObservation
+from worldmodels.worlds.loop import PolicyActor, WorldList, run_episodes
 from worldmodels.worlds.real import make_world
 
 SB3_ALGORITHMS = ("A2C", "DDPG", "DQN", "PPO", "SAC", "TD3")
@@ -59,14 +60,10 @@ def evaluate_policy(cfg: Config, run: checkpoints.Run, spec: str, algo: str | No
     model = WorldModel.load(run.require(run.vision, "train-vision"), run.require(run.memory, "train-memory"))
     env = LatentObservation(make_world(cfg.env), model)
     seeds = [cfg.evaluate.seed + i for i in range(cfg.evaluate.episodes)]
-    returns = []
-    for seed in bar(seeds, desc="evaluate (policy)", unit="ep"):
-        obs, _ = env.reset(seed=seed)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
+    returns = [
+        run_episodes(WorldList([env]), PolicyActor(policy), [seed])[0].ret
+        for seed in bar(seeds, desc="evaluate (policy)", unit="ep")
+    ]
     env.close()
     report = {"world": "real", "env": cfg.env.id, "policy": spec, **returns_report(np.asarray(returns), seeds, None)}
     checkpoints.save_json(run.dir / "report_policy.json", report)

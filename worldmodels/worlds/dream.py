@@ -19,6 +19,7 @@ from worldmodels.core import noise
 from worldmodels.core.actions import encode_actions
 from worldmodels.memory import MDNRNN, Prediction, State, mixture_mean
 from worldmodels.vision import VisionModel
+from worldmodels.worlds.loop import Actor, Outcome, run_episodes
 
 STEP_STREAMS = (
     noise.COMPONENT,
@@ -194,6 +195,59 @@ def dreamt_outputs(dream: Dream, controller: Controller, action_noise: float) ->
     return controller.outputs(z, h, noise=action_noise * noise.box_muller(u[:, 0], u[:, 1]).to(z.device))
 
 
+class DreamCopies:
+    """The dream as copies of a world for `run_episodes`: one row of `Dream` per copy, finished rows dropped (or
+    restarted in place while episodes wait). C reads the dream's own z and h, so the observation is empty; with
+    `draw`, V's pictures of every z are kept in `drawn`."""
+
+    drops_finished = True
+
+    def __init__(
+        self, dream: Dream, copies: int, space: gym.Space, draw: bool = False, start: torch.Tensor | None = None
+    ):
+        self.dream, self.num_envs, self.single_action_space, self.draw = dream, copies, space, draw
+        self.start = start  # replaces the first latent of the first episodes, e.g. V's reading of a real first frame
+        self.drawn: list[np.ndarray] = []  # (B, H, W, 3) after every reset and step, with `draw`
+
+    def observation(self) -> np.ndarray:
+        if self.draw:
+            self.drawn.append(self.dream.frames())
+        return np.zeros((len(self.dream.t), 0), dtype=np.uint8)
+
+    def reset(self, seeds: list[int | None], mask: np.ndarray) -> np.ndarray:
+        chosen = torch.tensor([seeds[i] for i in np.flatnonzero(mask)])
+        if mask.all():
+            self.dream.reset(chosen)
+            if self.start is not None:
+                self.dream.z[:] = self.start.to(self.dream.device, torch.float32)
+        else:
+            self.dream.reset_rows(torch.from_numpy(mask), chosen)
+        return self.observation()[mask]
+
+    def step(self, actions: torch.Tensor) -> Outcome:
+        reward, terminated, truncated = (t.cpu().numpy() for t in self.dream.step(actions))
+        ones = np.ones(len(reward), dtype=np.int64)
+        return Outcome(self.observation(), reward, terminated, truncated, ones, None)
+
+    def keep(self, rows: np.ndarray) -> None:
+        self.dream.keep(torch.from_numpy(rows))
+
+
+class DreamActor(Actor):
+    """C acting on the dream's [z, h], row by row of the population, its outputs left on the dream's device as M's
+    action input (the dream's M remembers them itself); `action_noise`: controller.noise (see `dreamt_outputs`)."""
+
+    def __init__(self, dream: Dream, controller: Controller, action_noise: float = 0.0):
+        self.dream, self.controller, self.noise, self.outputs = dream, controller, action_noise, controller.out
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.acting = controller
+
+    def act(self, obs: np.ndarray, rows: np.ndarray, noise: np.ndarray | None) -> torch.Tensor:
+        if not np.array_equal(rows, self.rows):  # the rows change only as episodes end: select C's rows then
+            self.rows, self.acting = rows, self.controller.select(torch.from_numpy(rows)).to(self.dream.device)
+        return memory_actions(dreamt_outputs(self.dream, self.acting, self.noise), self.controller.space)
+
+
 @torch.inference_mode()
 def play_dream(
     dream: Dream, controller: Controller, seeds: list[int], batch: int = 0, action_noise: float = 0.0
@@ -201,24 +255,9 @@ def play_dream(
     """Episode k dreamt with controller row k and seeds[k], `batch` episodes at a time (0: all): (returns, steps).
 
     `action_noise`: controller.noise, C's own noise (see `dreamt_outputs`)."""
-    n = len(seeds)
-    returns, steps = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
-    size = batch or n
-    for first in range(0, n, size):
-        alive = torch.arange(first, min(first + size, n))
-        dream.reset(torch.tensor(seeds[first : first + size]))
-        acting = controller.select(alive).to(dream.device)
-        while len(alive):
-            action = memory_actions(dreamt_outputs(dream, acting, action_noise), controller.space)
-            reward, terminated, truncated = dream.step(action)
-            returns[alive] += reward.double().cpu()
-            steps[alive] += 1
-            going = ~(terminated | truncated)
-            if not going.all():  # finished episodes leave the batch, so late steps only pay for the living
-                dream.keep(going)
-                going = going.cpu()
-                alive, acting = alive[going], acting.select(going)
-    return returns.numpy(), steps.numpy()
+    copies = DreamCopies(dream, min(batch or len(seeds), len(seeds)), controller.space)
+    played = run_episodes(copies, DreamActor(dream, controller, action_noise), seeds)
+    return np.array([p.ret for p in played]), np.array([p.frames for p in played])
 
 
 # ---------------------------------------------------------------- gymnasium faces
@@ -318,15 +357,6 @@ def dream_rollout(
     `start` (Z,) replaces the drawn first latent, e.g. V's encoding of a real first frame; `action_noise` as in
     `play_dream`.
     """
-    dream.reset(torch.tensor([seed]))
-    if start is not None:
-        dream.z = start.to(dream.device, torch.float32).reshape(1, -1)
-    acting = controller.to(dream.device)
-    frames, total = [dream.frames()[0]], 0.0
-    while True:
-        action = memory_actions(dreamt_outputs(dream, acting, action_noise), controller.space)
-        reward, terminated, truncated = dream.step(action)
-        total += float(reward[0])
-        frames.append(dream.frames()[0])
-        if terminated[0] or truncated[0]:
-            return np.stack(frames), total
+    copies = DreamCopies(dream, 1, controller.space, draw=True, start=start)
+    [played] = run_episodes(copies, DreamActor(dream, controller, action_noise), [seed])
+    return np.concatenate(copies.drawn), played.ret
