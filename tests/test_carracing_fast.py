@@ -7,8 +7,10 @@ import json
 
 import gymnasium as gym
 import numpy as np
+import pygame
 import pytest
 import torch
+from gymnasium.envs.box2d import car_racing
 from helpers import TESTS, run_cli
 
 from worldmodels import config
@@ -19,7 +21,8 @@ from worldmodels.core.errors import WorldModelsError
 from worldmodels.data.frames import frames_to_float
 from worldmodels.play.loops import play
 from worldmodels.runs import checkpoints
-from worldmodels.worlds.carracing import FastFrames
+from worldmodels.worlds.carracing import FastFrames, window_weights
+from worldmodels.worlds.pictures import view
 from worldmodels.worlds.real import make_world
 
 TINY_CARRACING = str(TESTS / "tiny_carracing.toml")
@@ -58,6 +61,34 @@ def test_fast_frames_match_gymnasiums_at_vs_size_step_by_step(seed):
     assert np.mean(errors) < 1.5 and max(errors) < 3.0, (np.mean(errors), max(errors))
 
 
+def test_window_weights_are_gymnasiums_chain_of_averages():
+    # brute force: a random window through pygame's smoothscale to 96x96 and the observation's crop and resize
+    rng = np.random.default_rng(0)
+    window = rng.integers(0, 256, (car_racing.WINDOW_W, car_racing.WINDOW_H, 3), dtype=np.uint8)  # pygame's (x, y)
+    state = pygame.surfarray.array3d(pygame.transform.smoothscale(pygame.surfarray.make_surface(window), (96, 96)))
+    crop = [0.1, 0.9, 0.2, 1.0]
+    expected = view(np.ascontiguousarray(state.transpose(1, 0, 2)), 48, crop).astype(np.float64)
+    down = np.diff(window_weights(car_racing.WINDOW_H, 48, 0.1, 0.9), axis=1)  # (48, 800)
+    across = np.diff(window_weights(car_racing.WINDOW_W, 48, 0.2, 1.0), axis=1)  # (48, 1000)
+    assert np.allclose(down.sum(1), 1) and np.allclose(across.sum(1), 1)
+    weighted = np.einsum("yj,xjc,ux->yuc", down, window.astype(np.float64), across)
+    # pygame and PIL round to whole levels twice: within a few levels, and on average within one
+    assert np.abs(weighted - expected).max() < 4 and np.abs(weighted - expected).mean() < 1.5
+
+
+def test_the_dashboard_strip_matches_gymnasiums_at_the_recipes_view():
+    # the CarRacing recipes read the whole frame at 64x64: the strip's bars and digits land where gymnasium's do
+    worlds = both(64, [0.0, 1.0, 0.0, 1.0])
+    for w in worlds.values():
+        w.reset(seed=5)
+    errors = []
+    for action in brownian_actions(5, 60):
+        frames = {r: w.step(action)[0] for r, w in worlds.items()}
+        errors.append(mean_abs_error(frames["fast"][56:], frames["gymnasium"][56:]))
+    # measured: 0.2 of 255 over the strip (it was 4.7 when the strip was drawn at twice the size and averaged down)
+    assert np.mean(errors) < 0.6 and max(errors) < 1.5, (np.mean(errors), max(errors))
+
+
 def test_the_dashboard_is_drawn_with_the_speed_bar_growing():
     worlds = both(96, [0.0, 1.0, 0.0, 1.0])  # the whole 96x96 state picture, dashboard strip included
     for w in worlds.values():
@@ -66,7 +97,7 @@ def test_the_dashboard_is_drawn_with_the_speed_bar_growing():
     for _ in range(100):  # full throttle: the speed bar rises
         frames = {r: w.step(np.array([0.0, 1.0, 0.0]))[0] for r, w in worlds.items()}
         strips.append(frames["fast"][84:])
-    assert mean_abs_error(frames["fast"][84:], frames["gymnasium"][84:]) < 4.0
+    assert mean_abs_error(frames["fast"][84:], frames["gymnasium"][84:]) < 1.0
     speed_column = slice(12, 15)  # gymnasium's speed bar: the 6th of 40 columns of the window
     white_rows = [(strip[:, speed_column].min(axis=-1) > 200).any(axis=1).sum() for strip in strips]
     assert white_rows[0] == 0 and white_rows[-1] >= 2, white_rows

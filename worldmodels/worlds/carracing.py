@@ -4,13 +4,16 @@ Gymnasium draws every step on a 1000x800 surface, one Python call per polygon (a
 off screen), then shrinks it to 96x96: 99% of a step's cost. `FastFrames` replaces only that drawing. The
 physics, the track of a seed, the reward and the termination are gymnasium's, untouched: the world still steps
 itself, and its `state_pixels` render comes from `FastCarRacing.draw`. That draws the same camera (position,
-rotation, zoom and the first second's zoom-in), field, grass, road, borders, car, wheels, dashboard and score,
-straight at the output size (anti-aliased by drawing at `SUPERSAMPLE` times the size and averaging): all of a
-step's transforms and culling are a few array operations over every polygon, and pygame fills the ~40 visible ones.
+rotation, zoom and the first second's zoom-in), field, grass, road, borders, car and wheels straight at the output
+size (anti-aliased by drawing at `SUPERSAMPLE` times the size and averaging): all of a step's transforms and culling
+are a few array operations over every polygon, and pygame fills the ~40 visible ones. The dashboard (speed bar, ABS
+sensors, steering, gyro, score) is computed, not drawn: each of its rectangles weighted by how gymnasium's own chain
+of averages spreads it over the frame's pixels (`window_weights`), so its edges land where gymnasium's do.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -24,6 +27,7 @@ from gymnasium.envs.box2d import car_dynamics, car_racing
 from gymnasium.envs.box2d.car_racing import CarRacing
 
 from worldmodels.core.errors import WorldModelsError
+from worldmodels.worlds.pictures import view
 
 # Drawn at 2x the size, then averaged down by pygame's smoothscale. Gymnasium shrinks its window by smoothscale at a
 # factor of 10.4, whose rounding leaves every pixel about 2 levels darker; at 2x it is exact, so the frame is darkened
@@ -42,6 +46,37 @@ _GRASS = car_racing.GRASS_DIM * np.array(
 )
 _FIELD = car_racing.PLAYFIELD * np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], dtype=np.float64)
 _HULL_COLOR = (204, 0, 0)  # car_dynamics' hull colour (0.8, 0, 0) as gymnasium converts it
+STRIP_TOP = car_racing.WINDOW_H * 35 // 40  # gymnasium's dashboard strip: the window's bottom eighth
+_S, _H = car_racing.WINDOW_W / 40.0, car_racing.WINDOW_H / 40.0  # gymnasium's dashboard units
+BAR_BASE = car_racing.WINDOW_H - _H  # the row the speed bar and the ABS sensors grow from
+BAR_HEIGHTS = [_H * 0.02, _H * 0.01, _H * 0.01, _H * 0.01, _H * 0.01]  # window rows per unit of speed and of wheel spin
+_BAR_PLACES = [5, 7, 8, 9, 10]  # gymnasium's columns of the speed bar and the ABS sensors, in dashboard units
+METER_CENTRES = [_S * 20.0, _S * 30.0]  # the column the steering and the gyro grow from
+METER_WIDTHS = [_S * -10.0, _S * -0.8]  # window columns per radian and per radian a second
+BAR_COLOURS = np.array(  # the speed bar, then the four ABS sensors
+    [(255, 255, 255), (0, 0, 255), (0, 0, 255), (51, 0, 255), (51, 0, 255)], dtype=np.float32
+)
+_BAR_COLOUR_TUPLES = [tuple(int(c) for c in colour) for colour in BAR_COLOURS]
+
+
+@functools.lru_cache(maxsize=16)
+def window_weights(window: int, size: int, low: float, high: float) -> np.ndarray:
+    """Along one axis, the share of each of gymnasium's window pixels in each frame pixel, summed from the window's
+    edge: (size, window + 1), column k the weight of pixels 0..k-1. Gymnasium averages its window down to its
+    96-pixel state picture (pygame's smoothscale: each pixel the mean of the area it covers), then the observation
+    takes the view box [low, high] of it at `size` pixels (`pictures.view`)."""
+    state = car_racing.STATE_W if window == car_racing.WINDOW_W else car_racing.STATE_H
+    edges = np.arange(state + 1) * window / state
+    pixel = np.arange(window)
+    cover = np.minimum(pixel + 1, edges[1:, None]) - np.maximum(pixel, edges[:-1, None])
+    average = np.clip(cover, 0.0, None) * state / window  # (state, window)
+    # the view's resize is linear: its weights are its pictures of single bright pixels, along this axis
+    across = window == car_racing.WINDOW_W
+    crop, pixels = ([0.0, 1.0, low, high], (1, state)) if across else ([low, high, 0.0, 1.0], (state, 1))
+    bright = [np.eye(state, dtype=np.float32)[j].reshape(pixels) for j in range(state)]
+    resize = np.stack([view(b, size, crop)[0] if across else view(b, size, crop)[:, 0] for b in bright], axis=1)
+    weights = resize.astype(np.float64) @ average  # (size, window)
+    return np.concatenate([np.zeros((size, 1)), np.cumsum(weights, axis=1)], axis=1)
 
 
 class FastCarRacing:
@@ -61,12 +96,31 @@ class FastCarRacing:
         self._half_view = np.array(self.surface.get_size()) / 2
         self._reach_scale, self._reach_cache = -1.0, np.zeros((0, 2))
         self._colours: list = []
-        self._texts: dict[str, pygame.Surface] = {}
+        self._texts: dict[str, tuple[slice, np.ndarray]] = {}
         self._font: pygame.font.Font | None = None
         self._car: object = None  # the car the shapes below were read from
         self._shapes: list[tuple[Any, list[list], tuple[int, int, int]]] = []
-        # gymnasium's dashboard strip is the window's bottom eighth: a view box above it never shows it
-        self._dashboard_seen = bottom > 1 - 5 / 40
+        # the dashboard strip is not drawn but added to the frame as gymnasium's own chain of averages spreads its
+        # window pixels over the frame's rows and columns (`window_weights`): its bars' edges fall between pixels
+        self._across = window_weights(car_racing.WINDOW_W, width, left, right).astype(np.float32)
+        down = window_weights(car_racing.WINDOW_H, height, top, bottom).astype(np.float32)
+        reached = np.flatnonzero(down[:, -1] - down[:, STRIP_TOP] > 0)
+        self._dashboard_seen = len(reached) > 0  # a view box well above the strip never shows it
+        self._strip_rows = slice(int(reached[0]), int(reached[-1]) + 1) if len(reached) else slice(0, 0)
+        self._down = down[self._strip_rows]  # (strip rows, window rows + 1)
+        # in its first rows the last resize blurs in the scene above it
+        self._scene_share = (1 - self._down[:, -1] + self._down[:, STRIP_TOP])[:, None]
+        self._rows_down = np.ascontiguousarray(self._down.T)  # (window rows + 1, strip rows): one row per lookup
+        self._columns_across = np.ascontiguousarray(self._across.T)  # (window columns + 1, columns)
+        # the bars' colours over the frame columns they cover, which never move: (5, columns x 3)
+        places = np.array(_BAR_PLACES)
+        first, last = np.floor(places * _S).astype(int), np.floor((places + 1) * _S).astype(int) + 1
+        bar_columns = (self._across[:, last] - self._across[:, first]).T  # (5, columns)
+        self._bar_patterns = (bar_columns[:, :, None] * BAR_COLOURS[:, None, :]).reshape(5, -1)
+        # the meters' weights on the strip rows, which never move, and the colour (full) of their columns
+        top, low = int(car_racing.WINDOW_H - 4 * _H), int(car_racing.WINDOW_H - 2 * _H) + 1
+        self._meter_rows = (self._down[:, low] - self._down[:, top])[:, None] * np.float32(255)
+        self._meter_pattern = np.zeros((width, 3), dtype=np.float32)
 
     def draw(self) -> np.ndarray:
         """The frame of the world's current state, as gymnasium's `_render("state_pixels")` would give it."""
@@ -86,9 +140,10 @@ class FastCarRacing:
         self._draw_field(affine)
         self._draw_ground(affine, zoom * max(sx, sy))
         self._draw_car(affine)
-        if self._dashboard_seen:
-            self._draw_dashboard()
-        return self._shrink()
+        if not self._dashboard_seen:
+            return self._shrink()
+        starts, ends = self._indicators()
+        return self._add_dashboard(self._shrink(), starts, ends)
 
     def _cache_track(self) -> None:
         """Grass and road polygons as one array with their bounding circles, rebuilt when the world made a new
@@ -172,27 +227,40 @@ class FastCarRacing:
             ]
         return self._shapes
 
-    def _draw_dashboard(self) -> None:
-        """The black strip with the speed bar, the four ABS sensors, the steering and the gyro, and the score."""
+    def _indicators(self) -> tuple[list[int], list[int]]:
+        """The window pixels gymnasium's dashboard indicators fill, [start, end): the rows of the speed bar and the
+        four ABS sensors (their columns never move), then the columns of the steering and the gyro (their rows never
+        move); empty for one gymnasium does not draw. A bar's part above the strip (a very fast car) is drawn on the
+        surface. Plain Python: numpy costs more than it saves on seven numbers."""
         car = self.world.car
         assert car is not None
-        s, h, bottom = car_racing.WINDOW_W / 40.0, car_racing.WINDOW_H / 40.0, car_racing.WINDOW_H
-        # every indicator is an axis-aligned rectangle of gymnasium's window: a fill, not a polygon
-        self._screen_box((0, 0, 0), 0.0, car_racing.WINDOW_W, bottom - 5 * h, bottom)
         vx, vy = car.hull.linearVelocity
         wheels = car.wheels
-        columns = [  # (value, place, height per unit, colour) of gymnasium's vertical indicators
-            (math.sqrt(vx * vx + vy * vy), 5, 0.02, (255, 255, 255)),  # the speed bar
-            *((wheels[i].omega, 7 + i, 0.01, (0, 0, 255) if i < 2 else (51, 0, 255)) for i in range(4)),  # ABS
-        ]
-        for value, place, per_unit, colour in columns:
-            if abs(value) > 1e-4:  # gymnasium draws an indicator only above this
-                self._screen_box(colour, place * s, (place + 1) * s, bottom - h - h * per_unit * value, bottom - h)
-        rows = [(wheels[0].joint.angle, 20, -10.0, (0, 255, 0)), (car.hull.angularVelocity, 30, -0.8, (255, 0, 0))]
-        for value, place, per_unit, colour in rows:  # the steering and the gyro
-            if abs(value) > 1e-4:
-                self._screen_box(colour, place * s, (place + per_unit * value) * s, bottom - 4 * h, bottom - 2 * h)
-        self._draw_score()
+        bars = [math.sqrt(vx * vx + vy * vy), *(wheel.omega for wheel in wheels)]
+        meters = [wheels[0].joint.angle, car.hull.angularVelocity]
+        spans = []
+        # pygame fills a polygon's pixels from the floor of its least to the floor of its greatest coordinate
+        for k, value in enumerate(bars):
+            if abs(value) <= 1e-4:  # gymnasium's threshold
+                spans.append((0, 0))
+                continue
+            end = BAR_BASE - value * BAR_HEIGHTS[k]
+            top = max(math.floor(min(end, BAR_BASE)), 0)
+            low = min(math.floor(max(end, BAR_BASE)) + 1, car_racing.WINDOW_H)
+            if top < STRIP_TOP:  # above the strip a bar covers the road: drawn there
+                place = _BAR_PLACES[k]
+                self._screen_box(_BAR_COLOUR_TUPLES[k], place * _S, (place + 1) * _S, top, STRIP_TOP)
+                top = STRIP_TOP
+            spans.append((top, low))
+        for k, value in enumerate(meters):
+            if abs(value) <= 1e-4:
+                spans.append((0, 0))
+                continue
+            centre = METER_CENTRES[k]
+            end = centre + value * METER_WIDTHS[k]
+            left, right = math.floor(min(end, centre)), math.floor(max(end, centre)) + 1
+            spans.append((max(left, 0), min(right, car_racing.WINDOW_W)))
+        return [start for start, _ in spans], [end for _, end in spans]
 
     def _screen_box(self, colour, x0: float, x1: float, y0: float, y1: float) -> None:
         """Fill the rectangle between x0, x1 and y0, y1 of gymnasium's window (after its flip), in either order."""
@@ -201,23 +269,52 @@ class FastCarRacing:
         top, low = sorted((round(y0 * sy + oy), round(y1 * sy + oy)))
         self.surface.fill(colour, (left, top, max(right - left, 1), max(low - top, 1)))
 
-    def _draw_score(self) -> None:
-        """The score, white on black, centred where gymnasium puts it; skipped when the view box leaves it out."""
+    def _add_dashboard(self, frame: np.ndarray, starts: list[int], ends: list[int]) -> np.ndarray:
+        """Gymnasium's dashboard strip on the frame's bottom rows, each of its window pixels weighted by its share of
+        every frame pixel: black, the five bars, the two meters and the score."""
+        rows = self._strip_rows
+        # a bar's weight on each strip row times its colour over its (fixed) columns
+        tall = self._rows_down[ends[:5]] - self._rows_down[starts[:5]]  # (5, strip rows)
+        strip = tall.T @ self._bar_patterns  # (strip rows, columns x 3)
+        # a meter's (fixed) rows times its colour over its columns: the steering is green, the gyro red
+        wide = self._columns_across[ends[5:]] - self._columns_across[starts[5:]]  # (2, columns)
+        meters = self._meter_pattern
+        meters[:, 1], meters[:, 0] = wide[0], wide[1]
+        strip += self._meter_rows * meters.reshape(1, -1)
+        strip += self._scene_share * frame[rows.start].reshape(1, -1)  # the last resize blurs in the scene above
+        columns, digits = self._score_picture()
+        strip[:, columns] += digits
+        strip += 0.5
+        frame[rows] = strip.reshape(-1, frame.shape[1], 3)  # truncated to uint8: rounded
+        return frame
+
+    def _score_picture(self) -> tuple[slice, np.ndarray]:
+        """The score, white on black where gymnasium centres it, spread over the strip like the rest: the part of a
+        strip row (columns x 3) it reaches and its values there (cached by text: a score takes few values)."""
         text = f"{self.world.reward:04.0f}"
-        picture = self._texts.get(text)
-        if picture is None:
+        cached = self._texts.get(text)
+        if cached is None:
             if self._font is None:
                 pygame.font.init()
                 self._font = pygame.font.Font(pygame.font.get_default_font(), 42)
-            full = self._font.render(text, True, (255, 255, 255), (0, 0, 0)).convert(24)
-            width, height = np.maximum(np.array(full.get_size()) * self.scale, 1).round().astype(int)
-            picture = pygame.transform.smoothscale(full, (int(width), int(height)))
-            if len(self._texts) > 4096:  # a score takes few values in an episode; bound the cache all the same
+            rendered = self._font.render(text, True, (255, 255, 255), (0, 0, 0))
+            rect = rendered.get_rect(center=(60, car_racing.WINDOW_H * (1 - 2.5 / 40.0)))
+            left, top = max(rect.left, 0), max(rect.top, 0)
+            right, low = min(rect.right, car_racing.WINDOW_W), min(rect.bottom, car_racing.WINDOW_H)
+            pixels = pygame.surfarray.array3d(rendered)  # (x, y, 3)
+            pixels = pixels[left - rect.left : right - rect.left, top - rect.top : low - rect.top]
+            tall = np.diff(self._down[:, top : low + 1], axis=1)  # (strip rows, text rows)
+            wide = np.diff(self._across[:, left : right + 1], axis=1)  # (frame columns, text columns)
+            reached = np.flatnonzero(wide.sum(1) > 0)
+            first, last = int(reached[0]), int(reached[-1]) + 1
+            w, h = pixels.shape[:2]
+            across = (wide[first:last] @ pixels.reshape(w, h * 3).astype(np.float32)).reshape(-1, h, 3)
+            digits = np.einsum("yi,xic->yxc", tall, across)  # (strip rows, columns, 3)
+            cached = (slice(3 * first, 3 * last), digits.reshape(len(tall), -1))  # columns x 3, as the strip's
+            if len(self._texts) > 4096:  # bound the cache all the same
                 self._texts.clear()
-            self._texts[text] = picture
-        sx, sy, ox, oy = self._box
-        centre = (round(60.0 * sx + ox), round(car_racing.WINDOW_H * (1 - 2.5 / 40.0) * sy + oy))
-        self.surface.blit(picture, picture.get_rect(center=centre))  # clipped to the surface by pygame
+            self._texts[text] = cached
+        return cached
 
     def _shrink(self) -> np.ndarray:
         """The drawn surface averaged down to the output size: (height, width, 3) uint8."""

@@ -15,11 +15,11 @@ os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d.car_racing import CarRacing
-from PIL import Image
 
 from worldmodels.config import EnvConfig
 from worldmodels.core.errors import WorldModelsError
 from worldmodels.worlds.carracing import FastFrames
+from worldmodels.worlds.pictures import view
 
 
 def is_image_space(space: gym.Space) -> bool:
@@ -53,11 +53,7 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         h, w = image.shape[:2]
         if (h, w) == (self.frame_size, self.frame_size) and list(self.crop) == [0.0, 1.0, 0.0, 1.0]:
             return image  # drawn at its size already (env.renderer = "fast")
-        top, bottom, left, right = self.crop
-        box = (left * w, top * h, right * w, bottom * h)
-        size = (self.frame_size, self.frame_size)
-        # reducing_gap lets PIL shrink by an integer factor first: 3x faster, visually the same
-        return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=2.0))
+        return view(image, self.frame_size, self.crop)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return self.frame(cast(np.ndarray, self.env.render()) if self.from_render else observation)  # rgb_array mode
