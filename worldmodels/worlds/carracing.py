@@ -107,20 +107,29 @@ class FastCarRacing:
         reached = np.flatnonzero(down[:, -1] - down[:, STRIP_TOP] > 0)
         self._dashboard_seen = len(reached) > 0  # a view box well above the strip never shows it
         self._strip_rows = slice(int(reached[0]), int(reached[-1]) + 1) if len(reached) else slice(0, 0)
+        # only the rows above the strip (and its first, the scene's last) are drawn and averaged down
+        self._drawn_rows = self._strip_rows.start + 1 if self._dashboard_seen else height
+        self._drawn = self.surface.subsurface((0, 0, width * SUPERSAMPLE, self._drawn_rows * SUPERSAMPLE))
+        self.surface.set_clip(self._drawn.get_rect())
         self._down = down[self._strip_rows]  # (strip rows, window rows + 1)
         # in its first rows the last resize blurs in the scene above it
-        self._scene_share = (1 - self._down[:, -1] + self._down[:, STRIP_TOP])[:, None]
+        self._scene_share = (1 - self._down[:, -1] + self._down[:, STRIP_TOP])[:, None]  # (strip rows, 1)
         self._rows_down = np.ascontiguousarray(self._down.T)  # (window rows + 1, strip rows): one row per lookup
         self._columns_across = np.ascontiguousarray(self._across.T)  # (window columns + 1, columns)
-        # the bars' colours over the frame columns they cover, which never move: (5, columns x 3)
+        # the strip's parts, each a weight on every strip row (`_weights`) times one row's picture (`_parts`): the
+        # five bars (their columns fixed, their rows read each step), the two meters (their rows fixed, their columns
+        # read each step, in full colour), the scene's last row above the strip, and a constant half for rounding
         places = np.array(_BAR_PLACES)
         first, last = np.floor(places * _S).astype(int), np.floor((places + 1) * _S).astype(int) + 1
         bar_columns = (self._across[:, last] - self._across[:, first]).T  # (5, columns)
-        self._bar_patterns = (bar_columns[:, :, None] * BAR_COLOURS[:, None, :]).reshape(5, -1)
-        # the meters' weights on the strip rows, which never move, and the colour (full) of their columns
+        self._parts = np.zeros((9, width * 3), dtype=np.float32)
+        self._parts[:5] = (bar_columns[:, :, None] * BAR_COLOURS[:, None, :]).reshape(5, -1)
+        self._parts[8] = 0.5
         top, low = int(car_racing.WINDOW_H - 4 * _H), int(car_racing.WINDOW_H - 2 * _H) + 1
-        self._meter_rows = (self._down[:, low] - self._down[:, top])[:, None] * np.float32(255)
-        self._meter_pattern = np.zeros((width, 3), dtype=np.float32)
+        self._weights = np.zeros((9, len(self._down)), dtype=np.float32)
+        self._weights[5:7] = (self._down[:, low] - self._down[:, top]) * 255
+        self._weights[7] = self._scene_share[:, 0]
+        self._weights[8] = 1.0
 
     def draw(self) -> np.ndarray:
         """The frame of the world's current state, as gymnasium's `_render("state_pixels")` would give it."""
@@ -271,20 +280,21 @@ class FastCarRacing:
 
     def _add_dashboard(self, frame: np.ndarray, starts: list[int], ends: list[int]) -> np.ndarray:
         """Gymnasium's dashboard strip on the frame's bottom rows, each of its window pixels weighted by its share of
-        every frame pixel: black, the five bars, the two meters and the score."""
-        rows = self._strip_rows
-        # a bar's weight on each strip row times its colour over its (fixed) columns
-        tall = self._rows_down[ends[:5]] - self._rows_down[starts[:5]]  # (5, strip rows)
-        strip = tall.T @ self._bar_patterns  # (strip rows, columns x 3)
-        # a meter's (fixed) rows times its colour over its columns: the steering is green, the gyro red
-        wide = self._columns_across[ends[5:]] - self._columns_across[starts[5:]]  # (2, columns)
-        meters = self._meter_pattern
-        meters[:, 1], meters[:, 0] = wide[0], wide[1]
-        strip += self._meter_rows * meters.reshape(1, -1)
-        strip += self._scene_share * frame[rows.start].reshape(1, -1)  # the last resize blurs in the scene above
+        every frame pixel: black, the five bars, the two meters, the scene blurred into its top rows, and the score.
+
+        Each part is a weight on every strip row times a picture of one strip row (`_parts`), so one product adds them
+        all: a bar's rows change with its reading, a meter's columns with its."""
+        rows, weights, parts = self._strip_rows, self._weights, self._parts
+        reach = self._rows_down[ends[:5] + starts[:5]]  # (10, strip rows)
+        np.subtract(reach[:5], reach[5:], out=weights[:5])
+        span = self._columns_across[ends[5:] + starts[5:]]  # (4, columns)
+        meters = parts[5:7].reshape(2, -1, 3)
+        np.subtract(span[0], span[2], out=meters[0, :, 1])  # the steering, green
+        np.subtract(span[1], span[3], out=meters[1, :, 0])  # the gyro, red
+        parts[7] = frame[rows.start].reshape(-1)  # the scene's last row above the strip
+        strip = weights.T @ parts  # (strip rows, columns x 3), plus 0.5 to round (`_parts`)
         columns, digits = self._score_picture()
         strip[:, columns] += digits
-        strip += 0.5
         frame[rows] = strip.reshape(-1, frame.shape[1], 3)  # truncated to uint8: rounded
         return frame
 
@@ -317,12 +327,16 @@ class FastCarRacing:
         return cached
 
     def _shrink(self) -> np.ndarray:
-        """The drawn surface averaged down to the output size: (height, width, 3) uint8."""
-        small = pygame.transform.smoothscale(self.surface, self.size)  # an integer factor: a box average
+        """The drawn surface averaged down to the output size, (height, width, 3) uint8: the rows down to the strip's
+        first (those below are the dashboard's, `_add_dashboard`)."""
         width, height = self.size
-        frame = np.frombuffer(bytearray(pygame.image.tobytes(small, "RGB")), dtype=np.uint8).reshape(height, width, 3)
-        np.maximum(frame, ROUNDING, out=frame)
-        frame -= ROUNDING
+        drawn = self._drawn_rows
+        small = pygame.transform.smoothscale(self._drawn, (width, drawn))  # an integer factor: a box average
+        frame = np.empty((height, width, 3), dtype=np.uint8)
+        top = frame[:drawn]
+        top[:] = np.frombuffer(pygame.image.tobytes(small, "RGB"), dtype=np.uint8).reshape(drawn, width, 3)
+        np.maximum(top, ROUNDING, out=top)
+        top -= ROUNDING
         return frame
 
 
