@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--run", help="the run's name (default: the recipe's)")
     parser.add_argument("--v-episodes", type=int, default=4)
     parser.add_argument("--steps", type=int, default=250, help="decisions per V episode")
-    parser.add_argument("--episodes", type=int, default=100, help="controller episodes per renderer")
+    parser.add_argument("--episodes", type=int, default=100, help="controller episodes per renderer (0: V only)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -84,6 +84,8 @@ def main() -> None:
         mse_gymnasium_frames=round(gymnasium, 6),
         gymnasium_over_fast=round(gymnasium / fast, 4),
     )
+    if not args.episodes:  # V alone: a run with no controller yet
+        return
     saved = checkpoints.load(run.controller, "controller")
     flat = saved["params"].numpy()[None]
     eval_seeds = [cfg.evaluate.seed + k for k in range(args.episodes)]
