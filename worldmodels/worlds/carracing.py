@@ -112,8 +112,6 @@ class FastCarRacing:
         self._drawn = self.surface.subsurface((0, 0, width * SUPERSAMPLE, self._drawn_rows * SUPERSAMPLE))
         self.surface.set_clip(self._drawn.get_rect())
         self._down = down[self._strip_rows]  # (strip rows, window rows + 1)
-        # in its first rows the last resize blurs in the scene above it
-        self._scene_share = (1 - self._down[:, -1] + self._down[:, STRIP_TOP])[:, None]  # (strip rows, 1)
         self._rows_down = np.ascontiguousarray(self._down.T)  # (window rows + 1, strip rows): one row per lookup
         self._columns_across = np.ascontiguousarray(self._across.T)  # (window columns + 1, columns)
         # the strip's parts, each a weight on every strip row (`_weights`) times one row's picture (`_parts`): the
@@ -128,7 +126,7 @@ class FastCarRacing:
         top, low = int(car_racing.WINDOW_H - 4 * _H), int(car_racing.WINDOW_H - 2 * _H) + 1
         self._weights = np.zeros((9, len(self._down)), dtype=np.float32)
         self._weights[5:7] = (self._down[:, low] - self._down[:, top]) * 255
-        self._weights[7] = self._scene_share[:, 0]
+        self._weights[7] = 1 - self._down[:, -1] + self._down[:, STRIP_TOP]  # the last resize blurs in the scene
         self._weights[8] = 1.0
 
     def draw(self) -> np.ndarray:
