@@ -82,15 +82,15 @@ class Driver:
         and keeps that cost)."""
         for _ in range(steps):
             self.action = CONSTANT if self.constant else brownian(self.rng, self.action)
-            if self.batched:
-                start = time.perf_counter()
-                self.env.step(self.action[None].astype(np.float32))
-                self.seconds += time.perf_counter() - start
-                continue
             start = time.perf_counter()
-            _, _, terminated, truncated, _ = self.env.step(self.action)
+            if self.batched:
+                self.env.step(self.action[None].astype(np.float32))
+                ended = False
+            else:
+                _, _, terminated, truncated, _ = self.env.step(self.action)
+                ended = terminated or truncated
             self.seconds += time.perf_counter() - start
-            if terminated or truncated:
+            if ended:
                 self.env.reset()
         self.steps += steps
 
