@@ -86,10 +86,10 @@ class FastCarRacing:
         self.world, self.size = world, (width, height)
         top, bottom, left, right = crop
         # gymnasium's window pixels (1000x800, y down, after its flip) to drawn pixels: x * scale + offset
-        self.scale = np.array([width / (right - left), height / (bottom - top)]) * SUPERSAMPLE / WINDOW
-        self.offset = -np.array([left * width / (right - left), top * height / (bottom - top)]) * SUPERSAMPLE
+        scale = np.array([width / (right - left), height / (bottom - top)]) * SUPERSAMPLE / WINDOW
+        offset = -np.array([left * width / (right - left), top * height / (bottom - top)]) * SUPERSAMPLE
         self.surface = pygame.Surface((width * SUPERSAMPLE, height * SUPERSAMPLE))
-        self._box = (*self.scale.tolist(), *self.offset.tolist())  # the same map as Python floats, read every frame
+        self._box = (*scale.tolist(), *offset.tolist())  # the same map as Python floats, read every frame
         self._track: list | None = None  # the road_poly list the ground caches were built from
         self._ground = np.zeros((0, 4, 2))  # grass patches then road polygons, world coordinates
         self._centres, self._radii = np.zeros((0, 2)), np.zeros(0)
