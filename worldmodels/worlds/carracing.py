@@ -102,7 +102,7 @@ class FastCarRacing:
         self._shapes: list[tuple[Any, list[list], tuple[int, int, int]]] = []
         # the dashboard strip is not drawn but added to the frame as gymnasium's own chain of averages spreads its
         # window pixels over the frame's rows and columns (`window_weights`): its bars' edges fall between pixels
-        self._across = window_weights(car_racing.WINDOW_W, width, left, right).astype(np.float32)
+        across = window_weights(car_racing.WINDOW_W, width, left, right).astype(np.float32)
         down = window_weights(car_racing.WINDOW_H, height, top, bottom).astype(np.float32)
         reached = np.flatnonzero(down[:, -1] - down[:, STRIP_TOP] > 0)
         self._dashboard_seen = len(reached) > 0  # a view box well above the strip never shows it
@@ -111,22 +111,24 @@ class FastCarRacing:
         self._drawn_rows = self._strip_rows.start + 1 if self._dashboard_seen else height
         self._drawn = self.surface.subsurface((0, 0, width * SUPERSAMPLE, self._drawn_rows * SUPERSAMPLE))
         self.surface.set_clip(self._drawn.get_rect())
-        self._down = down[self._strip_rows]  # (strip rows, window rows + 1)
-        self._rows_down = np.ascontiguousarray(self._down.T)  # (window rows + 1, strip rows): one row per lookup
-        self._columns_across = np.ascontiguousarray(self._across.T)  # (window columns + 1, columns)
+        # summed weights by window row or column, one lookup per edge: (window rows + 1, strip rows) and
+        # (window columns + 1, columns)
+        self._rows_down = np.ascontiguousarray(down[self._strip_rows].T)
+        self._columns_across = np.ascontiguousarray(across.T)
         # the strip's parts, each a weight on every strip row (`_weights`) times one row's picture (`_parts`): the
         # five bars (their columns fixed, their rows read each step), the two meters (their rows fixed, their columns
         # read each step, in full colour), the scene's last row above the strip, and a constant half for rounding
         places = np.array(_BAR_PLACES)
         first, last = np.floor(places * _S).astype(int), np.floor((places + 1) * _S).astype(int) + 1
-        bar_columns = (self._across[:, last] - self._across[:, first]).T  # (5, columns)
+        bar_columns = self._columns_across[last] - self._columns_across[first]  # (5, columns)
         self._parts = np.zeros((9, width * 3), dtype=np.float32)
         self._parts[:5] = (bar_columns[:, :, None] * BAR_COLOURS[:, None, :]).reshape(5, -1)
         self._parts[8] = 0.5
         top, low = int(car_racing.WINDOW_H - 4 * _H), int(car_racing.WINDOW_H - 2 * _H) + 1
-        self._weights = np.zeros((9, len(self._down)), dtype=np.float32)
-        self._weights[5:7] = (self._down[:, low] - self._down[:, top]) * 255
-        self._weights[7] = 1 - self._down[:, -1] + self._down[:, STRIP_TOP]  # the last resize blurs in the scene
+        rows_down = self._rows_down
+        self._weights = np.zeros((9, rows_down.shape[1]), dtype=np.float32)
+        self._weights[5:7] = (rows_down[low] - rows_down[top]) * 255
+        self._weights[7] = 1 - rows_down[-1] + rows_down[STRIP_TOP]  # the last resize blurs in the scene
         self._weights[8] = 1.0
 
     def draw(self) -> np.ndarray:
@@ -311,8 +313,8 @@ class FastCarRacing:
             right, low = min(rect.right, car_racing.WINDOW_W), min(rect.bottom, car_racing.WINDOW_H)
             pixels = pygame.surfarray.array3d(rendered)  # (x, y, 3)
             pixels = pixels[left - rect.left : right - rect.left, top - rect.top : low - rect.top]
-            tall = np.diff(self._down[:, top : low + 1], axis=1)  # (strip rows, text rows)
-            wide = np.diff(self._across[:, left : right + 1], axis=1)  # (frame columns, text columns)
+            tall = np.diff(self._rows_down[top : low + 1], axis=0).T  # (strip rows, text rows)
+            wide = np.diff(self._columns_across[left : right + 1], axis=0).T  # (frame columns, text columns)
             reached = np.flatnonzero(wide.sum(1) > 0)
             first, last = int(reached[0]), int(reached[-1]) + 1
             w, h = pixels.shape[:2]
